@@ -1,0 +1,290 @@
+"""The state engine: one consistent, durable model per name, at a per-request cost that does
+not grow with the model.
+
+Each process keeps a *replica* of every model it serves: the unpickled model and its metrics,
+with the sequence number of the last *log* record applied. A learn appends a small signed
+record (features, ground truth, the prediction used for the metrics) to the model's log in
+the backend; the append is what makes the learn durable. The process then applies, in log
+order, every record it has not yet applied, its own included, so every process applies the
+same records in the same order and deterministic replicas stay identical. A predict first
+applies what the process has not seen.
+
+Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
+into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
+plus a replay of the log. Upload, replace and delete change the model's *generation*; a
+replica of an older generation reloads from the snapshot, and log records written for an
+older generation are skipped by everyone.
+
+Backend layout, for a model ``name``::
+
+    model:<name>      JSON {"flavor", "generation"}: the model exists
+    snapshot:<name>   signed pickle of a Snapshot
+    snapseq:<name>    the sequence number of that snapshot
+    log:<name>        the log (signed pickles of records)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelExists, ModelFailed, ModelNotFound
+from .flavors import Flavor, Scored, get_flavor
+from .serialization import Codec
+from .storage import Backend
+
+
+@dataclass
+class Snapshot:
+    """What a snapshot blob holds."""
+
+    model: Any
+    metrics: list
+    seq: int
+    generation: int
+
+
+@dataclass
+class Replica:
+    """This process's copy of one model, at log position ``seq``."""
+
+    flavor: Flavor
+    model: Any
+    metrics: list
+    seq: int
+    generation: int
+    snapshot_seq: int
+    # Guards the model: river models are not thread-safe, and records are applied in order.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def meta_key(name: str) -> str:
+    return f"model:{name}"
+
+
+def _snapshot_key(name: str) -> str:
+    return f"snapshot:{name}"
+
+
+def _snapseq_key(name: str) -> str:
+    return f"snapseq:{name}"
+
+
+def _log(name: str) -> str:
+    return f"log:{name}"
+
+
+def _lock(name: str) -> str:
+    return f"model:{name}"
+
+
+class Engine:
+    """Replicas, log and snapshots of every model stored in one backend."""
+
+    def __init__(self, backend: Backend, codec: Codec, snapshot_every: int = 1000) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.snapshot_every = snapshot_every
+        self._replicas: dict[str, Replica] = {}
+        self._mutex = threading.Lock()
+
+    # --- models as a whole: these hold the model's lock and pay for (un)pickling --------------
+
+    def names(self) -> list[str]:
+        """The names of every stored model, sorted."""
+        return [key.split(":", 1)[1] for key in self.backend.keys("model:")]
+
+    def create(self, name: str, model: Any, flavor: Flavor) -> None:
+        """Store a new model; :class:`ModelExists` if the name is taken."""
+        with self.backend.lock(_lock(name)):
+            if self.backend.get(meta_key(name)) is not None:
+                raise ModelExists(f"A model named '{name}' exists already; delete it first.")
+            # A log left by a model deleted halfway (a crash) must not be replayed into this one.
+            self.backend.delete_log(_log(name))
+            self._publish(name, Snapshot(model, flavor.new_metrics(), 0, self._next_generation()), flavor)
+
+    def replace(self, name: str, model: Any) -> None:
+        """Replace the stored model, keeping its flavor, metrics and stats."""
+        with self.backend.lock(_lock(name)):
+            replica = self.replica(name)
+            replica.flavor.check(model)
+            with replica.lock:
+                state = Snapshot(model, replica.metrics, replica.seq, self._next_generation())
+                self._publish(name, state, replica.flavor)
+
+    def delete(self, name: str) -> bool:
+        """Delete the model and its log; False when there was none."""
+        with self.backend.lock(_lock(name)):
+            # The model key goes first: from then on every request answers 404.
+            existed = self.backend.delete(meta_key(name)) > 0
+            self.backend.delete(_snapshot_key(name), _snapseq_key(name))
+            self.backend.delete_log(_log(name))
+        with self._mutex:
+            self._replicas.pop(name, None)
+        return existed
+
+    def copy_model(self, name: str) -> Any:
+        """A deep copy of the model as it is now: changing it changes nothing stored."""
+        replica = self.replica(name)
+        with replica.lock:
+            return copy.deepcopy(replica.model)
+
+    def _next_generation(self) -> int:
+        # One counter for the whole store: a deleted and re-created name never reuses a number.
+        return self.backend.incr("generation")
+
+    def _publish(self, name: str, state: Snapshot, flavor: Flavor) -> None:
+        # The snapshot is written before the model key, so whoever sees the new generation
+        # finds its snapshot.
+        self.backend.set(_snapshot_key(name), self.codec.dumps(state))
+        self.backend.set(_snapseq_key(name), str(state.seq).encode())
+        meta = {"flavor": flavor.name, "generation": state.generation}
+        self.backend.set(meta_key(name), json.dumps(meta).encode())
+
+    # --- replicas ------------------------------------------------------------------------------
+
+    def replica(self, name: str) -> Replica:
+        """This process's replica of ``name``, up to date with the log."""
+        raw = self.backend.get(meta_key(name))
+        if raw is None:
+            with self._mutex:
+                self._replicas.pop(name, None)
+            raise ModelNotFound(name)
+        generation = json.loads(raw)["generation"]
+        with self._mutex:
+            replica = self._replicas.get(name)
+        if replica is None or replica.generation != generation:
+            replica = self._load(name)
+        self._catch_up(name, replica)
+        return replica
+
+    def _load(self, name: str) -> Replica:
+        raw_meta = self.backend.get(meta_key(name))
+        blob = self.backend.get(_snapshot_key(name))
+        if raw_meta is None or blob is None:
+            raise ModelNotFound(name)
+        state: Snapshot = self.codec.loads(blob)
+        flavor = get_flavor(json.loads(raw_meta)["flavor"])
+        replica = Replica(flavor, state.model, state.metrics, state.seq, state.generation, state.seq)
+        with self._mutex:
+            current = self._replicas.get(name)
+            # Another thread may have loaded the same or a newer generation meanwhile.
+            if current is not None and current.generation >= replica.generation:
+                return current
+            self._replicas[name] = replica
+        return replica
+
+    def _catch_up(self, name: str, replica: Replica) -> dict[int, Exception]:
+        """Apply every log record after the replica's position; the failures by number."""
+        failures: dict[int, Exception] = {}
+        with replica.lock:
+            records = self.backend.read(_log(name), replica.seq)
+            if records and records[0][0] != replica.seq + 1:
+                # The log was trimmed past this replica by a snapshot: start from that snapshot.
+                fresh = self._reload(name, replica)
+                records = self.backend.read(_log(name), fresh.seq)
+            for seq, blob in records:
+                generation, x, y, value, label, proba = self.codec.loads(blob)
+                if generation == replica.generation:
+                    try:
+                        self._apply(replica, x, y, Scored(value, label, proba))
+                    except Exception as error:  # noqa: BLE001 - a model may raise anything
+                        # Skipped the same way by every replica; the sender gets a 400.
+                        failures[seq] = error
+                replica.seq = seq
+        return failures
+
+    def _reload(self, name: str, replica: Replica) -> Replica:
+        """Reset ``replica`` in place from the current snapshot (its lock is held)."""
+        blob = self.backend.get(_snapshot_key(name))
+        if blob is None:
+            raise ModelNotFound(name)
+        state: Snapshot = self.codec.loads(blob)
+        replica.model, replica.metrics = state.model, state.metrics
+        replica.seq = replica.snapshot_seq = state.seq
+        replica.generation = state.generation
+        return replica
+
+    @staticmethod
+    def _apply(replica: Replica, x: dict, y: Any, scored: Scored) -> None:
+        if y is None:
+            replica.model.learn_one(dict(x))
+            return
+        replica.model.learn_one(dict(x), y)
+        replica.flavor.score(replica.metrics, y, scored)
+
+    # --- requests: O(features), never O(model) -------------------------------------------------
+
+    def predict(self, name: str, x: dict) -> Scored:
+        """The model's prediction for ``x``, after applying what this process had not seen."""
+        return self._predict(self.replica(name), x)
+
+    @staticmethod
+    def _predict(replica: Replica, x: dict) -> Scored:
+        with replica.lock:
+            try:
+                return replica.flavor.predict(replica.model, dict(x))
+            except Exception as error:  # noqa: BLE001 - a model may raise anything
+                raise ModelFailed(f"The model could not predict from these features: {error!r}") from error
+
+    def learn(
+        self, name: str, x: dict, y: Any, prediction: Any = None, scored: Scored | None = None
+    ) -> Scored | None:
+        """Make the model learn ``x`` (and ``y``, unless None) durably; the prediction scored.
+
+        ``prediction`` is one the caller made; ``scored`` one this server made and stored.
+        With a ground truth and neither, the model predicts first, so the metrics are
+        prequential and features it cannot handle are refused before anything is written.
+        """
+        replica = self.replica(name)
+        if y is not None:
+            replica.flavor.check_target(y)
+        if scored is None and prediction is not None:
+            scored = replica.flavor.from_value(prediction)
+        if scored is None and y is not None:
+            scored = self._predict(replica, x)
+        parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
+        seq = self.backend.append(_log(name), self.codec.dumps((replica.generation, x, y, *parts)))
+        failures = self._catch_up(name, replica)
+        if seq in failures:
+            raise ModelFailed(f"The model could not learn from this sample: {failures[seq]!r}")
+        if replica.seq - replica.snapshot_seq >= self.snapshot_every:
+            self.snapshot(name, replica, wait=False)
+        return scored
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def snapshot(self, name: str, replica: Replica, wait: bool = True) -> None:
+        """Fold the replica's state into the snapshot and trim the log before it.
+
+        Without ``wait``, a snapshot already being written elsewhere is left to finish and
+        this one is skipped: the next learn tries again.
+        """
+        try:
+            with self.backend.lock(_lock(name), timeout=30.0 if wait else 0.0), replica.lock:
+                raw = self.backend.get(meta_key(name))
+                stored_seq = int(self.backend.get(_snapseq_key(name)) or b"0")
+                # Never overwrite a newer snapshot, nor one of a newer generation.
+                if raw is None or json.loads(raw)["generation"] != replica.generation:
+                    return
+                if replica.seq > stored_seq:
+                    state = Snapshot(replica.model, replica.metrics, replica.seq, replica.generation)
+                    self.backend.set(_snapshot_key(name), self.codec.dumps(state))
+                    self.backend.set(_snapseq_key(name), str(replica.seq).encode())
+                    # The snapshot's own record stays: a replica behind it sees the gap.
+                    self.backend.trim(_log(name), replica.seq)
+                replica.snapshot_seq = max(stored_seq, replica.seq)
+        except TimeoutError:
+            if wait:
+                raise
+
+    def close(self) -> None:
+        """Snapshot every replica that applied records since its last snapshot (clean shutdown)."""
+        with self._mutex:
+            replicas = list(self._replicas.items())
+        for name, replica in replicas:
+            if replica.seq > replica.snapshot_seq:
+                self.snapshot(name, replica)

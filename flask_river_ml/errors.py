@@ -1,0 +1,86 @@
+"""The package's exceptions.
+
+Every error the package raises on purpose is a :class:`RiverMLError`. Each carries the HTTP
+status the blueprint answers with and a message that tells the caller what to fix, so the
+HTTP layer and in-process callers see the same failures.
+"""
+
+from __future__ import annotations
+
+
+class RiverMLError(Exception):
+    """The base of every flask-river-ml error."""
+
+    #: The HTTP status that the blueprint answers this error with.
+    status: int = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(RiverMLError, ValueError):
+    """A ``RIVER_ML_*`` setting has a wrong type or value (raised by ``init_app``)."""
+
+    status = 500
+
+
+class InvalidInput(RiverMLError):
+    """A payload, a name or a value is malformed."""
+
+
+class ModelNotFound(RiverMLError):
+    """No model is stored under the name."""
+
+    status = 404
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No model named '{name}'.")
+        self.name = name
+
+
+class ModelExists(RiverMLError):
+    """A model is already stored under the name; delete it first."""
+
+    status = 409
+
+
+class InvalidFlavor(RiverMLError):
+    """The flavor is unknown or retired."""
+
+
+class IncompatibleModel(RiverMLError):
+    """The model cannot be served with the flavor it was uploaded with."""
+
+
+class UnsafePickle(RiverMLError):
+    """An uploaded pickle cannot be loaded, or would reference something outside the safe list."""
+
+
+class IdentifierNotFound(RiverMLError):
+    """No prediction waits for a label under this identifier and model (or it expired)."""
+
+
+class ModelFailed(RiverMLError):
+    """The model raised while predicting or learning from the given sample."""
+
+
+class TamperedData(RiverMLError):
+    """A stored blob failed its signature check; it was not unpickled."""
+
+    status = 500
+
+
+__all__ = [
+    "ConfigurationError",
+    "IdentifierNotFound",
+    "IncompatibleModel",
+    "InvalidFlavor",
+    "InvalidInput",
+    "ModelExists",
+    "ModelFailed",
+    "ModelNotFound",
+    "RiverMLError",
+    "TamperedData",
+    "UnsafePickle",
+]

@@ -1,0 +1,156 @@
+"""The Flask extension object, which is also the in-process client of the host app's code."""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import dill
+from flask import Flask, current_app
+
+from . import settings as settings_module
+from .engine import Engine
+from .errors import ConfigurationError
+from .serialization import Codec
+from .service import Service
+from .storage import Backend, create_backend
+
+EXTENSION_KEY = "river_ml"
+
+
+@dataclass
+class State:
+    """What one app's registration owns, kept in ``app.extensions["river_ml"]``."""
+
+    settings: dict[str, Any]
+    backend: Backend
+    engine: Engine
+    service: Service
+
+    def close(self) -> None:
+        """Snapshot what changed since the last snapshots and release the store."""
+        self.engine.close()
+        self.backend.close()
+
+
+def _close_at_exit(reference: weakref.ReferenceType[State]) -> None:
+    state = reference()
+    if state is not None:
+        state.close()
+
+
+class FlaskRiverML:
+    """Serve river models from a Flask app.
+
+    ``FlaskRiverML(app)``, or ``river_ml = FlaskRiverML()`` then ``river_ml.init_app(app)``
+    for app factories; one object can serve several apps. ``options`` are settings without
+    their prefix (``storage_backend="memory"``) and serve as defaults under ``app.config``.
+
+    Inside an app context the object is also the in-process client (the counterpart of
+    django-river-ml's ``DjangoClient``): its methods see the same models, metrics, stats and
+    events as the HTTP API, and raise the package's exceptions.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        unknown = sorted(key for key in options if key.upper() not in settings_module.SETTINGS)
+        if unknown:
+            raise ConfigurationError(f"Unknown flask-river-ml option(s): {', '.join(unknown)}.")
+        self.options = {settings_module.PREFIX + key.upper(): value for key, value in options.items()}
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the settings of ``app`` and set up its store, engine and service."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("flask-river-ml is already registered on this app.")
+        for key, value in self.options.items():
+            app.config.setdefault(key, value)
+        values = settings_module.load(app)
+        backend = create_backend(values)
+        engine = Engine(backend, Codec(values["RIVER_ML_SHELVE_SECRET_KEY"]), values["RIVER_ML_SNAPSHOT_EVERY"])
+        service = Service(
+            engine,
+            generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
+            identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
+        )
+        state = State(values, backend, engine, service)
+        app.extensions[EXTENSION_KEY] = state
+        # A clean exit folds the logs into snapshots; the weak reference lets apps made by
+        # tests be collected.
+        atexit.register(_close_at_exit, weakref.ref(state))
+
+    @staticmethod
+    def state(app: Flask | None = None) -> State:
+        """The registration state of ``app`` (default: the current app)."""
+        app = app or current_app
+        try:
+            return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError("flask-river-ml is not registered on this app; call init_app(app) first.") from None
+
+    @property
+    def service(self) -> Service:
+        """The service of the current app."""
+        return self.state().service
+
+    # --- the in-process client (SPEC section 7) -----------------------------------------------
+
+    def models(self) -> list[str]:
+        """The names of every stored model, sorted."""
+        return self.service.models()
+
+    def add_model(self, model: Any, flavor: str, name: str | None = None) -> str:
+        """Store ``model`` to be served as ``flavor``; its name (generated when None)."""
+        return self.service.add_model(model, flavor, name)
+
+    def delete_model(self, name: str) -> bool:
+        """Delete the model; True if it existed."""
+        return self.service.delete_model(name)
+
+    def get_model(self, name: str) -> Any:
+        """A copy of the model: changing it changes nothing stored."""
+        return self.service.get_model(name)
+
+    def save_model(self, model: Any, name: str) -> None:
+        """Replace the stored model, keeping its flavor, metrics and stats."""
+        self.service.save_model(model, name)
+
+    def save_pickle(self, name: str, filename: str) -> None:
+        """Write the model to ``filename`` as a dill pickle (what the download route serves)."""
+        model = self.service.get_model(name)
+        with open(filename, "wb") as handle:
+            dill.dump(model, handle)
+
+    def load_model(self, filename: str) -> Any:
+        """Read a model written by :meth:`save_pickle`. Unpickling runs code: trusted files only."""
+        with open(filename, "rb") as handle:
+            return dill.load(handle)
+
+    def stats(self, name: str) -> dict[str, dict[str, Any]]:
+        """Counts and durations of the model's learn and predict calls."""
+        return self.service.stats(name)
+
+    def metrics(self, name: str) -> dict[str, Any]:
+        """The model's metric values."""
+        return self.service.metrics(name)
+
+    def learn(
+        self,
+        model_name: str,
+        ground_truth: Any = None,
+        prediction: Any = None,
+        features: Any = None,
+        identifier: Any = None,
+    ) -> str:
+        """Make the model learn one sample (see :meth:`Service.learn`)."""
+        return self.service.learn(model_name, ground_truth, prediction, features, identifier)
+
+    def predict(self, features: Any, model_name: str, identifier: Any = None) -> dict[str, Any]:
+        """``{"model", "prediction", "identifier"?}`` for the features."""
+        return self.service.predict(features, model_name, identifier)
+
+    def label(self, label: Any, identifier: Any, model_name: str) -> str:
+        """Learn from the prediction stored under ``identifier`` with its true ``label``."""
+        return self.service.label(label, identifier, model_name)

@@ -1,0 +1,172 @@
+"""The operations behind every route and every in-process call, with no Flask in sight.
+
+The service validates what it is given, times learn and predict calls for the stats, keeps
+predictions that wait for their label, and leaves the models themselves to the engine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from . import stats
+from .engine import Engine, meta_key
+from .errors import IdentifierNotFound, InvalidInput
+from .flavors import Scored, get_flavor, metric_values
+from .names import check_name, generate_name
+
+_MAX_IDENTIFIER = 256
+
+
+def _stats_key(name: str) -> str:
+    return f"stats:{name}"
+
+
+def _identifier_key(name: str, identifier: str) -> str:
+    return f"ident:{name}:{identifier}"
+
+
+def _check_features(features: Any) -> dict:
+    if not isinstance(features, dict):
+        raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
+    return features
+
+
+def _check_identifier(identifier: Any) -> str:
+    # Clients that number their samples send integers; they address the same record as strings.
+    if isinstance(identifier, int) and not isinstance(identifier, bool):
+        identifier = str(identifier)
+    if not isinstance(identifier, str) or not 0 < len(identifier) <= _MAX_IDENTIFIER:
+        raise InvalidInput(f"identifier must be a string of 1 to {_MAX_IDENTIFIER} characters, not {identifier!r}.")
+    return identifier
+
+
+class Service:
+    """Models, learning, predicting, labelling, metrics and stats over one engine."""
+
+    def __init__(self, engine: Engine, *, generate_identifiers: bool, identifier_ttl: int) -> None:
+        self.engine = engine
+        self.backend = engine.backend
+        self.generate_identifiers = generate_identifiers
+        self.identifier_ttl = identifier_ttl
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """The names of every stored model, sorted."""
+        return self.engine.names()
+
+    def add_model(self, model: Any, flavor: str, name: str | None = None) -> str:
+        """Store ``model`` under ``name`` (generated when None) to be served as ``flavor``."""
+        chosen = get_flavor(flavor)
+        chosen.check(model)
+        if name is None:
+            name = generate_name(lambda candidate: self.backend.get(meta_key(candidate)) is not None)
+        self.engine.create(check_name(name), model, chosen)
+        return name
+
+    def delete_model(self, name: str) -> bool:
+        """Delete the model, its stats and its waiting predictions; False when there was none."""
+        existed = self.engine.delete(check_name(name))
+        self.backend.delete(_stats_key(name), *self.backend.keys(_identifier_key(name, "")))
+        return existed
+
+    def get_model(self, name: str) -> Any:
+        """A copy of the model: changing it changes nothing stored."""
+        return self.engine.copy_model(check_name(name))
+
+    def save_model(self, model: Any, name: str) -> None:
+        """Replace the stored model ``name`` by ``model``, keeping its flavor, metrics and stats."""
+        self.engine.replace(check_name(name), model)
+
+    def flavor(self, name: str) -> str:
+        """The flavor the model is served as."""
+        return self.engine.replica(check_name(name)).flavor.name
+
+    # --- metrics and stats -----------------------------------------------------------------------
+
+    def metrics(self, name: str) -> dict[str, Any]:
+        """``{MetricName: value}`` for the model; ``{}`` for a flavor without metrics."""
+        replica = self.engine.replica(check_name(name))
+        with replica.lock:
+            return metric_values(replica.metrics)
+
+    def stats(self, name: str) -> dict[str, dict[str, Any]]:
+        """Counts and durations of the model's learn and predict calls, from every process."""
+        self.engine.replica(check_name(name))
+        return stats.render(self.backend.get(_stats_key(name)))
+
+    def _timed(self, name: str, kind: str, started: int) -> None:
+        duration = time.perf_counter_ns() - started
+        self.backend.update(_stats_key(name), lambda raw: stats.record(raw, kind, duration))
+
+    # --- learning and predicting -----------------------------------------------------------------
+
+    def learn(
+        self,
+        name: str,
+        ground_truth: Any = None,
+        prediction: Any = None,
+        features: Any = None,
+        identifier: Any = None,
+    ) -> str:
+        """Make the model learn one sample.
+
+        With ``identifier``, the features and prediction stored by an earlier predict are used
+        and that record is consumed. A ``ground_truth`` of None means an unsupervised learn.
+        """
+        started = time.perf_counter_ns()
+        check_name(name)
+        if identifier is not None:
+            self._learn_stored(name, _check_identifier(identifier), ground_truth)
+        else:
+            self.engine.learn(name, _check_features(features), ground_truth, prediction)
+        self._timed(name, "learn", started)
+        return "Successful learn."
+
+    def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
+        """The model's prediction; stored under an identifier (given or generated) for a label."""
+        started = time.perf_counter_ns()
+        features = _check_features(features)
+        check_name(name)
+        if identifier is not None:
+            identifier = _check_identifier(identifier)
+        scored = self.engine.predict(name, features)
+        result: dict[str, Any] = {"model": name, "prediction": scored.value}
+        if identifier is None and self.generate_identifiers:
+            identifier = str(uuid.uuid4())
+        if identifier is not None:
+            record = (features, scored.value, scored.label, scored.proba)
+            self.backend.set(_identifier_key(name, identifier), self.engine.codec.dumps(record), self.identifier_ttl)
+            result["identifier"] = identifier
+        self._timed(name, "predict", started)
+        return result
+
+    def label(self, label: Any, identifier: Any, name: str) -> str:
+        """Learn from the prediction stored under ``identifier`` with its true ``label``."""
+        check_name(name)
+        if label is None:
+            raise InvalidInput("label is required: the true value of the prediction.")
+        self._learn_stored(name, _check_identifier(identifier), label)
+        return "Successful label."
+
+    def _learn_stored(self, name: str, identifier: str, y: Any) -> None:
+        flavor = self.engine.replica(name).flavor
+        if y is not None:
+            # Checked before the record is consumed, so a bad label leaves it waiting.
+            flavor.check_target(y)
+        key = _identifier_key(name, identifier)
+        blob = self.backend.pop(key)
+        if blob is None:
+            raise IdentifierNotFound(
+                f"No prediction of model '{name}' waits for a label under identifier '{identifier}' "
+                "(it was never made for this model, was labelled already, or expired)."
+            )
+        features, value, label, proba = self.engine.codec.loads(blob)
+        try:
+            self.engine.learn(name, features, y, scored=Scored(value, label, proba))
+        except Exception:
+            # The model refused the sample: the prediction keeps waiting for a usable label.
+            self.backend.add(key, blob, self.identifier_ttl)
+            raise

@@ -1,0 +1,186 @@
+"""Every ``RIVER_ML_*`` setting: its default, its type and its validation.
+
+``load(app)`` fills in the defaults with ``app.config.setdefault``, so the values in force can
+be read back from ``app.config``, and raises :class:`ConfigurationError` naming the key of the
+first bad value, at start-up rather than at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from .errors import ConfigurationError
+
+PREFIX = "RIVER_ML_"
+
+#: Every view of the blueprint, by the name used in API_VIEWS_ENABLED and AUTHENTICATED_VIEWS.
+VIEWS = (
+    "service_info",
+    "auth_token",
+    "model",
+    "model_download",
+    "models",
+    "learn",
+    "predict",
+    "label",
+    "metrics",
+    "stats",
+    "stream_metrics",
+    "stream_events",
+)
+_PUBLIC_VIEWS = ("service_info", "auth_token")
+BACKEND_NAMES = ("shelve", "memory")
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _boolean(value: Any) -> bool:
+    # Environment overrides arrive as strings when they are not JSON (Django read "true" too).
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError("must be true or false")
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a whole number")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str | os.PathLike):
+        raise ValueError("must be a path")
+    return os.fspath(value)
+
+
+def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], list[str]]:
+    def check(value: Any) -> list[str]:
+        if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+            raise ValueError("must be a list of names")
+        names = list(value)
+        for name in names:
+            if not isinstance(name, str):
+                raise ValueError(f"must be a list of names, not contain {name!r}")
+            if allowed is not None and name not in allowed:
+                raise ValueError(f"names an unknown view {name!r}; the views are {', '.join(allowed)}")
+        return names
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    return check
+
+
+#: key (without the prefix) -> (default, check). A default of None for a path or a secret
+#: means "derived" (see load).
+SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "URL_PREFIX": ("api", _text),
+    "APP_DIR": (None, _optional(_path)),
+    "CACHE_DIR": (None, _optional(_path)),
+    "STORAGE_BACKEND": ("shelve", _one_of(BACKEND_NAMES)),
+    "SHELVE_PATH": (None, _optional(_path)),
+    "SHELVE_SECRET_KEY": (None, _optional(_text)),
+    "REDIS_URL": (None, _optional(_text)),
+    "REDIS_HOST": ("localhost", _text),
+    "REDIS_PORT": (6379, _integer(1)),
+    "REDIS_DB": (0, _integer(0)),
+    "GENERATE_IDENTIFIERS": (True, _boolean),
+    "IDENTIFIER_EXPIRES_SECONDS": (604800, _integer(1)),
+    "DISABLE_AUTHENTICATION": (True, _boolean),
+    "AUTHENTICATED_VIEWS": ([v for v in VIEWS if v not in _PUBLIC_VIEWS], _names(VIEWS)),
+    "JWT_SECRET_KEY": (None, _optional(_text)),
+    "TOKEN_EXPIRES_SECONDS": (600, _integer(1)),
+    "DOMAIN_URL": (None, _optional(_text)),
+    "VIEW_RATE_LIMIT": ("10000/1day", _text),
+    "VIEW_RATE_LIMIT_BLOCK": (True, _boolean),
+    "VIEW_RATE_LIMIT_DISABLE": (True, _boolean),
+    "API_VIEWS_ENABLED": ([], _names(VIEWS)),
+    "UPLOAD_MAX_BYTES": (256 * 1024 * 1024, _integer(1)),
+    "UNPICKLE_ALLOWED_MODULES": ([], _names()),
+    # New: a model's log is folded into a snapshot every this many learn and label records.
+    "SNAPSHOT_EVERY": (1000, _integer(1)),
+}
+
+
+def load(app: Flask) -> dict[str, Any]:
+    """The validated settings of ``app``, keyed with the ``RIVER_ML_`` prefix.
+
+    Derived values (folders, paths, generated secrets) are filled in too. Raises
+    :class:`ConfigurationError` naming the key of a bad value.
+    """
+    values: dict[str, Any] = {}
+    for name, (default, check) in SETTINGS.items():
+        key = PREFIX + name
+        # Lists are copied so that one app changing its list does not change the defaults.
+        app.config.setdefault(key, list(default) if isinstance(default, list) else default)
+        try:
+            values[key] = check(app.config[key])
+        except ValueError as error:
+            raise ConfigurationError(f"{key} {error} (got {app.config[key]!r}).") from None
+
+    app_dir = values["RIVER_ML_APP_DIR"] or app.instance_path
+    values["RIVER_ML_APP_DIR"] = app_dir
+    values["RIVER_ML_CACHE_DIR"] = values["RIVER_ML_CACHE_DIR"] or os.path.join(app_dir, "cache")
+    values["RIVER_ML_SHELVE_PATH"] = values["RIVER_ML_SHELVE_PATH"] or os.path.join(app_dir, "river_ml.shelve")
+    if values["RIVER_ML_SHELVE_SECRET_KEY"] is None:
+        values["RIVER_ML_SHELVE_SECRET_KEY"] = cached_secret(values["RIVER_ML_CACHE_DIR"], "shelve_secret_key")
+    return values
+
+
+def cached_secret(cache_dir: str, name: str) -> str:
+    """A random secret kept in ``cache_dir/name``, created on first use.
+
+    Every process and every restart that shares the folder gets the same secret: the file is
+    written under a temporary name and linked into place, so of two processes racing to create
+    it, one wins and the other reads the winner's.
+    """
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    if not target.exists():
+        temporary = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    secret = target.read_text().strip()
+    if not secret:
+        raise ConfigurationError(f"The secret file {target} is empty; delete it to have a new one made.")
+    return secret
+

@@ -1,0 +1,88 @@
+"""The storage backend interface.
+
+A backend stores bytes under string keys and keeps append-only logs; it knows nothing of
+models, pickles or signatures (the engine and :mod:`flask_river_ml.serialization` sit above
+it). Every method is atomic on its own, across threads and, for the shared backends, across
+processes. The same conformance suite (``tests/test_storage.py``) runs against each backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable
+
+
+class Backend(abc.ABC):
+    """A key-value store with logs, counters and locks.
+
+    Keys are strings; values are bytes. ``ttl`` is in seconds; an expired key reads as absent.
+    Logs are sequences of records numbered from 1 by :meth:`append`; numbers are never reused
+    for the lifetime of the log, even after :meth:`trim`.
+    """
+
+    #: The name used in ``RIVER_ML_STORAGE_BACKEND`` and reported by ``service_info``.
+    name: str = ""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or None when it is absent or expired."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any value, expiring after ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; True when it was stored."""
+
+    @abc.abstractmethod
+    def pop(self, key: str) -> bytes | None:
+        """Remove ``key`` and return its value; of two concurrent pops only one gets it."""
+
+    @abc.abstractmethod
+    def delete(self, *keys: str) -> int:
+        """Remove the keys; the number that existed."""
+
+    @abc.abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Every live key that starts with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer counter under ``key`` (absent is 0); the new value."""
+
+    @abc.abstractmethod
+    def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
+        """Replace the value under ``key`` by ``func(old value)`` atomically; the new value.
+
+        ``func`` may be called more than once (optimistic backends retry on conflict), so it
+        must have no side effects.
+        """
+
+    @abc.abstractmethod
+    def append(self, log: str, record: bytes) -> int:
+        """Append ``record`` to ``log``; its sequence number (1, 2, ...)."""
+
+    @abc.abstractmethod
+    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
+        """The records of ``log`` numbered above ``after``, in order, with their numbers."""
+
+    @abc.abstractmethod
+    def trim(self, log: str, before: int) -> None:
+        """Drop the records of ``log`` numbered below ``before``."""
+
+    @abc.abstractmethod
+    def delete_log(self, log: str) -> None:
+        """Drop ``log`` whole; a log appended to afterwards starts again at 1."""
+
+    @abc.abstractmethod
+    def lock(self, name: str, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
+        """A mutual-exclusion lock shared by everyone using this store.
+
+        Raises :class:`TimeoutError` when it cannot be taken within ``timeout`` seconds.
+        """
+
+    def close(self) -> None:
+        """Release connections and files; the backend must not be used afterwards."""
+

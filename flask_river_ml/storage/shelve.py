@@ -1,0 +1,192 @@
+"""The shelve backend: the embedded default, one file on the local disk.
+
+It keeps Python's ``shelve`` role (a persistent dictionary in one file next to the app) but
+stores its data in SQLite, the format ``dbm`` itself defaults to since Python 3.13. Unlike the
+``dbm.dumb`` and ``gdbm`` files behind older shelves, an SQLite file is safe to share between
+the processes of one machine (gunicorn workers, a CLI next to a server) and every write is
+committed to the write-ahead log before the call returns, so a process killed with SIGKILL
+loses nothing it acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .base import Backend
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL);
+CREATE TABLE IF NOT EXISTS log (
+    name TEXT NOT NULL, seq INTEGER NOT NULL, record BLOB NOT NULL, PRIMARY KEY (name, seq)
+);
+CREATE TABLE IF NOT EXISTS heads (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+_LIVE = "(expires IS NULL OR expires > ?)"
+#: Expired keys are swept once every this many writes with a time to live.
+_SWEEP_EVERY = 1000
+
+
+class ShelveBackend(Backend):
+    """One SQLite database in WAL mode, one connection per thread and process.
+
+    ``path`` is the file stem from ``RIVER_ML_SHELVE_PATH``: the data lives in
+    ``<path>.sqlite3`` and the lock files in ``<path>.locks/``.
+    """
+
+    name = "shelve"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{os.fspath(path)}.sqlite3")
+        self.lock_dir = Path(f"{os.fspath(path)}.locks")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_dir.mkdir(exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._registry = threading.Lock()
+        self._ttl_writes = 0
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        # A connection must not cross a fork (gunicorn --preload), hence the pid check.
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process; only a power cut can lose the tail.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+            with self._registry:
+                self._connections.append((os.getpid(), db))
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _read_value(self, db: sqlite3.Connection, key: str) -> bytes | None:
+        row = db.execute(f"SELECT value FROM kv WHERE key = ? AND {_LIVE}", (key, time.time())).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _write_value(self, db: sqlite3.Connection, key: str, value: bytes, ttl: float | None) -> None:
+        expires = None
+        if ttl is not None:
+            expires = time.time() + ttl
+            self._ttl_writes += 1
+            if self._ttl_writes % _SWEEP_EVERY == 0:
+                db.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
+        db.execute("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)", (key, value, expires))
+
+    def get(self, key: str) -> bytes | None:
+        return self._read_value(self._db(), key)
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self._transaction() as db:
+            self._write_value(db, key, value, ttl)
+
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        with self._transaction() as db:
+            if self._read_value(db, key) is not None:
+                return False
+            self._write_value(db, key, value, ttl)
+            return True
+
+    def pop(self, key: str) -> bytes | None:
+        with self._transaction() as db:
+            value = self._read_value(db, key)
+            db.execute("DELETE FROM kv WHERE key = ?", (key,))
+            return value
+
+    def delete(self, *keys: str) -> int:
+        with self._transaction() as db:
+            found = sum(self._read_value(db, key) is not None for key in keys)
+            db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in keys])
+            return found
+
+    def keys(self, prefix: str) -> list[str]:
+        # substr rather than LIKE: a prefix may contain % or _.
+        rows = self._db().execute(
+            f"SELECT key FROM kv WHERE substr(key, 1, ?) = ? AND {_LIVE} ORDER BY key",
+            (len(prefix), prefix, time.time()),
+        )
+        return [row[0] for row in rows]
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        return int(self.update(key, lambda old: str(int(old or b"0") + amount).encode()))
+
+    def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
+        with self._transaction() as db:
+            value = func(self._read_value(db, key))
+            self._write_value(db, key, value, None)
+            return value
+
+    def append(self, log: str, record: bytes) -> int:
+        with self._transaction() as db:
+            (seq,) = db.execute(
+                "INSERT INTO heads (name, seq) VALUES (?, 1) "
+                "ON CONFLICT (name) DO UPDATE SET seq = seq + 1 RETURNING seq",
+                (log,),
+            ).fetchone()
+            db.execute("INSERT INTO log (name, seq, record) VALUES (?, ?, ?)", (log, seq, record))
+            return int(seq)
+
+    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
+        rows = self._db().execute(
+            "SELECT seq, record FROM log WHERE name = ? AND seq > ? ORDER BY seq", (log, after)
+        )
+        return [(int(seq), bytes(record)) for seq, record in rows]
+
+    def trim(self, log: str, before: int) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM log WHERE name = ? AND seq < ?", (log, before))
+
+    def delete_log(self, log: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM log WHERE name = ?", (log,))
+            db.execute("DELETE FROM heads WHERE name = ?", (log,))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
+        # flock on a fresh descriptor excludes other threads of this process as well as other
+        # processes, and the kernel releases it when a holder dies.
+        path = self.lock_dir / hashlib.sha256(name.encode()).hexdigest()
+        deadline = time.monotonic() + timeout
+        with open(path, "a") as handle:
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"Could not take the lock {name!r} within {timeout} s.") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._registry:
+            for pid, db in self._connections:
+                if pid == os.getpid():  # the parent's connections are the parent's to close
+                    with contextlib.suppress(sqlite3.Error):
+                        db.close()
+            self._connections.clear()
+        self._local = threading.local()

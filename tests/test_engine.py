@@ -1,0 +1,299 @@
+"""The state engine: concurrency, durability, snapshots, generations, failures."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from river import datasets, feature_extraction, linear_model, naive_bayes, preprocessing
+
+from flask_river_ml import FlaskRiverML, IdentifierNotFound, ModelFailed, ModelNotFound, TamperedData
+
+WORDS = "apple banana cherry date elder fig grape honey iris jade kiwi lime mango nut olive pear".split()
+
+
+def text_samples(count: int, seed: int = 0) -> list[tuple[dict, str]]:
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(count):
+        words = rng.choices(WORDS, k=rng.randint(2, 8))
+        label = "sweet" if words.count("honey") + words.count("mango") > words.count("lime") else "sour"
+        samples.append(({"text": " ".join(words)}, label))
+    return samples
+
+
+def bag_model():
+    return feature_extraction.BagOfWords(on="text") | naive_bayes.MultinomialNB()
+
+
+def linear_model_pipeline():
+    return preprocessing.StandardScaler() | linear_model.LinearRegression()
+
+
+def assert_same_predictions(river_ml, name, local, xs, method="predict_one"):
+    for x in xs:
+        assert river_ml.predict(x, name)["prediction"] == pytest.approx(getattr(local, method)(x), abs=1e-9)
+
+
+def test_threads_lose_no_learn(app, river_ml):
+    """8 threads x 100 learns into one model: it has seen exactly the 800 samples."""
+    name = river_ml.add_model(bag_model(), "multiclass")
+    samples = text_samples(800)
+    errors = []
+
+    def work(chunk):
+        with app.app_context():
+            for x, y in chunk:
+                try:
+                    river_ml.learn(name, ground_truth=y, features=x)
+                except Exception as error:  # noqa: BLE001 - collected and asserted below
+                    errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(samples[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    local = bag_model()
+    for x, y in samples:
+        local.learn_one(x, y)
+    probe = [x for x, _ in text_samples(30, seed=1)]
+    for x in probe:
+        served = river_ml.predict(x, name)["prediction"]
+        assert served == local.predict_one(x)
+    # The model's counts are exactly the 800 samples, whatever order they arrived in.
+    assert river_ml.get_model(name)["MultinomialNB"].class_counts == local["MultinomialNB"].class_counts
+    assert river_ml.stats(name)["learn"]["n_calls"] == 800
+    assert river_ml.stats(name)["predict"]["n_calls"] == len(probe)
+
+
+LEARNER = """
+import sys
+from flask import Flask
+from flask_river_ml import FlaskRiverML
+from river import datasets
+
+app = Flask("learner", instance_path=sys.argv[1])
+app.config["RIVER_ML_SNAPSHOT_EVERY"] = 7
+river_ml = FlaskRiverML(app)
+with app.app_context():
+    for i, (x, y) in enumerate(datasets.TrumpApproval()):
+        river_ml.learn("trump", ground_truth=y, features=x)
+        print(i + 1, flush=True)
+"""
+
+
+def test_sigkill_loses_no_acknowledged_learn(make_app, tmp_path):
+    """A process killed with SIGKILL after N acknowledged learns: a new one has all N."""
+    instance = tmp_path / "shared"
+    first = make_app(instance_path=instance)
+    with first.app_context():
+        FlaskRiverML().add_model(linear_model_pipeline(), "regression", name="trump")
+
+    script = tmp_path / "learner.py"
+    script.write_text(LEARNER)
+    with subprocess.Popen(
+        [sys.executable, str(script), str(instance)], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    ) as child:
+        assert child.stdout is not None
+        acknowledged = 0
+        for line in child.stdout:
+            acknowledged = int(line)
+            if acknowledged >= 60:
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # Acknowledgements printed before the kill but not yet read.
+        acknowledged = max([acknowledged, *(int(line) for line in child.stdout.read().split())])
+    assert child.returncode == -signal.SIGKILL
+
+    samples = list(datasets.TrumpApproval().take(acknowledged + 1))
+    probe = [x for x, _ in datasets.TrumpApproval().take(10)]
+    second = make_app(instance_path=instance)
+    with second.app_context():
+        served = [FlaskRiverML().predict(x, "trump")["prediction"] for x in probe]
+    # Every acknowledged learn is there; the one in flight at the kill may be too.
+    candidates = []
+    for count in (acknowledged, acknowledged + 1):
+        local = linear_model_pipeline()
+        for x, y in samples[:count]:
+            local.learn_one(x, y)
+        candidates.append([local.predict_one(x) for x in probe])
+    assert any(served == pytest.approx(candidate, abs=1e-9) for candidate in candidates)
+
+
+def test_snapshot_trims_log_and_restores(make_app, tmp_path):
+    """Snapshots every N records keep the log short; a new process restores the same model."""
+    instance = tmp_path / "shared"
+    first = make_app(instance_path=instance, RIVER_ML_SNAPSHOT_EVERY=10)
+    river_ml = FlaskRiverML()
+    samples = list(datasets.TrumpApproval().take(35))
+    local = linear_model_pipeline()
+    with first.app_context():
+        river_ml.add_model(linear_model_pipeline(), "regression", name="m")
+        for x, y in samples:
+            river_ml.learn("m", ground_truth=y, features=x)
+            local.learn_one(x, y)
+        backend = FlaskRiverML.state(first).backend
+        assert len(backend.read("log:m")) <= 10
+        metrics = river_ml.metrics("m")
+
+    second = make_app(instance_path=instance, RIVER_ML_SNAPSHOT_EVERY=10)
+    with second.app_context():
+        assert_same_predictions(river_ml, "m", local, [x for x, _ in samples[:10]])
+        assert river_ml.metrics("m") == pytest.approx(metrics, abs=1e-9)
+
+
+def test_close_writes_a_snapshot(make_app, tmp_path):
+    """A clean shutdown folds the log into the snapshot."""
+    app = make_app(instance_path=tmp_path / "i")
+    river_ml = FlaskRiverML()
+    with app.app_context():
+        river_ml.add_model(linear_model_pipeline(), "regression", name="m")
+        for x, y in datasets.TrumpApproval().take(20):
+            river_ml.learn("m", ground_truth=y, features=x)
+        state = FlaskRiverML.state(app)
+        assert len(state.backend.read("log:m")) == 20
+        state.engine.close()
+        assert len(state.backend.read("log:m")) == 1  # the snapshot's own record stays
+        assert state.backend.get("snapseq:m") == b"20"
+
+
+def test_two_processes_stay_consistent(make_app, tmp_path):
+    """Two apps on one store (two processes) interleave learns and agree with a local model."""
+    instance = tmp_path / "shared"
+    first = make_app(instance_path=instance, RIVER_ML_SNAPSHOT_EVERY=5)
+    second = make_app(instance_path=instance, RIVER_ML_SNAPSHOT_EVERY=5)
+    river_ml = FlaskRiverML()
+    samples = list(datasets.TrumpApproval().take(60))
+    local = linear_model_pipeline()
+    with first.app_context():
+        river_ml.add_model(linear_model_pipeline(), "regression", name="m")
+    for i, (x, y) in enumerate(samples):
+        # The second app falls behind by more than a snapshot for a while: it must reload.
+        target = first if i < 30 or i % 2 else second
+        with target.app_context():
+            river_ml.learn("m", ground_truth=y, features=x)
+        local.learn_one(x, y)
+    probe = [x for x, _ in samples[:10]]
+    for app in (first, second):
+        with app.app_context():
+            assert_same_predictions(river_ml, "m", local, probe)
+    with first.app_context():
+        metrics = river_ml.metrics("m")
+        assert river_ml.stats("m")["learn"]["n_calls"] == 60
+    with second.app_context():
+        assert river_ml.metrics("m") == metrics
+
+
+def test_replace_and_delete_are_seen_by_other_processes(make_app, tmp_path):
+    instance = tmp_path / "shared"
+    first, second = make_app(instance_path=instance), make_app(instance_path=instance)
+    river_ml = FlaskRiverML()
+    samples = list(datasets.TrumpApproval().take(20))
+    with first.app_context():
+        river_ml.add_model(linear_model_pipeline(), "regression", name="m")
+        for x, y in samples:
+            river_ml.learn("m", ground_truth=y, features=x)
+    with second.app_context():
+        before = river_ml.predict(samples[0][0], "m")["prediction"]
+        assert before != 0.0
+    with first.app_context():
+        river_ml.save_model(linear_model_pipeline(), "m")
+    with second.app_context():
+        assert river_ml.predict(samples[0][0], "m")["prediction"] == 0.0
+        # Records learnt after the replace apply to the new model.
+        river_ml.learn("m", ground_truth=samples[0][1], features=samples[0][0])
+    local = linear_model_pipeline()
+    local.learn_one(*samples[0])
+    with first.app_context():
+        assert river_ml.predict(samples[1][0], "m")["prediction"] == pytest.approx(local.predict_one(samples[1][0]))
+        assert river_ml.delete_model("m") is True
+    with second.app_context():
+        with pytest.raises(ModelNotFound):
+            river_ml.predict(samples[0][0], "m")
+        assert river_ml.models() == []
+
+
+def test_tampered_snapshot_is_refused_not_unpickled(make_app, tmp_path):
+    """A snapshot blob that fails its signature check is never unpickled."""
+    instance = tmp_path / "shared"
+    first = make_app(instance_path=instance)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        river_ml.add_model(linear_model_pipeline(), "regression", name="m")
+        backend = FlaskRiverML.state(first).backend
+        marker = tmp_path / "pwned"
+        payload = b"p" + pickle.dumps(_Exploit(str(marker)))
+        backend.set("snapshot:m", b"\x00" * 32 + payload)
+    second = make_app(instance_path=instance)
+    with second.app_context(), pytest.raises(TamperedData):
+        river_ml.predict({"x": 1}, "m")
+    assert not marker.exists()
+
+
+class _Exploit:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_model_failure_is_refused_and_state_kept(river_ml):
+    """Features the model cannot use: ModelFailed, and the model is as it was."""
+    name = river_ml.add_model(linear_model_pipeline(), "regression")
+    samples = list(datasets.TrumpApproval().take(10))
+    local = linear_model_pipeline()
+    for x, y in samples:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    with pytest.raises(ModelFailed):
+        river_ml.learn(name, ground_truth=1.0, features={"ordinal_date": "not a number"})
+    with pytest.raises(ModelFailed):
+        # With a prediction supplied nothing predicts first: the learn itself fails.
+        river_ml.learn(name, ground_truth=1.0, prediction=0.5, features={"ordinal_date": "not a number"})
+    with pytest.raises(ModelFailed):
+        river_ml.predict({"ordinal_date": "not a number"}, name)
+    assert_same_predictions(river_ml, name, local, [x for x, _ in samples])
+    assert river_ml.stats(name)["learn"]["n_calls"] == 10
+    river_ml.learn(name, ground_truth=samples[0][1], features=samples[0][0])
+
+
+def test_identifiers(make_app, backend_name):
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_IDENTIFIER_EXPIRES_SECONDS=1)
+    river_ml = FlaskRiverML()
+    x, y = next(iter(datasets.TrumpApproval()))
+    with app.app_context():
+        a = river_ml.add_model(linear_model_pipeline(), "regression", name="a")
+        b = river_ml.add_model(linear_model_pipeline(), "regression", name="b")
+        first = river_ml.predict(x, a)["identifier"]
+        with pytest.raises(IdentifierNotFound):
+            river_ml.label(y, first, b)
+        assert river_ml.label(y, first, a) == "Successful label."
+        with pytest.raises(IdentifierNotFound):
+            river_ml.label(y, first, a)
+        # A caller's own identifier, and learn consuming it with the stored features.
+        assert river_ml.predict(x, a, identifier="mine")["identifier"] == "mine"
+        assert river_ml.learn(a, ground_truth=y, identifier="mine") == "Successful learn."
+        with pytest.raises(IdentifierNotFound):
+            river_ml.learn(a, ground_truth=y, identifier="mine")
+        expiring = river_ml.predict(x, a)["identifier"]
+        time.sleep(1.3)
+        with pytest.raises(IdentifierNotFound):
+            river_ml.label(y, expiring, a)
+    local = linear_model_pipeline()
+    local.learn_one(x, y)
+    local.learn_one(x, y)
+    with app.app_context():
+        assert river_ml.predict(x, a)["prediction"] == pytest.approx(local.predict_one(x))

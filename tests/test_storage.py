@@ -1,0 +1,194 @@
+"""The backend conformance suite: every backend behaves the same."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from flask_river_ml.storage import Backend, create_backend
+
+
+@pytest.fixture
+def backend(backend_name, tmp_path) -> Iterator[Backend]:
+    store = create_backend(
+        {"RIVER_ML_STORAGE_BACKEND": backend_name, "RIVER_ML_SHELVE_PATH": str(tmp_path / "store")}
+    )
+    yield store
+    store.close()
+
+
+def test_name(backend, backend_name):
+    assert backend.name == backend_name
+
+
+def test_get_set_delete(backend):
+    assert backend.get("a") is None
+    backend.set("a", b"1")
+    backend.set("a", b"2")
+    assert backend.get("a") == b"2"
+    backend.set("b", b"")
+    assert backend.get("b") == b""
+    assert backend.delete("a", "b", "missing") == 2
+    assert backend.get("a") is None
+
+
+def test_binary_values_round_trip(backend):
+    value = bytes(range(256)) * 100
+    backend.set("blob", value)
+    assert backend.get("blob") == value
+
+
+def test_ttl_expires(backend):
+    backend.set("short", b"x", ttl=0.2)
+    backend.set("long", b"y", ttl=60)
+    assert backend.get("short") == b"x"
+    time.sleep(0.3)
+    assert backend.get("short") is None
+    assert backend.keys("") == ["long"]
+    assert backend.add("short", b"again")
+
+
+def test_add_only_when_absent(backend):
+    assert backend.add("k", b"1")
+    assert not backend.add("k", b"2")
+    assert backend.get("k") == b"1"
+
+
+def test_pop_is_taken_once(backend):
+    backend.set("id", b"record")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(backend.pop("id"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=lambda r: r is None) == [b"record"] + [None] * 7
+
+
+def test_keys_by_prefix_sorted(backend):
+    for key in ["model:b", "model:a", "modelx", "stats:a", "model:%_"]:
+        backend.set(key, b"")
+    assert backend.keys("model:") == ["model:%_", "model:a", "model:b"]
+    assert backend.keys("model:%") == ["model:%_"]
+    assert backend.keys("nothing") == []
+
+
+def test_incr_counts_across_threads(backend):
+    def work():
+        for _ in range(50):
+            backend.incr("counter")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.incr("counter", 0) == 200
+    assert backend.incr("counter", -5) == 195
+
+
+def test_update_is_atomic(backend):
+    def work():
+        for _ in range(50):
+            backend.update("doc", lambda old: old + b"x" if old else b"x")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.get("doc") == b"x" * 200
+
+
+def test_log_append_read_trim(backend):
+    assert backend.read("log") == []
+    assert [backend.append("log", bytes([i])) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert backend.read("log", 3) == [(4, b"\x03"), (5, b"\x04")]
+    backend.trim("log", 4)
+    assert backend.read("log") == [(4, b"\x03"), (5, b"\x04")]
+    # Numbers are not reused after a trim.
+    assert backend.append("log", b"x") == 6
+    assert backend.read("other") == []
+
+
+def test_delete_log_restarts_numbering(backend):
+    backend.append("log", b"a")
+    backend.append("log", b"b")
+    backend.delete_log("log")
+    assert backend.read("log") == []
+    assert backend.append("log", b"c") == 1
+
+
+def test_concurrent_appends_get_distinct_numbers(backend):
+    numbers: list[int] = []
+
+    def work(worker: int):
+        for i in range(50):
+            numbers.append(backend.append("log", f"{worker}-{i}".encode()))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(numbers) == list(range(1, 201))
+    records = backend.read("log")
+    assert [seq for seq, _ in records] == list(range(1, 201))
+    assert len({record for _, record in records}) == 200
+
+
+def test_lock_excludes(backend):
+    inside = []
+    overlaps = []
+
+    def work():
+        for _ in range(20):
+            with backend.lock("x"):
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(1)
+                time.sleep(0.0005)
+                inside.pop()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []
+
+
+def test_lock_timeout(backend):
+    with backend.lock("held"):
+        errors = []
+
+        def other():
+            try:
+                with backend.lock("held", timeout=0.1):
+                    pass
+            except TimeoutError as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1
+    # Other names are independent, and the lock is free again.
+    with backend.lock("held", timeout=0.1), backend.lock("other", timeout=0.1):
+        pass
+
+
+def test_shelve_is_shared_between_instances(tmp_path):
+    """Two shelve backends on one path see each other's writes (as two processes would)."""
+    settings = {"RIVER_ML_STORAGE_BACKEND": "shelve", "RIVER_ML_SHELVE_PATH": str(tmp_path / "s")}
+    first, second = create_backend(settings), create_backend(settings)
+    first.set("k", b"v")
+    assert second.get("k") == b"v"
+    assert first.append("log", b"1") == 1
+    assert second.append("log", b"2") == 2
+    assert [seq for seq, _ in first.read("log")] == [1, 2]
+    first.close()
+    second.close()
