@@ -1,0 +1,142 @@
+"""Registration and settings (SPEC sections 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from flask import Flask
+from river import linear_model
+
+from flask_river_ml import ConfigurationError, FlaskRiverML
+
+
+def new_app(tmp_path, **config) -> Flask:
+    app = Flask("settings_app", instance_path=str(tmp_path / "instance"))
+    app.config.update(config)
+    return app
+
+
+def test_defaults_are_filled_in(tmp_path):
+    app = new_app(tmp_path)
+    FlaskRiverML(app)
+    config = app.config
+    assert config["RIVER_ML_URL_PREFIX"] == "api"
+    assert config["RIVER_ML_STORAGE_BACKEND"] == "shelve"
+    assert config["RIVER_ML_GENERATE_IDENTIFIERS"] is True
+    assert config["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"] == 604800
+    assert config["RIVER_ML_DISABLE_AUTHENTICATION"] is True
+    assert config["RIVER_ML_VIEW_RATE_LIMIT"] == "10000/1day"
+    assert config["RIVER_ML_VIEW_RATE_LIMIT_DISABLE"] is True
+    assert config["RIVER_ML_REDIS_PORT"] == 6379 and config["RIVER_ML_REDIS_DB"] == 0
+    assert config["RIVER_ML_UPLOAD_MAX_BYTES"] == 256 * 1024 * 1024
+    assert "learn" in config["RIVER_ML_AUTHENTICATED_VIEWS"]
+    assert "service_info" not in config["RIVER_ML_AUTHENTICATED_VIEWS"]
+    assert "auth_token" not in config["RIVER_ML_AUTHENTICATED_VIEWS"]
+    settings = FlaskRiverML.state(app).settings
+    # The store lives in the instance folder, never in the package's folder.
+    assert settings["RIVER_ML_APP_DIR"] == app.instance_path
+    assert settings["RIVER_ML_SHELVE_PATH"] == os.path.join(app.instance_path, "river_ml.shelve")
+    assert os.path.exists(settings["RIVER_ML_SHELVE_PATH"] + ".sqlite3")
+    assert settings["RIVER_ML_CACHE_DIR"] == os.path.join(app.instance_path, "cache")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("RIVER_ML_STORAGE_BACKEND", "mongodb"),
+        ("RIVER_ML_URL_PREFIX", 5),
+        ("RIVER_ML_GENERATE_IDENTIFIERS", "maybe"),
+        ("RIVER_ML_IDENTIFIER_EXPIRES_SECONDS", 0),
+        ("RIVER_ML_REDIS_PORT", "http"),
+        ("RIVER_ML_UPLOAD_MAX_BYTES", 1.5),
+        ("RIVER_ML_API_VIEWS_ENABLED", ["learn", "fly"]),
+        ("RIVER_ML_AUTHENTICATED_VIEWS", "learn"),
+        ("RIVER_ML_UNPICKLE_ALLOWED_MODULES", [3]),
+        ("RIVER_ML_SNAPSHOT_EVERY", -1),
+        ("RIVER_ML_SHELVE_SECRET_KEY", 123),
+    ],
+)
+def test_bad_values_fail_at_start_naming_the_key(tmp_path, key, value):
+    app = new_app(tmp_path, **{key: value})
+    with pytest.raises(ConfigurationError, match=key):
+        FlaskRiverML(app)
+    assert "river_ml" not in app.extensions
+
+
+def test_environment_style_values_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASK_RIVER_ML_STORAGE_BACKEND", "memory")
+    monkeypatch.setenv("FLASK_RIVER_ML_GENERATE_IDENTIFIERS", "false")
+    app = new_app(tmp_path, RIVER_ML_REDIS_PORT="6380", RIVER_ML_DISABLE_AUTHENTICATION="False")
+    app.config.from_prefixed_env()
+    FlaskRiverML(app)
+    settings = FlaskRiverML.state(app).settings
+    assert settings["RIVER_ML_STORAGE_BACKEND"] == "memory"
+    assert settings["RIVER_ML_GENERATE_IDENTIFIERS"] is False
+    assert settings["RIVER_ML_REDIS_PORT"] == 6380
+    assert settings["RIVER_ML_DISABLE_AUTHENTICATION"] is False
+
+
+def test_options_are_defaults(tmp_path):
+    app = new_app(tmp_path, RIVER_ML_URL_PREFIX="ml")
+    FlaskRiverML(app, storage_backend="memory", url_prefix="ignored")
+    assert app.config["RIVER_ML_STORAGE_BACKEND"] == "memory"
+    assert app.config["RIVER_ML_URL_PREFIX"] == "ml"
+    with pytest.raises(ConfigurationError, match="colour"):
+        FlaskRiverML(colour="blue")
+
+
+def test_second_registration_raises(tmp_path):
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory")
+    extension = FlaskRiverML(app)
+    with pytest.raises(RuntimeError, match="already registered"):
+        extension.init_app(app)
+
+
+def test_one_extension_serves_several_apps(tmp_path):
+    river_ml = FlaskRiverML()
+    first = Flask("first", instance_path=str(tmp_path / "one"))
+    second = Flask("second", instance_path=str(tmp_path / "two"))
+    river_ml.init_app(first)
+    river_ml.init_app(second)
+    with first.app_context():
+        river_ml.add_model(linear_model.LinearRegression(), "regression", name="only-here")
+    with second.app_context():
+        assert river_ml.models() == []
+    with first.app_context():
+        assert river_ml.models() == ["only-here"]
+    assert not hasattr(river_ml, "app")
+
+
+def test_unregistered_app_is_a_clear_error(tmp_path):
+    app = new_app(tmp_path)
+    with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
+        FlaskRiverML().models()
+
+
+def test_generated_secret_is_kept_and_shared(tmp_path):
+    """Every process on the same folder signs with the same generated key."""
+    first = new_app(tmp_path)
+    FlaskRiverML(first)
+    second = new_app(tmp_path)
+    FlaskRiverML(second)
+    key = FlaskRiverML.state(first).settings["RIVER_ML_SHELVE_SECRET_KEY"]
+    assert len(key) >= 32
+    assert FlaskRiverML.state(second).settings["RIVER_ML_SHELVE_SECRET_KEY"] == key
+    cache = FlaskRiverML.state(first).settings["RIVER_ML_CACHE_DIR"]
+    assert os.listdir(cache) == ["shelve_secret_key"]
+    assert oct(os.stat(os.path.join(cache, "shelve_secret_key")).st_mode & 0o777) == "0o600"
+
+
+def test_a_different_secret_refuses_the_store(tmp_path):
+    """Blobs signed with one key are refused under another."""
+    from flask_river_ml import TamperedData
+
+    first = new_app(tmp_path, RIVER_ML_SHELVE_SECRET_KEY="one")
+    FlaskRiverML(first)
+    with first.app_context():
+        FlaskRiverML().add_model(linear_model.LinearRegression(), "regression", name="m")
+    second = new_app(tmp_path, RIVER_ML_SHELVE_SECRET_KEY="two")
+    FlaskRiverML(second)
+    with second.app_context(), pytest.raises(TamperedData):
+        FlaskRiverML().predict({"x": 1}, "m")
