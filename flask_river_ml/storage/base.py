@@ -83,6 +83,6 @@ class Backend(abc.ABC):
         Raises :class:`TimeoutError` when it cannot be taken within ``timeout`` seconds.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
         """Release connections and files; the backend must not be used afterwards."""
 
