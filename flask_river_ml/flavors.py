@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
-from river import base, metrics
+from river import base, compose, metrics
 
 from .errors import IncompatibleModel, InvalidFlavor, InvalidInput
 
@@ -60,6 +60,11 @@ class Flavor:
             raise IncompatibleModel(
                 f"The {self.name} flavor serves instances of river.base.{self.base.__name__}; "
                 f"{type(model).__name__} is not one."
+            )
+        if "predict_proba_one" in self.methods and not _has_probabilities(model):
+            raise IncompatibleModel(
+                f"The model does not implement predict_proba_one (it keeps river.base.Classifier's "
+                f"placeholder), which the {self.name} flavor needs."
             )
 
     def new_metrics(self) -> list[metrics.base.Metric]:
@@ -113,6 +118,14 @@ class Flavor:
                 # a numeric prediction of a custom model) leaves that metric as it was, the
                 # same way on every replica; the model still learns from the sample.
                 continue
+
+
+def _has_probabilities(model: Any) -> bool:
+    # Every river classifier inherits a predict_proba_one that raises NotImplementedError;
+    # in a pipeline, the last step decides.
+    while isinstance(model, compose.Pipeline):
+        model = list(model.steps.values())[-1]
+    return type(model).predict_proba_one is not base.Classifier.predict_proba_one
 
 
 def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:

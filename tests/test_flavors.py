@@ -1,0 +1,604 @@
+"""Flavors (SPEC section 6) through the in-process client (SPEC section 7).
+
+Every served model is checked against an identical river model trained locally on the same
+samples: predictions must match, and the served metrics must equal river metrics computed
+prequentially (predict, score, then learn) with river's own evaluation rules. Only river's
+bundled datasets are used. The ``river_ml`` fixture runs each test on the memory and the
+shelve backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from typing import Any
+
+import pytest
+from river import base, cluster, datasets, linear_model, metrics, naive_bayes, neighbors, preprocessing
+
+import flask_river_ml
+from flask_river_ml import IncompatibleModel, InvalidFlavor, InvalidInput, RiverMLError
+from flask_river_ml.flavors import metric_values
+
+N_TRAIN = 250
+N_HELD_OUT = 25
+TOLERANCE = 1e-9
+
+#: The metrics SPEC section 6 names for each flavor that has metrics.
+SPEC_METRICS = {
+    "regression": ["MAE", "RMSE", "SMAPE"],
+    "binary": ["Accuracy", "LogLoss", "Precision", "Recall", "F1"],
+    "multiclass": [
+        "Accuracy",
+        "CrossEntropy",
+        "MacroPrecision",
+        "MacroRecall",
+        "MacroF1",
+        "MicroPrecision",
+        "MicroRecall",
+        "MicroF1",
+    ],
+}
+ALL_FLAVORS = ("regression", "binary", "multiclass", "cluster", "neighbor", "custom")
+
+
+# --- models defined here (importable as ``test_flavors``, so both backends can pickle them) ---
+
+
+class NearestCentroid:
+    """A custom model (no river base class): predicts the class whose mean of ``feature`` is closest."""
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        self.sums: dict[Any, float] = {}
+        self.counts: dict[Any, int] = {}
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        self.sums[y] = self.sums.get(y, 0.0) + x[self.feature]
+        self.counts[y] = self.counts.get(y, 0) + 1
+
+    def predict_one(self, x: dict) -> Any:
+        if not self.counts:
+            return None
+        return min(self.counts, key=lambda label: abs(self.sums[label] / self.counts[label] - x[self.feature]))
+
+
+class LearnOnly:
+    """An object that learns but cannot predict: no flavor can serve it."""
+
+    def learn_one(self, x: dict, y: Any = None) -> None:
+        pass
+
+
+class ConstantRegressor(base.Regressor):
+    """A river regressor that always predicts ``value`` and learns nothing."""
+
+    def __init__(self, value: float = 5.0) -> None:
+        self.value = value
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        pass
+
+    def predict_one(self, x: dict) -> float:
+        return self.value
+
+
+class ConstantClassifier(base.Classifier):
+    """A river binary classifier that always gives ``True`` the probability ``p_true``."""
+
+    def __init__(self, p_true: float = 0.75) -> None:
+        self.p_true = p_true
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        pass
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        return {False: 1.0 - self.p_true, True: self.p_true}
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def scaled_linear_regression() -> Any:
+    """The regression model of the tests: ``StandardScaler | LinearRegression``."""
+    return preprocessing.StandardScaler() | linear_model.LinearRegression()
+
+
+def scaled_logistic_regression() -> Any:
+    """The binary model of the tests: ``StandardScaler | LogisticRegression``."""
+    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
+
+
+def scaled_gaussian_nb() -> Any:
+    """The multiclass model of the tests: ``StandardScaler | GaussianNB``."""
+    return preprocessing.StandardScaler() | naive_bayes.GaussianNB()
+
+
+def _samples(dataset: Any, n: int = N_TRAIN + N_HELD_OUT) -> tuple[list, list]:
+    """The first ``n`` samples of a bundled dataset, split into training and held-out parts."""
+    rows = list(itertools.islice(dataset, n))
+    return rows[:N_TRAIN], rows[N_TRAIN:]
+
+
+def _assert_same_prediction(served: Any, local: Any) -> None:
+    """Equal, within ``TOLERANCE`` for floats and for dictionaries of probabilities."""
+    if isinstance(local, dict):
+        assert isinstance(served, dict)
+        assert list(served) == list(local)
+        for key, value in local.items():
+            assert math.isclose(served[key], value, rel_tol=0.0, abs_tol=TOLERANCE), (key, served, local)
+    elif isinstance(local, float):
+        assert isinstance(served, float)
+        assert math.isclose(served, local, rel_tol=0.0, abs_tol=TOLERANCE), (served, local)
+    else:
+        assert served == local
+        assert type(served) is type(local)
+
+
+def _prequential(model: Any, flavor: str, rows: list) -> dict[str, metrics.base.Metric]:
+    """River's metrics for ``flavor`` computed locally: predict, score, learn, sample after sample.
+
+    River's own rules (``evaluate.progressive_val_score``): label metrics get ``predict_one``
+    (for a binary classifier the argmax of ``predict_proba_one``), probability metrics get
+    ``predict_proba_one``; a ``None`` or ``{}`` prediction is not scored.
+    """
+    local = {name: getattr(metrics, name)() for name in SPEC_METRICS[flavor]}
+    for x, y in rows:
+        label = model.predict_one(x)
+        proba = model.predict_proba_one(x) if flavor != "regression" else None
+        for metric in local.values():
+            y_pred = label if getattr(metric, "requires_labels", True) else proba
+            if y_pred is not None and y_pred != {}:
+                metric.update(y, y_pred)
+        model.learn_one(x, y)
+    return local
+
+
+def _assert_metrics_equal(served: dict[str, Any], local: dict[str, metrics.base.Metric]) -> None:
+    """The served values are exactly the local metrics (within ``TOLERANCE``), no more, no less."""
+    assert sorted(served) == sorted(local)
+    for name, metric in local.items():
+        assert isinstance(served[name], float), (name, served[name])
+        assert math.isclose(served[name], metric.get(), rel_tol=0.0, abs_tol=TOLERANCE), (name, served, metric)
+
+
+# --- 1. each flavor predicts what the same river model predicts -----------------------------
+
+
+def test_regression_predictions_match_river(river_ml):
+    """A regression pipeline trained with ``learn`` predicts what the same local pipeline predicts."""
+    train, held_out = _samples(datasets.TrumpApproval())
+    local = scaled_linear_regression()
+    name = river_ml.add_model(scaled_linear_regression(), "regression")
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    for x, _ in held_out:
+        _assert_same_prediction(river_ml.predict(x, name)["prediction"], local.predict_one(x))
+
+
+def test_binary_predictions_match_river(river_ml):
+    """A binary classifier is served as ``{label: probability}``, equal to river's ``predict_proba_one``."""
+    train, held_out = _samples(datasets.Phishing())
+    local = scaled_logistic_regression()
+    name = river_ml.add_model(scaled_logistic_regression(), "binary")
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    for x, _ in held_out:
+        served = river_ml.predict(x, name)["prediction"]
+        assert set(served) == {False, True}
+        _assert_same_prediction(served, local.predict_proba_one(x))
+
+
+def test_binary_prediction_is_empty_before_training(river_ml):
+    """An untrained classifier without probabilities predicts ``{}`` (SPEC: ``{}`` before training)."""
+    name = river_ml.add_model(scaled_gaussian_nb(), "binary")
+    x, _ = next(iter(datasets.Phishing()))
+    assert river_ml.predict(x, name)["prediction"] == {}
+
+
+def test_multiclass_predictions_match_river(river_ml):
+    """A multiclass classifier is served as its predicted class, river's ``predict_one``."""
+    train, held_out = _samples(datasets.ImageSegments())
+    local = scaled_gaussian_nb()
+    name = river_ml.add_model(scaled_gaussian_nb(), "multiclass")
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    predictions = []
+    for x, _ in held_out:
+        served = river_ml.predict(x, name)["prediction"]
+        _assert_same_prediction(served, local.predict_one(x))
+        predictions.append(served)
+    assert len(set(predictions)) > 1, "the held-out samples should exercise more than one class"
+
+
+def test_cluster_predictions_match_river(river_ml):
+    """KMeans learns unsupervised (``ground_truth=None``) and predicts the cluster river predicts."""
+    train, held_out = _samples(datasets.TrumpApproval())
+    local = cluster.KMeans(n_clusters=3, seed=42)
+    name = river_ml.add_model(cluster.KMeans(n_clusters=3, seed=42), "cluster")
+    for x, _ in train:
+        river_ml.learn(name, ground_truth=None, features=x)
+        local.learn_one(x)
+    for x, _ in held_out:
+        served = river_ml.predict(x, name)["prediction"]
+        assert isinstance(served, int)
+        _assert_same_prediction(served, local.predict_one(x))
+    assert river_ml.metrics(name) == {}
+
+
+@pytest.mark.parametrize(
+    ("make_model", "dataset"),
+    [
+        (lambda: neighbors.KNNRegressor(n_neighbors=3), datasets.TrumpApproval),
+        (lambda: neighbors.KNNClassifier(n_neighbors=3), datasets.Phishing),
+    ],
+    ids=["KNNRegressor", "KNNClassifier"],
+)
+def test_neighbor_predictions_match_river(river_ml, make_model, dataset):
+    """The neighbor flavor returns what ``predict_one`` of the same local model returns."""
+    train, held_out = _samples(dataset())
+    local = make_model()
+    name = river_ml.add_model(make_model(), "neighbor")
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    for x, _ in held_out:
+        _assert_same_prediction(river_ml.predict(x, name)["prediction"], local.predict_one(x))
+    assert river_ml.metrics(name) == {}
+
+
+def test_custom_predictions_match_local_model(river_ml):
+    """A plain object with ``learn_one``/``predict_one`` is served as it is."""
+    train, held_out = _samples(datasets.ImageSegments())
+    local = NearestCentroid("intensity-mean")
+    name = river_ml.add_model(NearestCentroid("intensity-mean"), "custom")
+    x0, _ = train[0]
+    assert river_ml.predict(x0, name)["prediction"] is None
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    predictions = []
+    for x, _ in held_out:
+        served = river_ml.predict(x, name)["prediction"]
+        _assert_same_prediction(served, local.predict_one(x))
+        predictions.append(served)
+    assert len(set(predictions)) > 1
+    assert river_ml.metrics(name) == {}
+    assert river_ml.stats(name)["learn"]["n_calls"] == N_TRAIN
+
+
+# --- 2. metrics equal river's prequential metrics ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flavor", "make_model", "dataset"),
+    [
+        ("regression", scaled_linear_regression, datasets.TrumpApproval),
+        ("binary", scaled_logistic_regression, datasets.Phishing),
+        ("multiclass", scaled_gaussian_nb, datasets.ImageSegments),
+    ],
+    ids=["regression", "binary", "multiclass"],
+)
+def test_metrics_equal_river_prequential_metrics(river_ml, flavor, make_model, dataset):
+    """Every SPEC metric is reported, has moved, and equals river's metric computed prequentially.
+
+    For binary models the label metrics get the argmax of ``predict_proba_one`` and LogLoss the
+    probabilities; for multiclass models the label metrics get ``predict_one`` and CrossEntropy
+    ``predict_proba_one``; an empty ``{}`` (an untrained GaussianNB) is not scored.
+    """
+    train, _ = _samples(dataset(), N_TRAIN)
+    name = river_ml.add_model(make_model(), flavor)
+    initial = river_ml.metrics(name)
+    assert sorted(initial) == sorted(SPEC_METRICS[flavor])
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+    local = _prequential(make_model(), flavor, train)
+
+    served = river_ml.metrics(name)
+    _assert_metrics_equal(served, local)
+    for metric_name in SPEC_METRICS[flavor]:
+        fresh = getattr(metrics, metric_name)().get()
+        assert initial[metric_name] == fresh
+        assert served[metric_name] != fresh, f"{metric_name} did not move off its initial value"
+    json.dumps(served, allow_nan=False)
+
+
+def test_multiclass_cross_entropy_moves(river_ml):
+    """CrossEntropy is fed the probabilities of a multiclass model, so it moves (SPEC section 6)."""
+    train, _ = _samples(datasets.ImageSegments(), 30)
+    name = river_ml.add_model(scaled_gaussian_nb(), "multiclass")
+    for x, y in train:
+        river_ml.learn(name, ground_truth=y, features=x)
+    assert river_ml.metrics(name)["CrossEntropy"] > 0.0
+
+
+def test_metrics_of_identifier_labels_equal_river(river_ml):
+    """Predict then label (the identifier path) scores the stored prediction like a direct learn."""
+    train, _ = _samples(datasets.Phishing(), 60)
+    name = river_ml.add_model(scaled_logistic_regression(), "binary")
+    for x, y in train:
+        identifier = river_ml.predict(x, name)["identifier"]
+        river_ml.label(y, identifier, name)
+    _assert_metrics_equal(river_ml.metrics(name), _prequential(scaled_logistic_regression(), "binary", train))
+
+
+# --- 3. falsy values are real values --------------------------------------------------------
+
+
+@pytest.mark.parametrize("zero", [0, 0.0], ids=["int", "float"])
+def test_zero_prediction_with_zero_ground_truth_is_scored(river_ml, zero):
+    """A fresh LinearRegression predicts ``0.0``; with a ground truth of 0 the sample still counts.
+
+    Such a sample leaves MAE at 0.0, so a second sample with a known prediction reveals the count:
+    MAE is (0 + 2) / 2 = 1.0 when the first sample was scored, 2.0 if it was dropped.
+    """
+    x = {"a": 1.0, "b": -2.0}
+    name = river_ml.add_model(linear_model.LinearRegression(), "regression")
+    assert river_ml.predict(x, name)["prediction"] == 0.0
+    river_ml.learn(name, ground_truth=zero, features=x)
+    river_ml.learn(name, ground_truth=0.0, prediction=2.0, features=x)
+
+    local = {metric_name: getattr(metrics, metric_name)() for metric_name in SPEC_METRICS["regression"]}
+    for metric in local.values():
+        metric.update(zero, 0.0)
+        metric.update(0.0, 2.0)
+    served = river_ml.metrics(name)
+    _assert_metrics_equal(served, local)
+    assert served["MAE"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("flavor", "falsy"),
+    [("regression", 0), ("regression", 0.0), ("binary", False)],
+    ids=["regression-0", "regression-0.0", "binary-False"],
+)
+def test_falsy_label_is_scored(river_ml, flavor, falsy):
+    """``label(0 / 0.0 / False, identifier, name)`` after a predict is a label, not a missing one."""
+    x, _ = next(iter(datasets.Phishing()))
+    if flavor == "regression":
+        model = ConstantRegressor(5.0)
+        name = river_ml.add_model(ConstantRegressor(5.0), flavor)
+        local = {m: getattr(metrics, m)() for m in SPEC_METRICS[flavor]}
+        for metric in local.values():
+            metric.update(falsy, model.predict_one(x))
+    else:
+        model = scaled_logistic_regression()
+        name = river_ml.add_model(scaled_logistic_regression(), flavor)
+        local = _prequential(model, flavor, [(x, falsy)])
+
+    before = river_ml.metrics(name)
+    identifier = river_ml.predict(x, name)["identifier"]
+    assert river_ml.label(falsy, identifier, name) == "Successful label."
+    after = river_ml.metrics(name)
+    assert after != before
+    _assert_metrics_equal(after, local)
+
+
+@pytest.mark.parametrize(
+    ("flavor", "falsy", "ground_truth"),
+    [("regression", 0, 3.0), ("regression", 0.0, 3.0), ("binary", False, False)],
+    ids=["regression-0", "regression-0.0", "binary-False"],
+)
+def test_falsy_caller_prediction_is_scored(river_ml, flavor, falsy, ground_truth):
+    """A ``prediction`` of ``0``, ``0.0`` or ``False`` sent with a learn is scored as sent.
+
+    The models predict something else themselves (5.0; True at 0.75), so a prediction taken
+    for missing would give other metric values.
+    """
+    x = {"a": 1.0}
+    model = ConstantRegressor(5.0) if flavor == "regression" else ConstantClassifier(0.75)
+    name = river_ml.add_model(model, flavor)
+    before = river_ml.metrics(name)
+    river_ml.learn(name, ground_truth=ground_truth, prediction=falsy, features=x)
+    after = river_ml.metrics(name)
+    assert after != before
+
+    local = {m: getattr(metrics, m)() for m in SPEC_METRICS[flavor]}
+    for metric in local.values():
+        # A bare label carries no probabilities: LogLoss has nothing to score.
+        if getattr(metric, "requires_labels", True):
+            metric.update(ground_truth, falsy)
+    _assert_metrics_equal(after, local)
+    if flavor == "regression":
+        assert after["MAE"] == 3.0
+    else:
+        assert after["Accuracy"] == 1.0
+        assert after["LogLoss"] == before["LogLoss"]
+
+
+@pytest.mark.parametrize("ground_truth", [0, 0.0, False], ids=["0", "0.0", "False"])
+def test_falsy_ground_truth_is_scored_by_learn(river_ml, ground_truth):
+    """``learn(ground_truth=0 / 0.0 / False)`` is supervised and scored (the server predicts first)."""
+    x = {"a": 1.0}
+    flavor = "binary" if ground_truth is False else "regression"
+    model = ConstantClassifier(0.75) if flavor == "binary" else ConstantRegressor(5.0)
+    name = river_ml.add_model(model, flavor)
+    before = river_ml.metrics(name)
+    river_ml.learn(name, ground_truth=ground_truth, features=x)
+    after = river_ml.metrics(name)
+    assert after != before
+    _assert_metrics_equal(after, _prequential(model, flavor, [(x, ground_truth)]))
+
+
+# --- 4. non-finite metric values -------------------------------------------------------------
+
+
+class _MinusInfinity(metrics.MAE):
+    """A metric whose value is -inf (no metric of SPEC section 6 can go below zero)."""
+
+    def get(self) -> float:
+        return float("-inf")
+
+
+def test_metric_values_renders_non_finite_values_as_strings():
+    """``metric_values`` gives ``"inf"``, ``"-inf"`` and ``"nan"``, and finite values unchanged."""
+    infinite, not_a_number, finite = metrics.MAE(), metrics.MAE(), metrics.MAE()
+    infinite.update(float("inf"), 0.0)
+    not_a_number.update(float("inf"), float("inf"))
+    finite.update(3.0, 1.0)
+    assert math.isinf(infinite.get()) and math.isnan(not_a_number.get())
+
+    assert metric_values([infinite]) == {"MAE": "inf"}
+    assert metric_values([not_a_number]) == {"MAE": "nan"}
+    assert metric_values([_MinusInfinity()]) == {"_MinusInfinity": "-inf"}
+    assert metric_values([finite]) == {"MAE": 2.0}
+    assert metric_values([]) == {}
+
+
+def test_non_finite_metrics_through_the_client(river_ml):
+    """An infinite ground truth makes MAE and RMSE infinite and SMAPE nan; all come back as strings."""
+    name = river_ml.add_model(ConstantRegressor(0.0), "regression")
+    river_ml.learn(name, ground_truth=float("inf"), features={"a": 1.0})
+    served = river_ml.metrics(name)
+    assert served == {"MAE": "inf", "RMSE": "inf", "SMAPE": "nan"}
+    json.dumps(served, allow_nan=False)
+
+
+# --- 5. flavor checks --------------------------------------------------------------------------
+
+
+def test_regressor_uploaded_as_binary_is_incompatible(river_ml):
+    """A regressor has no ``predict_proba_one``: the binary flavor refuses it and nothing is stored."""
+    with pytest.raises(IncompatibleModel, match="predict_proba_one"):
+        river_ml.add_model(linear_model.LinearRegression(), "binary")
+    assert river_ml.models() == []
+
+
+def test_unknown_flavor_lists_the_flavors(river_ml):
+    """An unknown flavor raises InvalidFlavor whose message names every flavor."""
+    with pytest.raises(InvalidFlavor) as raised:
+        river_ml.add_model(linear_model.LinearRegression(), "banana")
+    message = str(raised.value)
+    assert "banana" in message
+    for flavor in ALL_FLAVORS:
+        assert flavor in message
+    assert river_ml.models() == []
+
+
+def test_creme_flavor_is_refused(river_ml):
+    """``creme`` (which riverapi accepts) is an InvalidFlavor: that library is retired."""
+    with pytest.raises(InvalidFlavor, match="creme") as raised:
+        river_ml.add_model(linear_model.LinearRegression(), "creme")
+    # Not the generic "unknown flavor" answer: the message sends the user to river.
+    assert "river" in str(raised.value)
+    assert river_ml.models() == []
+
+
+@pytest.mark.parametrize("flavor", ["custom", "neighbor", "regression"])
+def test_object_without_predict_methods_is_incompatible(river_ml, flavor):
+    """An object that can learn but not predict is refused, with a message naming a missing method."""
+    with pytest.raises(IncompatibleModel, match="predict"):
+        river_ml.add_model(LearnOnly(), flavor)
+    assert river_ml.models() == []
+
+
+def test_classifier_uploaded_as_cluster_is_incompatible(river_ml):
+    """The cluster flavor serves river clusterers only: a classifier is refused."""
+    with pytest.raises(IncompatibleModel, match="Clusterer"):
+        river_ml.add_model(linear_model.LogisticRegression(), "cluster")
+    assert river_ml.models() == []
+
+
+def test_clusterer_uploaded_as_regression_is_incompatible(river_ml):
+    """A clusterer has ``predict_one`` but is no regressor: river's base class decides."""
+    with pytest.raises(IncompatibleModel, match="Regressor"):
+        river_ml.add_model(cluster.KMeans(), "regression")
+
+
+def test_flavor_errors_are_package_errors():
+    """InvalidFlavor and IncompatibleModel are errors of the package (400 over HTTP)."""
+    for error in (InvalidFlavor, IncompatibleModel, InvalidInput):
+        assert issubclass(error, RiverMLError)
+        assert error("x").status == 400
+    assert flask_river_ml.IncompatibleModel is IncompatibleModel
+
+
+@pytest.mark.parametrize(
+    ("flavor", "make_model"),
+    [
+        ("cluster", lambda: cluster.KMeans(n_clusters=2, seed=1)),
+        ("neighbor", lambda: neighbors.KNNRegressor()),
+        ("custom", lambda: NearestCentroid("a")),
+    ],
+)
+def test_flavors_without_metrics_report_empty_metrics(river_ml, flavor, make_model):
+    """``metrics`` is ``{}`` for the cluster, neighbor and custom flavors, before and after learning."""
+    name = river_ml.add_model(make_model(), flavor)
+    assert river_ml.metrics(name) == {}
+    for i in range(5):
+        ground_truth = None if flavor == "cluster" else float(i % 2)
+        river_ml.learn(name, ground_truth=ground_truth, features={"a": float(i)})
+    river_ml.predict({"a": 0.5}, name)
+    assert river_ml.metrics(name) == {}
+
+
+def test_every_flavor_accepts_a_suitable_model(river_ml):
+    """Each flavor of SPEC section 6 takes the kind of model it is meant for."""
+    uploads = {
+        "regression": linear_model.LinearRegression(),
+        "binary": linear_model.LogisticRegression(),
+        "multiclass": naive_bayes.GaussianNB(),
+        "cluster": cluster.KMeans(),
+        "neighbor": neighbors.KNNClassifier(),
+        "custom": NearestCentroid("a"),
+    }
+    for flavor, model in uploads.items():
+        assert river_ml.add_model(model, flavor, name=f"model-{flavor}") == f"model-{flavor}"
+    assert river_ml.models() == sorted(f"model-{flavor}" for flavor in uploads)
+
+
+# --- 6. a regression ground truth must be a number ---------------------------------------------
+
+
+@pytest.mark.parametrize("ground_truth", ["abc", [1.0], {"y": 1.0}], ids=["str", "list", "dict"])
+def test_non_numeric_regression_ground_truth_is_refused(river_ml, ground_truth):
+    """``learn`` with a non-numeric regression ground truth raises InvalidInput and changes nothing."""
+    train, held_out = _samples(datasets.TrumpApproval(), 40)
+    name = river_ml.add_model(scaled_linear_regression(), "regression")
+    for x, y in train[:30]:
+        river_ml.learn(name, ground_truth=y, features=x)
+    before_predictions = [river_ml.predict(x, name)["prediction"] for x, _ in held_out]
+    before_metrics = river_ml.metrics(name)
+
+    with pytest.raises(InvalidInput):
+        river_ml.learn(name, ground_truth=ground_truth, features=train[30][0])
+
+    assert [river_ml.predict(x, name)["prediction"] for x, _ in held_out] == before_predictions
+    assert river_ml.metrics(name) == before_metrics
+
+
+def test_non_numeric_regression_label_is_refused_and_prediction_keeps_waiting(river_ml):
+    """``label("abc", ...)`` raises InvalidInput, changes nothing, and a later numeric label works."""
+    train, held_out = _samples(datasets.TrumpApproval(), 40)
+    name = river_ml.add_model(scaled_linear_regression(), "regression")
+    for x, y in train[:30]:
+        river_ml.learn(name, ground_truth=y, features=x)
+    before_predictions = [river_ml.predict(x, name)["prediction"] for x, _ in held_out]
+    before_metrics = river_ml.metrics(name)
+
+    x, y = train[30]
+    identifier = river_ml.predict(x, name)["identifier"]
+    with pytest.raises(InvalidInput):
+        river_ml.label("abc", identifier, name)
+    assert [river_ml.predict(x, name)["prediction"] for x, _ in held_out] == before_predictions
+    assert river_ml.metrics(name) == before_metrics
+
+    assert river_ml.label(y, identifier, name) == "Successful label."
+    assert river_ml.metrics(name) != before_metrics
+
+
+def test_binary_refuses_a_classifier_without_probabilities(river_ml):
+    """A classifier that keeps river's placeholder predict_proba_one cannot be served as binary."""
+    from river import multiclass
+
+    for model in (
+        multiclass.OneVsOneClassifier(linear_model.LogisticRegression()),
+        preprocessing.StandardScaler() | multiclass.OneVsOneClassifier(linear_model.LogisticRegression()),
+    ):
+        with pytest.raises(IncompatibleModel, match="predict_proba_one"):
+            river_ml.add_model(model, "binary")
+    assert river_ml.add_model(multiclass.OneVsOneClassifier(linear_model.LogisticRegression()), "multiclass")
