@@ -154,18 +154,20 @@ def test_snapshot_trims_log_and_restores(make_app, tmp_path):
         assert river_ml.metrics("m") == pytest.approx(metrics, abs=1e-9)
 
 
-def test_close_writes_a_snapshot(make_app, tmp_path):
-    """A clean shutdown folds the log into the snapshot."""
-    app = make_app(instance_path=tmp_path / "i")
+def test_snapshots_while_learning_and_at_close(make_app, backend_name):
+    """Every N records and at a clean shutdown the log is folded into the snapshot."""
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_SNAPSHOT_EVERY=8)
     river_ml = FlaskRiverML()
     with app.app_context():
         river_ml.add_model(linear_model_pipeline(), "regression", name="m")
         for x, y in datasets.TrumpApproval().take(20):
             river_ml.learn("m", ground_truth=y, features=x)
         state = FlaskRiverML.state(app)
-        assert len(state.backend.read("log:m")) == 20
+        # Snapshots at 8 and 16; the log keeps the 16th record and those after it.
+        assert [seq for seq, _ in state.backend.read("log:m")] == [16, 17, 18, 19, 20]
+        assert state.backend.get("snapseq:m") == b"16"
         state.engine.close()
-        assert len(state.backend.read("log:m")) == 1  # the snapshot's own record stays
+        assert [seq for seq, _ in state.backend.read("log:m")] == [20]
         assert state.backend.get("snapseq:m") == b"20"
 
 
