@@ -247,10 +247,20 @@ class Engine:
         if scored is None and y is not None:
             scored = self._predict(replica, x)
         parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
-        seq = self.backend.append(_log(name), self.codec.dumps((replica.generation, x, y, *parts)))
-        failures = self._catch_up(name, replica)
-        if seq in failures:
-            raise ModelFailed(f"The model could not learn from this sample: {failures[seq]!r}")
+        generation = replica.generation
+        seq = self.backend.append(_log(name), self.codec.dumps((generation, x, y, *parts)))
+        with replica.lock:
+            if seq == replica.seq + 1 and generation == replica.generation:
+                # Nobody wrote in between: apply the record from memory rather than read it back.
+                replica.seq = seq
+                try:
+                    self._apply(replica, x, y, scored or Scored(None))
+                except Exception as error:  # noqa: BLE001 - a model may raise anything
+                    raise ModelFailed(f"The model could not learn from this sample: {error!r}") from error
+            else:
+                failures = self._catch_up(name, replica)
+                if seq in failures:
+                    raise ModelFailed(f"The model could not learn from this sample: {failures[seq]!r}")
         if replica.seq - replica.snapshot_seq >= self.snapshot_every:
             self.snapshot(name, replica, wait=False)
         return scored

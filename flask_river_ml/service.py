@@ -19,10 +19,6 @@ from .names import check_name, generate_name
 _MAX_IDENTIFIER = 256
 
 
-def _stats_key(name: str) -> str:
-    return f"stats:{name}"
-
-
 def _identifier_key(name: str, identifier: str) -> str:
     return f"ident:{name}:{identifier}"
 
@@ -69,7 +65,8 @@ class Service:
     def delete_model(self, name: str) -> bool:
         """Delete the model, its stats and its waiting predictions; False when there was none."""
         existed = self.engine.delete(check_name(name))
-        self.backend.delete(_stats_key(name), *self.backend.keys(_identifier_key(name, "")))
+        timings = [stats.key(name, kind) for kind in stats.KINDS]
+        self.backend.delete(*timings, *self.backend.keys(_identifier_key(name, "")))
         return existed
 
     def get_model(self, name: str) -> Any:
@@ -95,11 +92,11 @@ class Service:
     def stats(self, name: str) -> dict[str, dict[str, Any]]:
         """Counts and durations of the model's learn and predict calls, from every process."""
         self.engine.replica(check_name(name))
-        return stats.render(self.backend.get(_stats_key(name)))
+        return stats.render({kind: self.backend.observed(stats.key(name, kind)) for kind in stats.KINDS})
 
     def _timed(self, name: str, kind: str, started: int) -> None:
         duration = time.perf_counter_ns() - started
-        self.backend.update(_stats_key(name), lambda raw: stats.record(raw, kind, duration))
+        self.backend.observe(stats.key(name, kind), duration, stats.EWM_ALPHA)
 
     # --- learning and predicting -----------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """Timing statistics of learn and predict calls, in the format of SPEC section 3.
 
-Each model's stats are one small JSON document, updated with the backend's atomic
-read-modify-write, so calls from every process are counted exactly once and in one order.
+Each kind of call of each model has a count, a total and an exponentially weighted mean,
+updated by one atomic backend operation per call, so calls from every process are counted
+exactly once and in one order.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 #: The weight of the newest duration in the exponentially weighted mean.
@@ -30,29 +30,22 @@ def humanize_ns(ns: int) -> str:
     return "".join(parts)
 
 
-def record(raw: bytes | None, kind: str, duration_ns: int) -> bytes:
-    """The stats document ``raw`` with one more ``kind`` call that took ``duration_ns``."""
-    doc = json.loads(raw) if raw else {}
-    entry = doc.setdefault(kind, {"n": 0, "total": 0, "ewm": 0.0})
-    entry["ewm"] = duration_ns if entry["n"] == 0 else EWM_ALPHA * duration_ns + (1 - EWM_ALPHA) * entry["ewm"]
-    entry["n"] += 1
-    entry["total"] += duration_ns
-    return json.dumps(doc).encode()
+def key(name: str, kind: str) -> str:
+    """Where the backend keeps the timings of ``kind`` calls of model ``name``."""
+    return f"stats:{name}:{kind}"
 
 
-def render(raw: bytes | None) -> dict[str, dict[str, Any]]:
-    """The public form of a stats document: ``{learn: S, predict: S}``."""
-    doc = json.loads(raw) if raw else {}
+def render(observed: dict[str, tuple[int, int, float] | None]) -> dict[str, dict[str, Any]]:
+    """The public form, ``{learn: S, predict: S}``, of each kind's (count, total, mean)."""
     result = {}
     for kind in KINDS:
-        entry = doc.get(kind, {"n": 0, "total": 0, "ewm": 0.0})
-        mean = entry["total"] // entry["n"] if entry["n"] else 0
-        ewm = int(entry["ewm"])
+        count, total, ewm = observed.get(kind) or (0, 0, 0.0)
+        mean = total // count if count else 0
         result[kind] = {
-            "n_calls": entry["n"],
+            "n_calls": count,
             "mean_duration": mean,
             "mean_duration_human": humanize_ns(mean),
-            "ewm_duration": ewm,
-            "ewm_duration_human": humanize_ns(ewm),
+            "ewm_duration": int(ewm),
+            "ewm_duration_human": humanize_ns(int(ewm)),
         }
     return result

@@ -164,13 +164,13 @@ def test_humanize_ns():
     assert humanize_ns(61_000_000_001) == "1m1s1ns"
 
 
-def test_ewm_weights_the_newest_call():
+def test_ewm_weights_the_newest_call(river_ml):
     from flask_river_ml import stats
 
-    raw = None
+    backend = river_ml.state().backend
     for duration in (10, 20, 30):
-        raw = stats.record(raw, "learn", duration)
-    rendered = stats.render(raw)["learn"]
+        backend.observe("stats:m:learn", duration, stats.EWM_ALPHA)
+    rendered = stats.render({"learn": backend.observed("stats:m:learn")})["learn"]
     assert rendered["n_calls"] == 3
     assert rendered["mean_duration"] == 20
     # 10, then 0.3 * 20 + 0.7 * 10 = 13, then 0.3 * 30 + 0.7 * 13 = 18.1

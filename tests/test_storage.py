@@ -103,6 +103,31 @@ def test_update_is_atomic(backend):
     assert backend.get("doc") == b"x" * 200
 
 
+def test_observe_counts_totals_and_weighs(backend):
+    assert backend.observed("t") is None
+    for value in (10, 20, 30):
+        backend.observe("t", value, 0.3)
+    count, total, mean = backend.observed("t")
+    assert (count, total) == (3, 60)
+    assert mean == pytest.approx(18.1)
+    assert backend.keys("t") == []
+    assert backend.delete("t") == 1
+    assert backend.observed("t") is None
+
+
+def test_observe_counts_across_threads(backend):
+    def work():
+        for _ in range(50):
+            backend.observe("t", 1, 0.5)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert backend.observed("t") == (200, 200, 1.0)
+
+
 def test_log_append_read_trim(backend):
     assert backend.read("log") == []
     assert [backend.append("log", bytes([i])) for i in range(5)] == [1, 2, 3, 4, 5]

@@ -61,6 +61,20 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def observe(self, key: str, value: int, alpha: float) -> None:
+        """Add ``value`` to the running count, total and exponentially weighted mean at ``key``.
+
+        The weighted mean starts at the first value, then moves by ``alpha`` towards each new
+        one. Timings live beside the keys (``keys`` does not list them; ``delete`` removes
+        them); they get a primitive of their own because every learn and predict records one,
+        and a single atomic statement is far cheaper than a read-modify-write.
+        """
+
+    @abc.abstractmethod
+    def observed(self, key: str) -> tuple[int, int, float] | None:
+        """``(count, total, weighted mean)`` at ``key``, or None when nothing was observed."""
+
+    @abc.abstractmethod
     def append(self, log: str, record: bytes) -> int:
         """Append ``record`` to ``log``; its sequence number (1, 2, ...)."""
 

@@ -24,6 +24,7 @@ class MemoryBackend(Backend):
         self._logs: dict[str, dict[int, bytes]] = {}
         self._heads: dict[str, int] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._timings: dict[str, tuple[int, int, float]] = {}
 
     def _live(self, key: str) -> bytes | None:
         entry = self._values.get(key)
@@ -58,9 +59,10 @@ class MemoryBackend(Backend):
 
     def delete(self, *keys: str) -> int:
         with self._mutex:
-            found = [key for key in keys if self._live(key) is not None]
+            found = [key for key in keys if self._live(key) is not None or key in self._timings]
             for key in found:
-                del self._values[key]
+                self._values.pop(key, None)
+                self._timings.pop(key, None)
             return len(found)
 
     def keys(self, prefix: str) -> list[str]:
@@ -80,6 +82,15 @@ class MemoryBackend(Backend):
             self.set(key, value)
             return value
 
+    def observe(self, key: str, value: int, alpha: float) -> None:
+        with self._mutex:
+            count, total, mean = self._timings.get(key, (0, 0, float(value)))
+            self._timings[key] = (count + 1, total + value, mean if count == 0 else alpha * value + (1 - alpha) * mean)
+
+    def observed(self, key: str) -> tuple[int, int, float] | None:
+        with self._mutex:
+            return self._timings.get(key)
+
     def append(self, log: str, record: bytes) -> int:
         with self._mutex:
             seq = self._heads.get(log, 0) + 1
@@ -89,8 +100,14 @@ class MemoryBackend(Backend):
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         with self._mutex:
-            # Records are inserted in increasing order, so the dict is already sorted.
-            return [(seq, record) for seq, record in self._logs.get(log, {}).items() if seq > after]
+            records = self._logs.get(log, {})
+            # Numbers are consecutive from the first record kept: walk from there, not the log.
+            seq = max(after + 1, next(iter(records), after + 1))
+            found = []
+            while seq in records:
+                found.append((seq, records[seq]))
+                seq += 1
+            return found
 
     def trim(self, log: str, before: int) -> None:
         with self._mutex:

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS log (
     name TEXT NOT NULL, seq INTEGER NOT NULL, record BLOB NOT NULL, PRIMARY KEY (name, seq)
 );
 CREATE TABLE IF NOT EXISTS heads (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS timings (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, total INTEGER NOT NULL, mean REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
 """
 _LIVE = "(expires IS NULL OR expires > ?)"
 #: Expired keys are swept once every this many writes with a time to live.
@@ -96,8 +100,8 @@ class ShelveBackend(Backend):
         return self._read_value(self._db(), key)
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        with self._transaction() as db:
-            self._write_value(db, key, value, ttl)
+        # One statement is its own transaction: no BEGIN/COMMIT round trips on the hot path.
+        self._write_value(self._db(), key, value, ttl)
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         with self._transaction() as db:
@@ -107,16 +111,17 @@ class ShelveBackend(Backend):
             return True
 
     def pop(self, key: str) -> bytes | None:
-        with self._transaction() as db:
-            value = self._read_value(db, key)
-            db.execute("DELETE FROM kv WHERE key = ?", (key,))
-            return value
+        row = self._db().execute("DELETE FROM kv WHERE key = ? RETURNING value, expires", (key,)).fetchone()
+        if row is None or (row[1] is not None and row[1] <= time.time()):
+            return None
+        return bytes(row[0])
 
     def delete(self, *keys: str) -> int:
         with self._transaction() as db:
             found = sum(self._read_value(db, key) is not None for key in keys)
             db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in keys])
-            return found
+            timings = db.executemany("DELETE FROM timings WHERE key = ?", [(key,) for key in keys]).rowcount
+            return found + max(timings, 0)
 
     def keys(self, prefix: str) -> list[str]:
         # substr rather than LIKE: a prefix may contain % or _.
@@ -134,6 +139,17 @@ class ShelveBackend(Backend):
             value = func(self._read_value(db, key))
             self._write_value(db, key, value, None)
             return value
+
+    def observe(self, key: str, value: int, alpha: float) -> None:
+        self._db().execute(
+            "INSERT INTO timings (key, count, total, mean) VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET count = count + 1, total = total + excluded.total, mean = ? * excluded.mean + ? * mean",
+            (key, value, float(value), alpha, 1 - alpha),
+        )
+
+    def observed(self, key: str) -> tuple[int, int, float] | None:
+        row = self._db().execute("SELECT count, total, mean FROM timings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
 
     def append(self, log: str, record: bytes) -> int:
         with self._transaction() as db:
