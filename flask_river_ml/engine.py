@@ -45,6 +45,7 @@ class Snapshot:
     metrics: list
     seq: int
     generation: int
+    flavor: str
 
 
 @dataclass
@@ -57,6 +58,9 @@ class Replica:
     seq: int
     generation: int
     snapshot_seq: int
+    # Records that raised when applied, by number, until their sender collects the error
+    # (whichever thread applied them); dropped when a snapshot passes them.
+    failures: dict[int, Exception] = field(default_factory=dict)
     # Guards the model: river models are not thread-safe, and records are applied in order.
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -104,7 +108,7 @@ class Engine:
                 raise ModelExists(f"A model named '{name}' exists already; delete it first.")
             # A log left by a model deleted halfway (a crash) must not be replayed into this one.
             self.backend.delete_log(_log(name))
-            self._publish(name, Snapshot(model, flavor.new_metrics(), 0, self._next_generation()), flavor)
+            self._publish(name, Snapshot(model, flavor.new_metrics(), 0, self._next_generation(), flavor.name))
 
     def replace(self, name: str, model: Any) -> None:
         """Replace the stored model, keeping its flavor, metrics and stats."""
@@ -112,8 +116,8 @@ class Engine:
             replica = self.replica(name)
             replica.flavor.check(model)
             with replica.lock:
-                state = Snapshot(model, replica.metrics, replica.seq, self._next_generation())
-                self._publish(name, state, replica.flavor)
+                state = Snapshot(model, replica.metrics, replica.seq, self._next_generation(), replica.flavor.name)
+                self._publish(name, state)
 
     def delete(self, name: str) -> bool:
         """Delete the model and its log; False when there was none."""
@@ -136,12 +140,12 @@ class Engine:
         # One counter for the whole store: a deleted and re-created name never reuses a number.
         return self.backend.incr("generation")
 
-    def _publish(self, name: str, state: Snapshot, flavor: Flavor) -> None:
+    def _publish(self, name: str, state: Snapshot) -> None:
         # The snapshot is written before the model key, so whoever sees the new generation
         # finds its snapshot.
         self.backend.set(_snapshot_key(name), self.codec.dumps(state))
         self.backend.set(_snapseq_key(name), str(state.seq).encode())
-        meta = {"flavor": flavor.name, "generation": state.generation}
+        meta = {"flavor": state.flavor, "generation": state.generation}
         self.backend.set(meta_key(name), json.dumps(meta).encode())
 
     # --- replicas ------------------------------------------------------------------------------
@@ -162,13 +166,14 @@ class Engine:
         return replica
 
     def _load(self, name: str) -> Replica:
-        raw_meta = self.backend.get(meta_key(name))
         blob = self.backend.get(_snapshot_key(name))
-        if raw_meta is None or blob is None:
+        if blob is None:
             raise ModelNotFound(name)
+        # The snapshot carries its flavor: the model key may already describe a newer model.
         state: Snapshot = self.codec.loads(blob)
-        flavor = get_flavor(json.loads(raw_meta)["flavor"])
-        replica = Replica(flavor, state.model, state.metrics, state.seq, state.generation, state.seq)
+        replica = Replica(
+            get_flavor(state.flavor), state.model, state.metrics, state.seq, state.generation, state.seq
+        )
         with self._mutex:
             current = self._replicas.get(name)
             # Another thread may have loaded the same or a newer generation meanwhile.
@@ -177,36 +182,39 @@ class Engine:
             self._replicas[name] = replica
         return replica
 
-    def _catch_up(self, name: str, replica: Replica) -> dict[int, Exception]:
-        """Apply every log record after the replica's position; the failures by number."""
-        failures: dict[int, Exception] = {}
+    def _catch_up(self, name: str, replica: Replica) -> None:
+        """Apply every log record after the replica's position, in order.
+
+        A record that raises is skipped the same way by every replica; its error is kept in
+        ``replica.failures`` for the thread that sent it.
+        """
         with replica.lock:
             records = self.backend.read(_log(name), replica.seq)
-            if records and records[0][0] != replica.seq + 1:
+            while records and records[0][0] != replica.seq + 1:
                 # The log was trimmed past this replica by a snapshot: start from that snapshot.
-                fresh = self._reload(name, replica)
-                records = self.backend.read(_log(name), fresh.seq)
+                # Again if another snapshot trimmed further while this one was being read.
+                self._reload(name, replica)
+                records = self.backend.read(_log(name), replica.seq)
             for seq, blob in records:
                 generation, x, y, value, label, proba = self.codec.loads(blob)
                 if generation == replica.generation:
                     try:
                         self._apply(replica, x, y, Scored(value, label, proba))
                     except Exception as error:  # noqa: BLE001 - a model may raise anything
-                        # Skipped the same way by every replica; the sender gets a 400.
-                        failures[seq] = error
+                        replica.failures[seq] = error
                 replica.seq = seq
-        return failures
 
-    def _reload(self, name: str, replica: Replica) -> Replica:
+    def _reload(self, name: str, replica: Replica) -> None:
         """Reset ``replica`` in place from the current snapshot (its lock is held)."""
         blob = self.backend.get(_snapshot_key(name))
         if blob is None:
             raise ModelNotFound(name)
         state: Snapshot = self.codec.loads(blob)
+        replica.flavor = get_flavor(state.flavor)
         replica.model, replica.metrics = state.model, state.metrics
         replica.seq = replica.snapshot_seq = state.seq
         replica.generation = state.generation
-        return replica
+        replica.failures.clear()
 
     @staticmethod
     def _apply(replica: Replica, x: dict, y: Any, scored: Scored) -> None:
@@ -258,9 +266,10 @@ class Engine:
                 except Exception as error:  # noqa: BLE001 - a model may raise anything
                     raise ModelFailed(f"The model could not learn from this sample: {error!r}") from error
             else:
-                failures = self._catch_up(name, replica)
-                if seq in failures:
-                    raise ModelFailed(f"The model could not learn from this sample: {failures[seq]!r}")
+                self._catch_up(name, replica)
+                failure = replica.failures.pop(seq, None)
+                if failure is not None:
+                    raise ModelFailed(f"The model could not learn from this sample: {failure!r}")
         if replica.seq - replica.snapshot_seq >= self.snapshot_every:
             self.snapshot(name, replica, wait=False)
         return scored
@@ -281,12 +290,17 @@ class Engine:
                 if raw is None or json.loads(raw)["generation"] != replica.generation:
                     return
                 if replica.seq > stored_seq:
-                    state = Snapshot(replica.model, replica.metrics, replica.seq, replica.generation)
+                    state = Snapshot(
+                        replica.model, replica.metrics, replica.seq, replica.generation, replica.flavor.name
+                    )
                     self.backend.set(_snapshot_key(name), self.codec.dumps(state))
                     self.backend.set(_snapseq_key(name), str(replica.seq).encode())
                     # The snapshot's own record stays: a replica behind it sees the gap.
                     self.backend.trim(_log(name), replica.seq)
-                replica.snapshot_seq = max(stored_seq, replica.seq)
+                # Errors of records sent by other processes are never collected here; those
+                # older than the previous snapshot have had a whole interval to be.
+                previous, replica.snapshot_seq = replica.snapshot_seq, max(stored_seq, replica.seq)
+                replica.failures = {seq: e for seq, e in replica.failures.items() if seq > previous}
         except TimeoutError:
             if wait:
                 raise

@@ -92,6 +92,8 @@ class Flavor:
     def from_value(self, value: Any) -> Scored:
         """A prediction that the caller made and sent with a learn."""
         if isinstance(value, dict):
+            if not all(isinstance(p, Real) and not isinstance(p, bool) for p in value.values()):
+                raise InvalidInput(f"A prediction given as a dictionary maps labels to probabilities, not {value!r}.")
             return Scored(value, _argmax(value), value)
         return Scored(value, value)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import stats
 from .engine import Engine, meta_key
-from .errors import IdentifierNotFound, InvalidInput
+from .errors import IdentifierNotFound, InvalidInput, ModelFailed
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
 
@@ -163,7 +163,7 @@ class Service:
         features, value, label, proba = self.engine.codec.loads(blob)
         try:
             self.engine.learn(name, features, y, scored=Scored(value, label, proba))
-        except Exception:
+        except ModelFailed:
             # The model refused the sample: the prediction keeps waiting for a usable label.
             self.backend.add(key, blob, self.identifier_ttl)
             raise

@@ -115,6 +115,8 @@ def test_bad_input(river_ml):
         river_ml.label(None, "id", name)
     with pytest.raises(IdentifierNotFound):
         river_ml.label(1.0, "never-made", name)
+    with pytest.raises(InvalidInput):
+        river_ml.learn(name, ground_truth=1.0, prediction={"a": None, "b": 1}, features={"x": 1})
     assert river_ml.stats(name)["learn"]["n_calls"] == 0
 
 

@@ -299,3 +299,40 @@ def test_identifiers(make_app, backend_name):
     local.learn_one(x, y)
     with app.app_context():
         assert river_ml.predict(x, a)["prediction"] == pytest.approx(local.predict_one(x))
+
+
+def test_failure_reaches_its_sender_when_another_thread_applied_it(river_ml, monkeypatch):
+    """A refused learn is reported even if another thread applied its record first."""
+    name = river_ml.add_model(linear_model_pipeline(), "regression")
+    engine = river_ml.state().engine
+    append = engine.backend.append
+
+    def append_then_interleave(log, record):
+        seq = append(log, record)
+        # Another request of this process catches up before the sender does.
+        engine.replica(name)
+        return seq
+
+    monkeypatch.setattr(engine.backend, "append", append_then_interleave)
+    with pytest.raises(ModelFailed):
+        river_ml.learn(name, ground_truth=1.0, prediction=0.5, features={"ordinal_date": "not a number"})
+    assert river_ml.learn(name, ground_truth=1.0, features={"ordinal_date": 3.0}) == "Successful learn."
+
+
+def test_shelve_closes_the_connections_of_finished_threads(make_app):
+    """Servers run a thread per request: their connections must not pile up."""
+    app = make_app()
+    river_ml = FlaskRiverML()
+    with app.app_context():
+        name = river_ml.add_model(linear_model_pipeline(), "regression")
+
+    def request():
+        with app.app_context():
+            river_ml.predict({"ordinal_date": 1.0}, name)
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert len(os.listdir("/proc/self/fd")) < before + 10

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -53,23 +54,24 @@ class ShelveBackend(Backend):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock_dir.mkdir(exist_ok=True)
         self._local = threading.local()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
-        self._registry = threading.Lock()
+        self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._ttl_writes = 0
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         # A connection must not cross a fork (gunicorn --preload), hence the pid check.
-        db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
+        holder = getattr(self._local, "holder", None)
+        if holder is None or holder.pid != os.getpid():
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process; only a power cut can lose the tail.
             db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
-            with self._registry:
-                self._connections.append((os.getpid(), db))
-        return db
+            holder = _Connection(db)
+            # The connection closes when its thread ends (servers start a thread per request).
+            weakref.finalize(holder, db.close)
+            self._local.holder = holder
+            self._holders.add(holder)
+        return holder.db
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -199,10 +201,17 @@ class ShelveBackend(Backend):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        with self._registry:
-            for pid, db in self._connections:
-                if pid == os.getpid():  # the parent's connections are the parent's to close
-                    with contextlib.suppress(sqlite3.Error):
-                        db.close()
-            self._connections.clear()
+        for holder in list(self._holders):
+            if holder.pid == os.getpid():  # the parent's connections are the parent's to close
+                with contextlib.suppress(sqlite3.Error):
+                    holder.db.close()
+        self._holders.clear()
         self._local = threading.local()
+
+
+class _Connection:
+    """One thread's connection, with the process that opened it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.pid = os.getpid()
