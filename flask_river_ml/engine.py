@@ -12,8 +12,8 @@ applies what the process has not seen.
 Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
 into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
 plus a replay of the log. Upload, replace and delete change the model's *generation*; a
-replica of an older generation reloads from the snapshot, and log records written for an
-older generation are skipped by everyone.
+replica of an older generation reloads from the snapshot. A replacement's snapshot is taken at
+the head of the log, so a learn that races it is applied to the new model rather than lost.
 
 Backend layout, for a model ``name``::
 
@@ -196,12 +196,11 @@ class Engine:
                 self._reload(name, replica)
                 records = self.backend.read(_log(name), replica.seq)
             for seq, blob in records:
-                generation, x, y, value, label, proba = self.codec.loads(blob)
-                if generation == replica.generation:
-                    try:
-                        self._apply(replica, x, y, Scored(value, label, proba))
-                    except Exception as error:  # noqa: BLE001 - a model may raise anything
-                        replica.failures[seq] = error
+                x, y, value, label, proba = self.codec.loads(blob)
+                try:
+                    self._apply(replica, x, y, Scored(value, label, proba))
+                except Exception as error:  # noqa: BLE001 - a model may raise anything
+                    replica.failures[seq] = error
                 replica.seq = seq
 
     def _reload(self, name: str, replica: Replica) -> None:
@@ -255,10 +254,9 @@ class Engine:
         if scored is None and y is not None:
             scored = self._predict(replica, x)
         parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
-        generation = replica.generation
-        seq = self.backend.append(_log(name), self.codec.dumps((generation, x, y, *parts)))
+        seq = self.backend.append(_log(name), self.codec.dumps((x, y, *parts)))
         with replica.lock:
-            if seq == replica.seq + 1 and generation == replica.generation:
+            if seq == replica.seq + 1:
                 # Nobody wrote in between: apply the record from memory rather than read it back.
                 replica.seq = seq
                 try:

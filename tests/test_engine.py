@@ -336,3 +336,27 @@ def test_shelve_closes_the_connections_of_finished_threads(make_app):
         thread.start()
         thread.join()
     assert len(os.listdir("/proc/self/fd")) < before + 10
+
+
+def test_learn_racing_a_replace_reaches_the_new_model(river_ml, monkeypatch):
+    """A learn whose record lands just after save_model is applied to the new model."""
+    name = river_ml.add_model(linear_model_pipeline(), "regression")
+    samples = list(datasets.TrumpApproval().take(5))
+    for x, y in samples:
+        river_ml.learn(name, ground_truth=y, features=x)
+    backend = river_ml.state().backend
+    append = backend.append
+    replacement = linear_model_pipeline()
+
+    def replace_then_append(log, record):
+        monkeypatch.setattr(backend, "append", append)
+        river_ml.save_model(replacement, name)
+        return append(log, record)
+
+    monkeypatch.setattr(backend, "append", replace_then_append)
+    x, y = samples[0]
+    assert river_ml.learn(name, ground_truth=y, features=x) == "Successful learn."
+    local = linear_model_pipeline()
+    local.learn_one(x, y)
+    probe = samples[1][0]
+    assert river_ml.predict(probe, name)["prediction"] == pytest.approx(local.predict_one(probe), abs=1e-12)
