@@ -15,9 +15,9 @@ from .engine import Engine
 from .errors import ConfigurationError
 from .serialization import Codec
 from .service import Service
+from .settings import EXTENSION_KEY
 from .storage import Backend, create_backend
-
-EXTENSION_KEY = "river_ml"
+from .views import create_blueprint
 
 
 @dataclass
@@ -74,9 +74,11 @@ class FlaskRiverML:
             engine,
             generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
             identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
+            unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
         )
         state = State(values, backend, engine, service)
         app.extensions[EXTENSION_KEY] = state
+        app.register_blueprint(create_blueprint(values))
         # A clean exit folds the logs into snapshots; the weak reference lets apps made by
         # tests be collected.
         atexit.register(_close_at_exit, weakref.ref(state))

@@ -10,11 +10,15 @@ import time
 import uuid
 from typing import Any
 
+import dill
+
 from . import stats
+from .encoding import model_params
 from .engine import Engine, meta_key
 from .errors import IdentifierNotFound, InvalidInput, ModelFailed
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
+from .unpickle import safe_loads
 
 _MAX_IDENTIFIER = 256
 
@@ -41,11 +45,19 @@ def _check_identifier(identifier: Any) -> str:
 class Service:
     """Models, learning, predicting, labelling, metrics and stats over one engine."""
 
-    def __init__(self, engine: Engine, *, generate_identifiers: bool, identifier_ttl: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        generate_identifiers: bool,
+        identifier_ttl: int,
+        unpickle_allowed_modules: list[str],
+    ) -> None:
         self.engine = engine
         self.backend = engine.backend
         self.generate_identifiers = generate_identifiers
         self.identifier_ttl = identifier_ttl
+        self.unpickle_allowed_modules = unpickle_allowed_modules
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -61,6 +73,25 @@ class Service:
             name = generate_name(lambda candidate: self.backend.get(meta_key(candidate)) is not None)
         self.engine.create(check_name(name), model, chosen)
         return name
+
+    def upload(self, data: bytes, flavor: str, name: str | None = None) -> str:
+        """Store an uploaded pickle; the flavor and name are checked before anything is loaded."""
+        chosen = get_flavor(flavor)
+        if name is not None:
+            check_name(name)
+        return self.add_model(safe_loads(data, self.unpickle_allowed_modules), chosen.name, name)
+
+    def download(self, name: str) -> bytes:
+        """A dill pickle of the model, what riverapi's download_model saves."""
+        replica = self.engine.replica(check_name(name))
+        with replica.lock:
+            return dill.dumps(replica.model)
+
+    def params(self, name: str) -> dict[str, Any]:
+        """The model's parameters as JSON."""
+        replica = self.engine.replica(check_name(name))
+        with replica.lock:
+            return model_params(replica.model)
 
     def delete_model(self, name: str) -> bool:
         """Delete the model, its stats and its waiting predictions; False when there was none."""

@@ -18,6 +18,8 @@ from flask import Flask
 from .errors import ConfigurationError
 
 PREFIX = "RIVER_ML_"
+#: Where an app keeps its registration: ``app.extensions["river_ml"]``.
+EXTENSION_KEY = "river_ml"
 
 #: Every view of the blueprint, by the name used in API_VIEWS_ENABLED and AUTHENTICATED_VIEWS.
 VIEWS = (

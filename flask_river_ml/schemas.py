@@ -1,0 +1,57 @@
+"""Marshmallow schemas of every JSON payload the HTTP API accepts.
+
+Values that a model interprets (features, labels, predictions) are loaded as they are: a
+label of ``0``, ``false`` or ``""`` is a real value, and only ``null`` or absence means "none".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+
+
+class Identifier(fields.Field):
+    """A prediction's identifier: a string, or an integer that addresses the same record."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and value:
+            return value
+        raise ValidationError("Must be a non-empty string or an integer.")
+
+
+class _Payload(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(required=True, metadata={"description": "the model's name"})
+
+
+class LearnSchema(_Payload):
+    """POST learn: ``features`` are required unless an ``identifier`` names stored ones."""
+
+    features = fields.Dict(keys=fields.String(), load_default=None)
+    ground_truth = fields.Raw(allow_none=True, load_default=None)
+    prediction = fields.Raw(allow_none=True, load_default=None)
+    identifier = Identifier(allow_none=True, load_default=None)
+
+    @validates_schema
+    def _features_or_identifier(self, data: dict, **kwargs: Any) -> None:
+        if data.get("features") is None and data.get("identifier") is None:
+            raise ValidationError("Give the features, or the identifier of a stored prediction.", "features")
+
+
+class PredictSchema(_Payload):
+    features = fields.Dict(keys=fields.String(), required=True)
+    identifier = Identifier(allow_none=True, load_default=None)
+
+
+class LabelSchema(_Payload):
+    identifier = Identifier(required=True)
+    label = fields.Raw(required=True, allow_none=False)
+
+
+class ModelSchema(_Payload):
+    """The model named in a query string, a form or a JSON body (metrics, stats, delete)."""

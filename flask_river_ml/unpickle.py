@@ -1,0 +1,160 @@
+"""The restricted unpickler for uploaded models.
+
+An uploaded model is a ``dill`` pickle from a client: unpickling it with ``pickle.loads`` would
+run whatever its ``__reduce__`` asks for. This unpickler resolves only the globals a river model
+needs, and refuses anything else before it is called:
+
+- classes from river, numpy and scipy, and from the modules named in
+  ``RIVER_ML_UNPICKLE_ALLOWED_MODULES`` (where custom models live); functions too from river
+  and from those modules (river keeps tokenizers and distance functions as parameters);
+- from river, nothing of ``river.datasets``, ``river.stream`` or ``river.evaluate``, whose
+  callables read files or iterate data;
+- from numpy, the functions that rebuild arrays, scalars and random generators;
+- from the standard library, the containers and value types models hold (``collections``,
+  ``random.Random``, ``datetime``, ``decimal``, ``fractions``, ``statistics.NormalDist``, ...)
+  and a few harmless built-ins;
+- from dill, the helpers its pickles of importable objects use, limited to harmless arguments.
+
+Functions serialized by value (lambdas, classes defined in ``__main__``) need dill to build code
+objects, which is exactly what is refused: define such models in an importable module and
+name it in ``RIVER_ML_UNPICKLE_ALLOWED_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import pickle
+import types
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import UnsafePickle
+
+_BUILTINS = {
+    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "object",
+    "range", "set", "slice", "str", "tuple",
+}  # fmt: skip
+#: Standard-library globals that models hold: module -> names.
+_STANDARD = {
+    "collections": {"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"},
+    "copy": {"copy", "deepcopy"},
+    "copyreg": {"_reconstructor", "__newobj__", "__newobj_ex__"},
+    "datetime": {"date", "datetime", "time", "timedelta", "timezone"},
+    "decimal": {"Decimal"},
+    "fractions": {"Fraction"},
+    "functools": {"partial"},
+    "random": {"Random", "Random.gauss", "Random.random", "Random.uniform", "Random.randint"},
+    "re": {"_compile"},
+    "statistics": {"NormalDist"},
+    "_codecs": {"encode"},
+}
+#: numpy functions that rebuild arrays, scalars and random generators.
+_NUMPY_FUNCTIONS = {
+    "_reconstruct", "scalar", "_frombuffer", "__randomstate_ctor", "__generator_ctor",
+    "__bit_generator_ctor", "__pyx_unpickle_SeedSequence", "array", "empty", "full", "ones", "zeros",
+}  # fmt: skip
+_CLASS_MODULES = ("river", "numpy", "scipy")
+_RIVER_FORBIDDEN = ("river.datasets", "river.stream", "river.evaluate")
+#: Types dill refers to by name: only inert ones may be loaded.
+_DILL_TYPES = _BUILTINS | {
+    "NoneType", "EllipsisType", "NotImplementedType", "MethodDescriptorType", "WrapperDescriptorType",
+    "PartialType", "MethodType",
+}  # fmt: skip
+
+
+def _top(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def _load_type(name: str) -> type:
+    if name not in _DILL_TYPES:
+        raise UnsafePickle(f"The upload asks dill for the type {name!r}, which is not allowed.")
+    from dill._dill import _load_type as load
+
+    return load(name)  # type: ignore[no-any-return]
+
+
+def _getattr(obj: Any, name: str, *default: Any) -> Any:
+    # dill pickles an unbound method like str.lower as getattr(str, "lower").
+    if not (isinstance(obj, type) and obj.__module__ == "builtins" and not name.startswith("_")):
+        raise UnsafePickle(f"The upload asks for the attribute {name!r} of {obj!r}, which is not allowed.")
+    return getattr(obj, name, *default)
+
+
+def _iter(iterable: Any) -> Any:
+    # The one-argument form only: iter(callable, sentinel) would call a callable until it stops.
+    return iter(iterable)
+
+
+def _create_array(factory: Any, args: tuple, state: Any, npdict: dict | None = None) -> Any:
+    # dill's numpy array helper; ``factory`` went through find_class like every other global.
+    from dill._dill import _create_array as create
+
+    return create(factory, args, state, npdict)
+
+
+_DILL_HELPERS = {"_load_type": _load_type, "_getattr": _getattr, "_create_array": _create_array}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """A :class:`pickle.Unpickler` whose ``find_class`` allows only the safe list."""
+
+    def __init__(self, file: io.BytesIO, allowed_modules: Iterable[str] = ()) -> None:
+        super().__init__(file)
+        self.allowed_modules = frozenset(allowed_modules)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "dill._dill" and name in _DILL_HELPERS:
+            return _DILL_HELPERS[name]
+        if module == "builtins" and name in _BUILTINS:
+            return super().find_class(module, name)
+        if module == "builtins" and name == "iter":
+            return _iter
+        if name in _STANDARD.get(module, ()):
+            return super().find_class(module, name)
+        top = _top(module)
+        custom = top in self.allowed_modules
+        if custom or top in _CLASS_MODULES:
+            if top == "river" and module.startswith(_RIVER_FORBIDDEN):
+                raise self._refuse(module, name)
+            obj = self._resolve(module, name)
+            if isinstance(obj, type):
+                return obj
+            # River's compiled helpers (distance functions) are built-in routines.
+            if (custom or top == "river") and inspect.isroutine(obj):
+                return obj
+            if top == "numpy" and name in _NUMPY_FUNCTIONS:
+                return obj
+        raise self._refuse(module, name)
+
+    def _resolve(self, module: str, name: str) -> Any:
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in name.split("."):
+                if part.startswith("__") and part.endswith("__") and part not in _NUMPY_FUNCTIONS:
+                    raise AttributeError(part)
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            raise UnsafePickle(f"The upload refers to {module}.{name}, which cannot be found on the server.") from None
+        if isinstance(obj, types.ModuleType):
+            raise self._refuse(module, name)
+        return obj
+
+    def _refuse(self, module: str, name: str) -> UnsafePickle:
+        return UnsafePickle(
+            f"The upload refers to {module}.{name}, which is outside the safe list; nothing of it was run. "
+            "Models defined in your own module load when the module is importable on the server and "
+            "named in RIVER_ML_UNPICKLE_ALLOWED_MODULES."
+        )
+
+
+def safe_loads(data: bytes, allowed_modules: Iterable[str] = ()) -> Any:
+    """Unpickle an uploaded model, resolving only the safe list (see the module docstring)."""
+    try:
+        return SafeUnpickler(io.BytesIO(data), allowed_modules).load()
+    except UnsafePickle:
+        raise
+    except Exception as error:  # noqa: BLE001 - any malformed pickle is the client's error
+        raise UnsafePickle(f"The upload is not a loadable pickle of a model: {error!r}") from None

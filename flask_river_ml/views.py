@@ -1,0 +1,228 @@
+"""The HTTP API: a blueprint of thin views, wire-compatible with riverapi 0.0.21.
+
+Each view reads its payload with a schema, calls the service and renders JSON. Every rule
+accepts every method and answers the ones it does not serve with a JSON 405, and a catch-all
+rule answers unknown paths under the prefix with a JSON 404: routing errors never reach a
+blueprint's error handlers otherwise, and the host app's own error pages stay untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+import river
+from flask import Blueprint, Response, current_app, request
+from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from .encoding import jsonable
+from .errors import InvalidInput, RiverMLError
+from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
+from .service import Service
+from .settings import EXTENSION_KEY, VIEWS
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+Handler = Callable[..., Response]
+
+
+def _service() -> Service:
+    return current_app.extensions[EXTENSION_KEY].service  # type: ignore[no-any-return]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    body = current_app.json.dumps(jsonable(data))
+    return current_app.response_class(body, status=status, mimetype="application/json")
+
+
+def _body() -> dict[str, Any]:
+    """The JSON object in the body, ``{}`` for an empty body."""
+    if not request.get_data(cache=True):
+        return {}
+    payload = request.get_json(force=True, silent=True)
+    if not isinstance(payload, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return payload
+
+
+def _load(schema: Schema, payload: dict[str, Any]) -> dict[str, Any]:
+    return schema.load(payload)  # type: ignore[no-any-return]
+
+
+def _model_name(name: str | None = None) -> str:
+    """The model named in the path, the query string, a form or a JSON body."""
+    if name is not None:
+        return name
+    payload = {**request.args.to_dict(), **request.form.to_dict()}
+    if not request.form:
+        payload.update(_body())
+    return str(_load(ModelSchema(), {"model": payload.get("model")})["model"])
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def service_info() -> Response:
+    return _json(
+        {
+            "id": "flask_river_ml",
+            "status": "running",
+            "name": "Flask River ML Endpoint",
+            "description": "This service serves online machine-learning models from river.",
+            "documentationUrl": request.url_root.rstrip("/") + request.path,
+            "storage": current_app.extensions[EXTENSION_KEY].backend.name,
+            "river_version": river.__version__,
+            "version": version("flask-river-ml"),
+        }
+    )
+
+
+def upload(flavor: str, name: str | None = None) -> Response:
+    return _json({"name": _service().upload(request.get_data(cache=False), flavor, name)}, 201)
+
+
+def model_json(name: str) -> Response:
+    return _json(_service().params(name))
+
+
+def delete_model(name: str | None = None) -> Response:
+    name = _model_name(name)
+    if not _service().delete_model(name):
+        raise NotFound(f"No model named '{name}'.")
+    return _json({"message": f"Model '{name}' deleted.", "model": name})
+
+
+def download(name: str) -> Response:
+    return Response(
+        _service().download(name),
+        mimetype="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}.pkl"'},
+    )
+
+
+def models() -> Response:
+    return _json({"models": _service().models()})
+
+
+def learn() -> Response:
+    payload = _load(LearnSchema(), _body())
+    message = _service().learn(
+        payload["model"],
+        ground_truth=payload["ground_truth"],
+        prediction=payload["prediction"],
+        features=payload["features"],
+        identifier=payload["identifier"],
+    )
+    return _json(message, 201)
+
+
+def predict() -> Response:
+    payload = _load(PredictSchema(), _body())
+    result = _service().predict(payload["features"], payload["model"], payload["identifier"])
+    # riverapi's flow: 201 when a record waits for its label, 200 otherwise.
+    return _json(result, 201 if "identifier" in result else 200)
+
+
+def label() -> Response:
+    payload = _load(LabelSchema(), _body())
+    return _json(_service().label(payload["label"], payload["identifier"], payload["model"]))
+
+
+def metrics() -> Response:
+    return _json(_service().metrics(_model_name()))
+
+
+def stats() -> Response:
+    return _json(_service().stats(_model_name()))
+
+
+#: rule -> (view name, {method: handler}). A view name is what API_VIEWS_ENABLED and
+#: AUTHENTICATED_VIEWS refer to.
+ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
+    ("/", "service_info", {"GET": service_info}),
+    ("/models/", "models", {"GET": models}),
+    ("/model/", "model", {"DELETE": delete_model}),
+    (
+        "/model/<name>/",
+        "model",
+        {"GET": model_json, "DELETE": delete_model, "POST": lambda name: upload(flavor=name)},
+    ),
+    ("/model/<flavor>/<name>/", "model", {"POST": upload}),
+    ("/model/download/<name>/", "model_download", {"GET": download}),
+    ("/learn/", "learn", {"POST": learn}),
+    ("/predict/", "predict", {"POST": predict}),
+    ("/label/", "label", {"POST": label}),
+    ("/metrics/", "metrics", {"GET": metrics}),
+    ("/stats/", "stats", {"GET": stats}),
+]
+
+
+def _dispatch(handlers: dict[str, Handler]) -> Handler:
+    allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
+
+    def view(**kwargs: Any) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        handler = handlers.get(method)
+        if handler is None:
+            raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
+        return handler(**kwargs)
+
+    return view
+
+
+def _not_found(path: str) -> Response:
+    raise NotFound(f"No route {request.path}; the service's root is {request.script_root}{_prefix_root()}.")
+
+
+def _prefix_root() -> str:
+    return "/" + current_app.config["RIVER_ML_URL_PREFIX"].strip("/") + "/"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def _package_error(error: RiverMLError) -> Response:
+    return _json({"message": error.message}, error.status)
+
+
+def _invalid_payload(error: ValidationError) -> Response:
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    fields = ", ".join(sorted(messages))
+    return _json({"message": f"Invalid payload: check {fields}.", "errors": messages}, 400)
+
+
+def _http_error(error: HTTPException) -> Response:
+    response = _json({"message": error.description}, error.code or 500)
+    # Keep what the exception adds, such as Allow on a 405.
+    for header, value in error.get_headers():
+        if header.lower() != "content-type":
+            response.headers[header] = value
+    return response
+
+
+def create_blueprint(settings: dict[str, Any]) -> Blueprint:
+    """The blueprint for one app's settings: its prefix and its enabled views."""
+    prefix = "/" + settings["RIVER_ML_URL_PREFIX"].strip("/")
+    blueprint = Blueprint("river_ml", __name__, url_prefix=prefix if prefix != "/" else None)
+    enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
+    for index, (rule, view_name, handlers) in enumerate(ROUTES):
+        if view_name in enabled:
+            blueprint.add_url_rule(
+                rule,
+                endpoint=f"{view_name}_{index}",
+                view_func=_dispatch(handlers),
+                methods=_METHODS,
+                strict_slashes=False,
+            )
+    blueprint.add_url_rule("/<path:path>", endpoint="not_found", view_func=_not_found, methods=_METHODS)
+
+    @blueprint.before_request
+    def _limit_body() -> None:
+        # Uploads and payloads alike: a larger body is refused with 413 before it is read.
+        request.max_content_length = settings["RIVER_ML_UPLOAD_MAX_BYTES"]
+
+    blueprint.register_error_handler(RiverMLError, _package_error)
+    blueprint.register_error_handler(ValidationError, _invalid_payload)
+    blueprint.register_error_handler(HTTPException, _http_error)
+    return blueprint
