@@ -215,7 +215,9 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
                 methods=_METHODS,
                 strict_slashes=False,
             )
-    blueprint.add_url_rule("/<path:path>", endpoint="not_found", view_func=_not_found, methods=_METHODS)
+    if prefix != "/":
+        # Without a prefix the whole app would be the catch-all's; the host's 404 stays.
+        blueprint.add_url_rule("/<path:path>", endpoint="not_found", view_func=_not_found, methods=_METHODS)
 
     @blueprint.before_request
     def _limit_body() -> None:
