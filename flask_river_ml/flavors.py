@@ -56,15 +56,15 @@ class Flavor:
             raise IncompatibleModel(
                 f"The model implements none of {', '.join(self.any_of)}; the {self.name} flavor needs one."
             )
+        if "predict_proba_one" in self.methods and not _has_probabilities(model):
+            raise IncompatibleModel(
+                f"The model does not implement predict_proba_one (or keeps river.base.Classifier's "
+                f"placeholder), which the {self.name} flavor needs."
+            )
         if self.base is not None and not isinstance(model, self.base):
             raise IncompatibleModel(
                 f"The {self.name} flavor serves instances of river.base.{self.base.__name__}; "
                 f"{type(model).__name__} is not one."
-            )
-        if "predict_proba_one" in self.methods and not _has_probabilities(model):
-            raise IncompatibleModel(
-                f"The model does not implement predict_proba_one (it keeps river.base.Classifier's "
-                f"placeholder), which the {self.name} flavor needs."
             )
 
     def new_metrics(self) -> list[metrics.base.Metric]:
@@ -127,7 +127,7 @@ def _has_probabilities(model: Any) -> bool:
     # in a pipeline, the last step decides.
     while isinstance(model, compose.Pipeline):
         model = list(model.steps.values())[-1]
-    return type(model).predict_proba_one is not base.Classifier.predict_proba_one
+    return getattr(type(model), "predict_proba_one", None) not in (None, base.Classifier.predict_proba_one)
 
 
 def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:

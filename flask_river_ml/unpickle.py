@@ -4,12 +4,15 @@ An uploaded model is a ``dill`` pickle from a client: unpickling it with ``pickl
 run whatever its ``__reduce__`` asks for. This unpickler resolves only the globals a river model
 needs, and refuses anything else before it is called:
 
-- classes from river, numpy and scipy, and from the modules named in
-  ``RIVER_ML_UNPICKLE_ALLOWED_MODULES`` (where custom models live); functions too from river
-  and from those modules (river keeps tokenizers and distance functions as parameters);
-- from river, nothing of ``river.datasets``, ``river.stream`` or ``river.evaluate``, whose
-  callables read files or iterate data;
-- from numpy, the functions that rebuild arrays, scalars and random generators;
+- classes and functions that river itself defines, and those of the modules named in
+  ``RIVER_ML_UNPICKLE_ALLOWED_MODULES`` (where custom models live): river keeps tokenizers and
+  distance functions as parameters. What a module merely imports (``io.open``,
+  ``pickle.loads``) is not offered, nor are modules ending in ``__main__``;
+- from river, nothing of ``river.datasets``, ``river.stream``, ``river.evaluate``,
+  ``river.checks`` or ``river.bandit.datasets``, whose callables read files, iterate data or
+  unpickle;
+- from numpy, arrays, dtypes, scalar types, random generators and the functions that rebuild
+  them (not ``memmap``, which writes files); from scipy, the sparse matrix classes;
 - from the standard library, the containers and value types models hold (``collections``,
   ``random.Random``, ``datetime``, ``decimal``, ``fractions``, ``statistics.NormalDist``, ...)
   and a few harmless built-ins;
@@ -55,8 +58,7 @@ _NUMPY_FUNCTIONS = {
     "_reconstruct", "scalar", "_frombuffer", "__randomstate_ctor", "__generator_ctor",
     "__bit_generator_ctor", "__pyx_unpickle_SeedSequence", "array", "empty", "full", "ones", "zeros",
 }  # fmt: skip
-_CLASS_MODULES = ("river", "numpy", "scipy")
-_RIVER_FORBIDDEN = ("river.datasets", "river.stream", "river.evaluate")
+_RIVER_FORBIDDEN = ("river.datasets", "river.stream", "river.evaluate", "river.checks", "river.bandit.datasets")
 #: Types dill refers to by name: only inert ones may be loaded.
 _DILL_TYPES = _BUILTINS | {
     "NoneType", "EllipsisType", "NotImplementedType", "MethodDescriptorType", "WrapperDescriptorType",
@@ -115,17 +117,23 @@ class SafeUnpickler(pickle.Unpickler):
         if name in _STANDARD.get(module, ()):
             return super().find_class(module, name)
         top = _top(module)
-        custom = top in self.allowed_modules
-        if custom or top in _CLASS_MODULES:
-            if top == "river" and module.startswith(_RIVER_FORBIDDEN):
-                raise self._refuse(module, name)
+        if "__main__" in module.split(".") or module.startswith(_RIVER_FORBIDDEN):
+            raise self._refuse(module, name)
+        if top == "river" or top in self.allowed_modules:
             obj = self._resolve(module, name)
-            if isinstance(obj, type):
+            # Only what the package itself defines: a module's imports (io.open, pickle.loads)
+            # are not the package's to offer. River's compiled helpers are built-in routines.
+            if _top(getattr(obj, "__module__", None) or "") == top and (
+                isinstance(obj, type) or inspect.isroutine(obj)
+            ):
                 return obj
-            # River's compiled helpers (distance functions) are built-in routines.
-            if (custom or top == "river") and inspect.isroutine(obj):
+        elif top == "numpy":
+            obj = self._resolve(module, name)
+            if name in _NUMPY_FUNCTIONS or _numpy_value_type(obj):
                 return obj
-            if top == "numpy" and name in _NUMPY_FUNCTIONS:
+        elif top == "scipy" and module.startswith("scipy.sparse"):
+            obj = self._resolve(module, name)
+            if isinstance(obj, type) and _top(obj.__module__) == "scipy":
                 return obj
         raise self._refuse(module, name)
 
@@ -133,13 +141,12 @@ class SafeUnpickler(pickle.Unpickler):
         try:
             obj: Any = importlib.import_module(module)
             for part in name.split("."):
-                if part.startswith("__") and part.endswith("__") and part not in _NUMPY_FUNCTIONS:
-                    raise AttributeError(part)
                 obj = getattr(obj, part)
+                # A dotted name must stay inside the module: no walking into its imports.
+                if isinstance(obj, types.ModuleType):
+                    raise self._refuse(module, name)
         except (ImportError, AttributeError):
             raise UnsafePickle(f"The upload refers to {module}.{name}, which cannot be found on the server.") from None
-        if isinstance(obj, types.ModuleType):
-            raise self._refuse(module, name)
         return obj
 
     def _refuse(self, module: str, name: str) -> UnsafePickle:
@@ -150,11 +157,25 @@ class SafeUnpickler(pickle.Unpickler):
         )
 
 
+def _numpy_value_type(obj: Any) -> bool:
+    """Arrays, dtypes, scalar types and random generators; not memmap or file-backed classes."""
+    import numpy
+
+    if not isinstance(obj, type):
+        return False
+    if obj in (numpy.ndarray, numpy.dtype) or issubclass(obj, numpy.generic | numpy.dtype):
+        return True
+    return issubclass(obj, numpy.random.RandomState | numpy.random.Generator | numpy.random.BitGenerator) or (
+        obj is numpy.random.SeedSequence
+    )
+
+
 def safe_loads(data: bytes, allowed_modules: Iterable[str] = ()) -> Any:
     """Unpickle an uploaded model, resolving only the safe list (see the module docstring)."""
     try:
         return SafeUnpickler(io.BytesIO(data), allowed_modules).load()
     except UnsafePickle:
         raise
-    except Exception as error:  # noqa: BLE001 - any malformed pickle is the client's error
+    # SystemExit too: a module imported while resolving a class must not stop the server.
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - any malformed pickle is the client's error
         raise UnsafePickle(f"The upload is not a loadable pickle of a model: {error!r}") from None

@@ -40,7 +40,11 @@ def _body() -> dict[str, Any]:
     """The JSON object in the body, ``{}`` for an empty body."""
     if not request.get_data(cache=True):
         return {}
-    payload = request.get_json(force=True, silent=True)
+    try:
+        payload = request.get_json(force=True, silent=True)
+    except RecursionError:
+        # silent=True covers malformed JSON, not JSON nested deeper than the parser goes.
+        payload = None
     if not isinstance(payload, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return payload
