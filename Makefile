@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test bench lint clean
+.PHONY: test run bench lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# The example server (examples/app.py) on riverapi's default address; its models are kept in
+# examples/instance/. Try it with `python examples/regression/run.py` from another shell.
+run: $(BIN)/.installed
+	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 examples.app:app
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inprocess.py

@@ -1,0 +1,22 @@
+"""The example server, served by ``make run`` on http://127.0.0.1:8000 (riverapi's default).
+
+    gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 examples.app:app
+
+Models are kept in a shelve store in ``examples/instance/``. Every setting can be overridden
+from the environment with the ``FLASK_`` prefix, e.g. ``FLASK_RIVER_ML_APP_DIR=/tmp/river``.
+"""
+
+from pathlib import Path
+
+from flask import Flask
+
+from flask_river_ml import FlaskRiverML
+
+app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
+app.config["RIVER_ML_STORAGE_BACKEND"] = "shelve"
+# The custom example uploads a model whose class lives in examples.custom.model: the server
+# unpickles classes of that module only because it is named here.
+app.config["RIVER_ML_UNPICKLE_ALLOWED_MODULES"] = ["examples"]
+app.config.from_prefixed_env()
+
+river_ml = FlaskRiverML(app)

@@ -1,0 +1,1 @@
+"""A custom river model (``examples.custom.model``) and the script that serves it."""
