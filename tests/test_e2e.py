@@ -312,12 +312,17 @@ def test_the_examples_are_found():
 
 def _make(*arguments: str) -> list[str]:
     # The venv of these tests; its stamp counts as up to date, so make never reinstalls.
-    return ["make", f"VENV={VENV}", "-o", f"{VENV}/bin/.installed", *arguments]
+    return ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/bin/.installed", *arguments]
 
 
 def test_make_run_installs_first():
     dry_run = subprocess.run(
-        ["make", "--dry-run", "--always-make", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        # --no-print-directory: under `make test` this make is nested and would say where it is.
+        ["make", "--no-print-directory", "--dry-run", "--always-make", "run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert dry_run.returncode == 0, dry_run.stderr
     lines = dry_run.stdout.splitlines()
