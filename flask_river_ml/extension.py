@@ -10,14 +10,17 @@ from typing import Any
 import dill
 from flask import Flask, current_app
 
+from . import limits
 from . import settings as settings_module
+from .auth import Auth, CredentialsCheck
+from .cli import river_ml_cli
 from .engine import Engine
 from .errors import ConfigurationError
 from .serialization import Codec
 from .service import Service
 from .settings import EXTENSION_KEY
 from .storage import Backend, create_backend
-from .views import create_blueprint
+from .views import create_blueprint, rate_limit_key
 
 
 @dataclass
@@ -28,6 +31,8 @@ class State:
     backend: Backend
     engine: Engine
     service: Service
+    auth: Auth
+    extension: FlaskRiverML
 
     def close(self) -> None:
         """Snapshot what changed since the last snapshots and release the store."""
@@ -54,6 +59,8 @@ class FlaskRiverML:
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        #: The host app's own check of ``(username, api_token)``, if it gave one.
+        self.credentials_check: CredentialsCheck | None = None
         unknown = sorted(key for key in options if key.upper() not in settings_module.SETTINGS)
         if unknown:
             raise ConfigurationError(f"Unknown flask-river-ml option(s): {', '.join(unknown)}.")
@@ -76,9 +83,14 @@ class FlaskRiverML:
             identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
             unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
         )
-        state = State(values, backend, engine, service)
+        auth = Auth(backend, values["RIVER_ML_JWT_SECRET_KEY"], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
+        state = State(values, backend, engine, service, auth, self)
         app.extensions[EXTENSION_KEY] = state
-        app.register_blueprint(create_blueprint(values))
+        blueprint = create_blueprint(values)
+        if not values["RIVER_ML_VIEW_RATE_LIMIT_DISABLE"]:
+            limits.install(app, blueprint, values, rate_limit_key, "memory://")
+        app.register_blueprint(blueprint)
+        app.cli.add_command(river_ml_cli)
         # A clean exit folds the logs into snapshots; the weak reference lets apps made by
         # tests be collected.
         atexit.register(_close_at_exit, weakref.ref(state))
@@ -96,6 +108,37 @@ class FlaskRiverML:
     def service(self) -> Service:
         """The service of the current app."""
         return self.state().service
+
+    def verify_credentials(self, check: CredentialsCheck) -> CredentialsCheck:
+        """Decorator: let the host app check ``(username, api_token)`` at the token endpoint.
+
+        For apps that already have users: the check replaces the users kept by the extension,
+        and the access tokens it leads to are valid until they expire::
+
+            @river_ml.verify_credentials
+            def check(username: str, token: str) -> bool:
+                return my_users.token_is_valid(username, token)
+        """
+        self.credentials_check = check
+        return check
+
+    # --- users (SPEC section 4) ---------------------------------------------------------------
+
+    def create_user(self, name: str, password: str) -> str:
+        """Create a user; their API token (for RIVER_ML_TOKEN), shown once."""
+        return self.state().auth.create_user(name, password)
+
+    def get_token(self, name: str, password: str) -> str:
+        """A fresh API token for the user; the old one stops working."""
+        return self.state().auth.get_token(name, password)
+
+    def delete_user(self, name: str) -> bool:
+        """Delete the user; True if they existed."""
+        return self.state().auth.delete_user(name)
+
+    def users(self) -> list[str]:
+        """Every user's name, sorted."""
+        return self.state().auth.users()
 
     # --- the in-process client (SPEC section 7) -----------------------------------------------
 

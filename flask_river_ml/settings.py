@@ -70,6 +70,17 @@ def _text(value: Any) -> str:
     return value
 
 
+def _rate(value: Any) -> str:
+    from .limits import limit_string
+
+    if not isinstance(value, str):
+        raise ValueError("must be a rate such as '100/1day', '5/m' or '100 per day'")
+    try:
+        return limit_string(value)
+    except ValueError:
+        raise ValueError("must be a rate such as '100/1day', '5/m' or '100 per day'") from None
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -124,7 +135,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "JWT_SECRET_KEY": (None, _optional(_text)),
     "TOKEN_EXPIRES_SECONDS": (600, _integer(1)),
     "DOMAIN_URL": (None, _optional(_text)),
-    "VIEW_RATE_LIMIT": ("10000/1day", _text),
+    "VIEW_RATE_LIMIT": ("10000/1day", _rate),
     "VIEW_RATE_LIMIT_BLOCK": (True, _boolean),
     "VIEW_RATE_LIMIT_DISABLE": (True, _boolean),
     "API_VIEWS_ENABLED": ([], _names(VIEWS)),
@@ -157,6 +168,10 @@ def load(app: Flask) -> dict[str, Any]:
     values["RIVER_ML_SHELVE_PATH"] = values["RIVER_ML_SHELVE_PATH"] or os.path.join(app_dir, "river_ml.shelve")
     if values["RIVER_ML_SHELVE_SECRET_KEY"] is None:
         values["RIVER_ML_SHELVE_SECRET_KEY"] = cached_secret(values["RIVER_ML_CACHE_DIR"], "shelve_secret_key")
+    if values["RIVER_ML_JWT_SECRET_KEY"] is None:
+        values["RIVER_ML_JWT_SECRET_KEY"] = app.config.get("SECRET_KEY") or cached_secret(
+            values["RIVER_ML_CACHE_DIR"], "jwt_secret_key"
+        )
     return values
 
 

@@ -13,10 +13,11 @@ from importlib.metadata import version
 from typing import Any
 
 import river
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request, url_for
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from .auth import Unauthorized
 from .encoding import jsonable
 from .errors import InvalidInput, RiverMLError
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
@@ -27,8 +28,12 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 Handler = Callable[..., Response]
 
 
+def _state() -> Any:
+    return current_app.extensions[EXTENSION_KEY]
+
+
 def _service() -> Service:
-    return current_app.extensions[EXTENSION_KEY].service  # type: ignore[no-any-return]
+    return _state().service  # type: ignore[no-any-return]
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -75,11 +80,20 @@ def service_info() -> Response:
             "name": "Flask River ML Endpoint",
             "description": "This service serves online machine-learning models from river.",
             "documentationUrl": request.url_root.rstrip("/") + request.path,
-            "storage": current_app.extensions[EXTENSION_KEY].backend.name,
+            "storage": _state().backend.name,
             "river_version": river.__version__,
             "version": version("flask-river-ml"),
         }
     )
+
+
+def auth_token() -> Response:
+    credentials = request.authorization
+    if credentials is None or credentials.type != "basic" or not credentials.username:
+        raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
+    state = _state()
+    grant = state.auth.issue(credentials.username, credentials.password or "", state.extension.credentials_check)
+    return _json(grant)
 
 
 def upload(flavor: str, name: str | None = None) -> Response:
@@ -145,6 +159,7 @@ def stats() -> Response:
 #: AUTHENTICATED_VIEWS refer to.
 ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
     ("/", "service_info", {"GET": service_info}),
+    ("/auth/token/", "auth_token", {"GET": auth_token}),
     ("/models/", "models", {"GET": models}),
     ("/model/", "model", {"DELETE": delete_model}),
     (
@@ -162,7 +177,46 @@ ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
 ]
 
 
-def _dispatch(handlers: dict[str, Handler]) -> Handler:
+#: Views that also take the access token as ``?token=``: browsers cannot set headers on
+#: EventSource.
+_QUERY_TOKEN_VIEWS = ("stream_metrics", "stream_events")
+
+
+def _access_token(view_name: str) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if view_name in _QUERY_TOKEN_VIEWS:
+        return request.args.get("token") or None
+    return None
+
+
+def current_user(view_name: str = "") -> str | None:
+    """The user named by a valid access token on this request, or None (checked once)."""
+    if "river_ml_user" not in g:
+        token = _access_token(view_name)
+        state = _state()
+        host_checked = state.extension.credentials_check is not None
+        try:
+            g.river_ml_user = None if token is None else state.auth.verify(token, host_checked)
+        except Unauthorized as error:
+            g.river_ml_user, g.river_ml_auth_error = None, error
+    return g.river_ml_user  # type: ignore[no-any-return]
+
+
+def _require_user(view_name: str) -> None:
+    if current_user(view_name) is None:
+        raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+
+
+def rate_limit_key() -> str:
+    """Who a request counts against: its user when authenticated, else its address."""
+    user = current_user()
+    return f"user:{user}" if user else f"address:{request.remote_addr}"
+
+
+def _dispatch(view_name: str, handlers: dict[str, Handler], protected: bool) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
     def view(**kwargs: Any) -> Response:
@@ -170,6 +224,8 @@ def _dispatch(handlers: dict[str, Handler]) -> Handler:
         handler = handlers.get(method)
         if handler is None:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
+        if protected:
+            _require_user(view_name)
         return handler(**kwargs)
 
     return view
@@ -187,7 +243,23 @@ def _prefix_root() -> str:
 
 
 def _package_error(error: RiverMLError) -> Response:
-    return _json({"message": error.message}, error.status)
+    response = _json({"message": error.message}, error.status)
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = _challenge()
+    return response
+
+
+def _challenge() -> str:
+    """Where riverapi (or any client) gets an access token: realm is the token endpoint."""
+    domain = _state().settings["RIVER_ML_DOMAIN_URL"]
+    if domain:
+        service = domain.rstrip("/")
+        realm = service + url_for(f"{request.blueprint}.auth_token")
+    else:
+        # Werkzeug checks the Host header against the app's TRUSTED_HOSTS, when it has them.
+        service = request.host_url.rstrip("/")
+        realm = url_for(f"{request.blueprint}.auth_token", _external=True)
+    return f'Bearer realm="{realm}",service="{service}"'
 
 
 def _invalid_payload(error: ValidationError) -> Response:
@@ -210,12 +282,16 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
     prefix = "/" + settings["RIVER_ML_URL_PREFIX"].strip("/")
     blueprint = Blueprint("river_ml", __name__, url_prefix=prefix if prefix != "/" else None)
     enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
-    for index, (rule, view_name, handlers) in enumerate(ROUTES):
+    protected = set() if settings["RIVER_ML_DISABLE_AUTHENTICATION"] else set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])
+    endpoints: dict[str, int] = {}
+    for rule, view_name, handlers in ROUTES:
         if view_name in enabled:
+            # The first rule of a view is named after it (url_for("river_ml.learn")).
+            count = endpoints[view_name] = endpoints.get(view_name, 0) + 1
             blueprint.add_url_rule(
                 rule,
-                endpoint=f"{view_name}_{index}",
-                view_func=_dispatch(handlers),
+                endpoint=view_name if count == 1 else f"{view_name}_{count}",
+                view_func=_dispatch(view_name, handlers, view_name in protected),
                 methods=_METHODS,
                 strict_slashes=False,
             )

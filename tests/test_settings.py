@@ -124,7 +124,7 @@ def test_generated_secret_is_kept_and_shared(tmp_path):
     assert len(key) >= 32
     assert FlaskRiverML.state(second).settings["RIVER_ML_SHELVE_SECRET_KEY"] == key
     cache = FlaskRiverML.state(first).settings["RIVER_ML_CACHE_DIR"]
-    assert os.listdir(cache) == ["shelve_secret_key"]
+    assert sorted(os.listdir(cache)) == ["jwt_secret_key", "shelve_secret_key"]
     assert oct(os.stat(os.path.join(cache, "shelve_secret_key")).st_mode & 0o777) == "0o600"
 
 

@@ -1,0 +1,77 @@
+"""``flask river-ml ...``: manage the users of the HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .auth import Auth
+from .errors import RiverMLError
+from .settings import EXTENSION_KEY
+
+T = TypeVar("T")
+
+river_ml_cli = AppGroup("river-ml", help="Manage the users of the flask-river-ml API.")
+
+
+def _auth() -> Auth:
+    return current_app.extensions[EXTENSION_KEY].auth  # type: ignore[no-any-return]
+
+
+def _run(action: Callable[..., T], *args: Any) -> T:
+    # The package's errors are the user's to fix: a message and exit status 1, no traceback.
+    try:
+        return action(*args)
+    except RiverMLError as error:
+        raise click.ClickException(error.message) from None
+
+
+_password = click.option(
+    "--password", prompt=True, hide_input=True, help="The user's password (asked for when not given)."
+)
+
+
+@river_ml_cli.command("create-user")
+@click.argument("name")
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="The user's password (asked for, twice, when not given).",
+)
+def create_user(name: str, password: str) -> None:
+    """Create a user and print their API token (the last line, alone)."""
+    token = _run(_auth().create_user, name, password)
+    click.echo(f"Created user {name}. Their API token, for RIVER_ML_TOKEN (shown once):")
+    click.echo(token)
+
+
+@river_ml_cli.command("get-token")
+@click.argument("name")
+@_password
+def get_token(name: str, password: str) -> None:
+    """Print a fresh API token for a user (the last line, alone); the old one stops working."""
+    token = _run(_auth().get_token, name, password)
+    click.echo(f"New API token of {name}, for RIVER_ML_TOKEN (the old one no longer works):")
+    click.echo(token)
+
+
+@river_ml_cli.command("delete-user")
+@click.argument("name")
+def delete_user(name: str) -> None:
+    """Delete a user."""
+    if not _auth().delete_user(name):
+        raise click.ClickException(f"No user named '{name}'.")
+    click.echo(f"Deleted user {name}.")
+
+
+@river_ml_cli.command("list-users")
+def list_users() -> None:
+    """List the users, one a line."""
+    for name in _auth().users():
+        click.echo(name)

@@ -1,0 +1,66 @@
+"""Rate limiting of the blueprint with flask-limiter.
+
+One limit, RIVER_ML_VIEW_RATE_LIMIT, shared by every view of the extension and counted per
+client: per user when the request carries a valid access token, per address otherwise (behind
+a proxy, wrap the app in werkzeug's ``ProxyFix`` so the address is the client's). The host
+app's own routes are never limited by it. With RIVER_ML_VIEW_RATE_LIMIT_BLOCK False, requests
+are counted and the ``X-RateLimit-*`` headers tell where a client stands, but none is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask
+from flask_limiter import Limiter
+from limits import parse_many
+
+_DJANGO_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$", re.IGNORECASE)
+_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+_SCOPE = "river_ml"
+
+
+def limit_string(rate: str) -> str:
+    """A rate in django-ratelimit's form (``100/1day``, ``5/m``) or flask-limiter's
+    (``100 per day``) as a flask-limiter string; ValueError when it is neither."""
+    match = _DJANGO_RATE.match(rate)
+    if match:
+        count, period, unit = match.groups()
+        return f"{count} per {period or 1} {_UNITS[unit.lower()]}"
+    parse_many(rate)
+    return rate
+
+
+def install(
+    app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func: Callable[[], str], storage_uri: str
+) -> Limiter:
+    """Limit every view of ``blueprint`` as the settings say; the Limiter, kept in the app's state.
+
+    ``storage_uri`` is where the counters live (flask-limiter's form): in this process for the
+    embedded stores, in the same redis as the models for the redis backend.
+    """
+    limiter = Limiter(
+        key_func=key_func,
+        app=app,
+        storage_uri=storage_uri,
+        headers_enabled=True,
+        key_prefix="river_ml",
+        default_limits=[],
+        application_limits=[],
+    )
+    block = settings["RIVER_ML_VIEW_RATE_LIMIT_BLOCK"]
+    rate = limit_string(settings["RIVER_ML_VIEW_RATE_LIMIT"])
+    (item,) = parse_many(rate)
+
+    def cost() -> int:
+        # Counting without refusing: once the window is used up, further hits cost nothing,
+        # so the limit is never breached and the headers report zero remaining.
+        if block:
+            return 1
+        stats = limiter.limiter.get_window_stats(item, "river_ml", key_func(), _SCOPE)
+        return 1 if stats.remaining > 0 else 0
+
+    limiter.shared_limit(rate, scope=_SCOPE, cost=cost)(blueprint)
+    return limiter
