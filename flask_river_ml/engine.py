@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelExists, ModelFailed, ModelNotFound
-from .flavors import Flavor, Scored, get_flavor
+from .flavors import Flavor, Scored, get_flavor, metric_values
 from .serialization import Codec
 from .storage import Backend
 
@@ -135,6 +135,15 @@ class Engine:
         replica = self.replica(name)
         with replica.lock:
             return copy.deepcopy(replica.model)
+
+    def current_metrics(self, name: str) -> dict[str, Any]:
+        """The metrics of this process's replica as they are, without asking the store."""
+        with self._mutex:
+            replica = self._replicas.get(name)
+        if replica is None:
+            return {}
+        with replica.lock:
+            return metric_values(replica.metrics)
 
     def _next_generation(self) -> int:
         # One counter for the whole store: a deleted and re-created name never reuses a number.

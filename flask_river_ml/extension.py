@@ -36,6 +36,7 @@ class State:
 
     def close(self) -> None:
         """Snapshot what changed since the last snapshots and release the store."""
+        self.service.events.close()
         self.engine.close()
         self.backend.close()
 
@@ -88,7 +89,7 @@ class FlaskRiverML:
         app.extensions[EXTENSION_KEY] = state
         blueprint = create_blueprint(values)
         if not values["RIVER_ML_VIEW_RATE_LIMIT_DISABLE"]:
-            limits.install(app, blueprint, values, rate_limit_key, "memory://")
+            limits.install(app, blueprint, values, rate_limit_key)
         app.register_blueprint(blueprint)
         app.cli.add_command(river_ml_cli)
         # A clean exit folds the logs into snapshots; the weak reference lets apps made by

@@ -33,20 +33,26 @@ def limit_string(rate: str) -> str:
     return rate
 
 
-def install(
-    app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func: Callable[[], str], storage_uri: str
-) -> Limiter:
-    """Limit every view of ``blueprint`` as the settings say; the Limiter, kept in the app's state.
+def storage_uri(settings: dict[str, Any]) -> str:
+    """Where the counters live: the models' redis with the redis backend, so the limit holds
+    across processes and hosts; this process's memory with the embedded stores."""
+    if settings["RIVER_ML_STORAGE_BACKEND"] != "redis":
+        return "memory://"
+    if settings["RIVER_ML_REDIS_URL"]:
+        return str(settings["RIVER_ML_REDIS_URL"])
+    return f"redis://{settings['RIVER_ML_REDIS_HOST']}:{settings['RIVER_ML_REDIS_PORT']}/{settings['RIVER_ML_REDIS_DB']}"
 
-    ``storage_uri`` is where the counters live (flask-limiter's form): in this process for the
-    embedded stores, in the same redis as the models for the redis backend.
-    """
+
+def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func: Callable[[], str]) -> Limiter:
+    """Limit every view of ``blueprint`` as the settings say."""
+    # The counters share the models' key prefix, so two apps on one redis count apart.
+    prefix = settings["RIVER_ML_REDIS_PREFIX"]
     limiter = Limiter(
         key_func=key_func,
         app=app,
-        storage_uri=storage_uri,
+        storage_uri=storage_uri(settings),
         headers_enabled=True,
-        key_prefix="river_ml",
+        key_prefix=prefix,
         default_limits=[],
         application_limits=[],
     )
@@ -59,7 +65,7 @@ def install(
         # so the limit is never breached and the headers report zero remaining.
         if block:
             return 1
-        stats = limiter.limiter.get_window_stats(item, "river_ml", key_func(), _SCOPE)
+        stats = limiter.limiter.get_window_stats(item, prefix, key_func(), _SCOPE)
         return 1 if stats.remaining > 0 else 0
 
     limiter.shared_limit(rate, scope=_SCOPE, cost=cost)(blueprint)

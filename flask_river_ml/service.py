@@ -16,6 +16,7 @@ from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
 from .errors import IdentifierNotFound, InvalidInput, ModelFailed
+from .events import Events
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
 from .unpickle import safe_loads
@@ -54,6 +55,7 @@ class Service:
         unpickle_allowed_modules: list[str],
     ) -> None:
         self.engine = engine
+        self.events = Events(engine.backend)
         self.backend = engine.backend
         self.generate_identifiers = generate_identifiers
         self.identifier_ttl = identifier_ttl
@@ -146,11 +148,14 @@ class Service:
         """
         started = time.perf_counter_ns()
         check_name(name)
+        scored: Scored | None
         if identifier is not None:
-            self._learn_stored(name, _check_identifier(identifier), ground_truth)
+            features, scored = self._learn_stored(name, _check_identifier(identifier), ground_truth)
         else:
-            self.engine.learn(name, _check_features(features), ground_truth, prediction)
+            features = _check_features(features)
+            scored = self.engine.learn(name, features, ground_truth, prediction)
         self._timed(name, "learn", started)
+        self._announce("learn", name, features, scored, ground_truth)
         return "Successful learn."
 
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
@@ -169,6 +174,7 @@ class Service:
             self.backend.set(_identifier_key(name, identifier), self.engine.codec.dumps(record), self.identifier_ttl)
             result["identifier"] = identifier
         self._timed(name, "predict", started)
+        self._announce("predict", name, features, scored)
         return result
 
     def label(self, label: Any, identifier: Any, name: str) -> str:
@@ -176,10 +182,22 @@ class Service:
         check_name(name)
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
-        self._learn_stored(name, _check_identifier(identifier), label)
+        features, scored = self._learn_stored(name, _check_identifier(identifier), label)
+        self._announce("label", name, features, scored, label)
         return "Successful label."
 
-    def _learn_stored(self, name: str, identifier: str, y: Any) -> None:
+    def _announce(self, event: str, name: str, features: dict, scored: Scored | None, y: Any = None) -> None:
+        """Publish the event (and the metrics it moved) to the streams, if any listen."""
+        if not self.events.wanted():
+            return
+        data = {"model": name, "features": features, "prediction": None if scored is None else scored.value}
+        if event == "predict":
+            self.events.publish(event, data)
+        else:
+            self.events.publish(event, {**data, "ground_truth": y}, self.engine.current_metrics(name))
+
+    def _learn_stored(self, name: str, identifier: str, y: Any) -> tuple[dict, Scored]:
+        """Learn from a stored prediction; its features and the prediction."""
         flavor = self.engine.replica(name).flavor
         if y is not None:
             # Checked before the record is consumed, so a bad label leaves it waiting.
@@ -192,9 +210,11 @@ class Service:
                 "(it was never made for this model, was labelled already, or expired)."
             )
         features, value, label, proba = self.engine.codec.loads(blob)
+        scored = Scored(value, label, proba)
         try:
-            self.engine.learn(name, features, y, scored=Scored(value, label, proba))
+            self.engine.learn(name, features, y, scored=scored)
         except ModelFailed:
             # The model refused the sample: the prediction keeps waiting for a usable label.
             self.backend.add(key, blob, self.identifier_ttl)
             raise
+        return features, scored

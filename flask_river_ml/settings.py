@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask
 
 from .errors import ConfigurationError
+from .storage import BACKENDS
 
 PREFIX = "RIVER_ML_"
 #: Where an app keeps its registration: ``app.extensions["river_ml"]``.
@@ -37,7 +38,6 @@ VIEWS = (
     "stream_events",
 )
 _PUBLIC_VIEWS = ("service_info", "auth_token")
-BACKEND_NAMES = ("shelve", "memory")
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -121,13 +121,15 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "URL_PREFIX": ("api", _text),
     "APP_DIR": (None, _optional(_path)),
     "CACHE_DIR": (None, _optional(_path)),
-    "STORAGE_BACKEND": ("shelve", _one_of(BACKEND_NAMES)),
+    "STORAGE_BACKEND": ("shelve", _one_of(BACKENDS)),
     "SHELVE_PATH": (None, _optional(_path)),
     "SHELVE_SECRET_KEY": (None, _optional(_text)),
     "REDIS_URL": (None, _optional(_text)),
     "REDIS_HOST": ("localhost", _text),
     "REDIS_PORT": (6379, _integer(1)),
     "REDIS_DB": (0, _integer(0)),
+    # New: every redis key of the extension starts with this, so it can share a database.
+    "REDIS_PREFIX": ("river_ml:", _text),
     "GENERATE_IDENTIFIERS": (True, _boolean),
     "IDENTIFIER_EXPIRES_SECONDS": (604800, _integer(1)),
     "DISABLE_AUTHENTICATION": (True, _boolean),

@@ -8,7 +8,7 @@ from typing import Any
 from .base import Backend
 
 #: The names RIVER_ML_STORAGE_BACKEND accepts.
-BACKENDS = ("shelve", "memory")
+BACKENDS = ("shelve", "redis", "memory")
 
 
 def create_backend(settings: Mapping[str, Any]) -> Backend:
@@ -26,6 +26,16 @@ def create_backend(settings: Mapping[str, Any]) -> Backend:
         from .shelve import ShelveBackend
 
         return ShelveBackend(settings["RIVER_ML_SHELVE_PATH"])
+    if name == "redis":
+        from .redis import RedisBackend
+
+        return RedisBackend.from_settings(
+            settings["RIVER_ML_REDIS_URL"],
+            settings["RIVER_ML_REDIS_HOST"],
+            settings["RIVER_ML_REDIS_PORT"],
+            settings["RIVER_ML_REDIS_DB"],
+            settings["RIVER_ML_REDIS_PREFIX"],
+        )
     raise ValueError(f"Unknown storage backend {name!r}; choose one of {', '.join(BACKENDS)}.")
 
 

@@ -10,15 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .base import Backend
+from .base import Backend, LocalMessages
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(LocalMessages, Backend):
     """Every operation holds one re-entrant lock, which makes each of them atomic."""
 
     name = "memory"
 
     def __init__(self) -> None:
+        super().__init__()
         self._mutex = threading.RLock()
         self._values: dict[str, tuple[bytes, float | None]] = {}
         self._logs: dict[str, dict[int, bytes]] = {}

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .base import Backend
+from .base import Backend, LocalMessages
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL);
@@ -39,7 +39,7 @@ _LIVE = "(expires IS NULL OR expires > ?)"
 _SWEEP_EVERY = 1000
 
 
-class ShelveBackend(Backend):
+class ShelveBackend(LocalMessages, Backend):
     """One SQLite database in WAL mode, one connection per thread and process.
 
     ``path`` is the file stem from ``RIVER_ML_SHELVE_PATH``: the data lives in
@@ -49,6 +49,7 @@ class ShelveBackend(Backend):
     name = "shelve"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = Path(f"{os.fspath(path)}.sqlite3")
         self.lock_dir = Path(f"{os.fspath(path)}.locks")
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,187 @@
+"""The redis backend: one store for many processes and many hosts.
+
+Every key lives under one prefix (``RIVER_ML_REDIS_PREFIX``), so the extension can share a
+database. Values, logs, timings and locks each have a namespace of their own under it::
+
+    <prefix>k:<key>    values (strings, with native expiry)
+    <prefix>l:<log>    logs: a stream whose entry ids are the record numbers (``<seq>-0``)
+    <prefix>h:<log>    the last record number given out for a log
+    <prefix>t:<key>    timings: a hash of count, total and mean
+    <prefix>x:<name>   locks (redis-py's Lock, which expires if its holder dies)
+
+Appending to a log and recording a timing are Lua scripts, atomic on the server, one round
+trip each. Redis 6.2 or newer is needed (GETDEL, XTRIM MINID).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis
+from redis.exceptions import LockError, WatchError
+
+from .base import Backend
+
+_APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
+return seq
+"""
+_OBSERVE = """
+local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
+redis.call('HINCRBY', KEYS[1], 'total', ARGV[1])
+local mean = tonumber(ARGV[1])
+if count > 1 then
+    mean = tonumber(ARGV[2]) * mean + (1 - tonumber(ARGV[2])) * tonumber(redis.call('HGET', KEYS[1], 'mean'))
+end
+redis.call('HSET', KEYS[1], 'mean', string.format('%.17g', mean))
+"""
+#: Seconds after which a lock whose holder died is released by redis.
+_LOCK_EXPIRY = 120
+#: How long a count of a channel's listeners is trusted before redis is asked again.
+_LISTENERS_FRESH = 0.25
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+class RedisBackend(Backend):
+    """A backend on a redis server, through redis-py's connection pool (which survives forks)."""
+
+    name = "redis"
+
+    def __init__(self, client: redis.Redis, prefix: str = "river_ml:") -> None:
+        # Any: redis-py types every reply as a union of bytes, str and awaitables.
+        self.client: Any = client
+        self.prefix = prefix
+        self._append = client.register_script(_APPEND)
+        self._observe = client.register_script(_OBSERVE)
+        self._listeners: dict[str, tuple[float, bool]] = {}
+
+    @classmethod
+    def from_settings(cls, url: str | None, host: str, port: int, db: int, prefix: str) -> RedisBackend:
+        """A backend on ``url``, or on host, port and database number when there is no URL."""
+        client = redis.Redis.from_url(url) if url else redis.Redis(host=host, port=port, db=db)
+        return cls(client, prefix)
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}k:{key}"
+
+    def _t(self, key: str) -> str:
+        return f"{self.prefix}t:{key}"
+
+    def _logs(self, log: str) -> list[str]:
+        return [f"{self.prefix}l:{log}", f"{self.prefix}h:{log}"]
+
+    @staticmethod
+    def _expiry(ttl: float | None) -> dict[str, Any]:
+        # Milliseconds, and at least one: a ttl of 0.2 s must not mean "never expires".
+        return {} if ttl is None else {"px": max(1, int(ttl * 1000))}
+
+    def get(self, key: str) -> bytes | None:
+        return self.client.get(self._k(key))
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.client.set(self._k(key), value, **self._expiry(ttl))
+
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        return bool(self.client.set(self._k(key), value, nx=True, **self._expiry(ttl)))
+
+    def pop(self, key: str) -> bytes | None:
+        return self.client.getdel(self._k(key))
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return int(self.client.delete(*(self._k(key) for key in keys), *(self._t(key) for key in keys)))
+
+    def keys(self, prefix: str) -> list[str]:
+        start = len(self._k(""))
+        pattern = _glob_escape(self._k(prefix)) + "*"
+        return sorted(key.decode()[start:] for key in self.client.scan_iter(match=pattern, count=1000))
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        return int(self.client.incrby(self._k(key), amount))
+
+    def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
+        name = self._k(key)
+        while True:
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(name)
+                    value = func(pipe.get(name))
+                    pipe.multi()
+                    pipe.set(name, value)
+                    pipe.execute()
+                    return value
+                except WatchError:
+                    continue  # another writer came in between: read again
+
+    def observe(self, key: str, value: int, alpha: float) -> None:
+        self._observe(keys=[self._t(key)], args=[value, repr(alpha)])
+
+    def observed(self, key: str) -> tuple[int, int, float] | None:
+        count, total, mean = self.client.hmget(self._t(key), ["count", "total", "mean"])
+        if count is None:
+            return None
+        return int(count), int(total), float(mean)
+
+    def append(self, log: str, record: bytes) -> int:
+        return int(self._append(keys=self._logs(log), args=[record]))
+
+    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
+        entries = self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0")
+        return [(int(entry_id.split(b"-")[0]), fields[b"r"]) for entry_id, fields in entries]
+
+    def trim(self, log: str, before: int) -> None:
+        self.client.xtrim(self._logs(log)[0], minid=f"{before}-0", approximate=False)
+
+    def delete_log(self, log: str) -> None:
+        self.client.delete(*self._logs(log))
+
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
+        lock = self.client.lock(f"{self.prefix}x:{name}", timeout=_LOCK_EXPIRY, blocking_timeout=timeout)
+        if not lock.acquire():
+            raise TimeoutError(f"Could not take the lock {name!r} within {timeout} s.")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(LockError):  # expired meanwhile: someone else may hold it now
+                lock.release()
+
+    def _channel(self, channel: str) -> str:
+        return f"{self.prefix}c:{channel}"
+
+    def publish(self, channel: str, message: bytes) -> None:
+        self.client.publish(self._channel(channel), message)
+
+    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(**{self._channel(channel): lambda message: callback(message["data"])})
+        thread = pubsub.run_in_thread(sleep_time=1.0, daemon=True)
+
+        def stop() -> None:
+            thread.stop()
+            thread.join(timeout=5)
+            pubsub.close()
+
+        return stop
+
+    def has_listeners(self, channel: str) -> bool:
+        # Asked at most every _LISTENERS_FRESH seconds: a stream opened elsewhere gets events
+        # that soon, and a server nobody watches does not pay a round trip per request.
+        checked, present = self._listeners.get(channel, (0.0, False))
+        if time.monotonic() - checked > _LISTENERS_FRESH:
+            ((_, count),) = self.client.pubsub_numsub(self._channel(channel))
+            present = count > 0
+            self._listeners[channel] = (time.monotonic(), present)
+        return present
+
+    def close(self) -> None:
+        self.client.close()
