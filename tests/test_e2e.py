@@ -12,89 +12,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import dill
 import pytest
-import requests
 from river import base, cluster, datasets, linear_model, metrics, naive_bayes, preprocessing
 from riverapi.main import Client
+from servers import ROOT, VENV, serve, server_env, service_info, stop, wait_for_service
 
-ROOT = Path(__file__).resolve().parent.parent
-#: The virtual environment running the tests (not resolved: its bin holds gunicorn).
-VENV = Path(sys.prefix)
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 EXAMPLES = sorted(path.parent.name for path in ROOT.glob("examples/*/run.py"))
 #: make run's address, riverapi's default.
 RUN_HOST, RUN_PORT = "127.0.0.1", 8000
 
 
-def _server_env(folder: Path) -> dict[str, str]:
-    """The environment of a test server: its store in ``folder``, nothing in the user's home."""
-    env = dict(os.environ)
-    env["FLASK_RIVER_ML_APP_DIR"] = str(folder / "instance")
-    # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR (else ~/.gunicorn), one path
-    # for every instance: each test server gets its own.
-    env["XDG_RUNTIME_DIR"] = str(folder)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _service_info(url: str) -> dict[str, Any] | None:
-    """The JSON of GET ``url`` when it answers 200, None while nothing listens there."""
-    try:
-        response = requests.get(url, timeout=2)
-    except (requests.ConnectionError, requests.Timeout):
-        return None
-    with response:
-        return response.json() if response.status_code == 200 else None
-
-
-def _wait_for_service(url: str, process: subprocess.Popen, log: Path, timeout: float) -> dict[str, Any]:
-    """Poll ``url`` until the service answers; fail with the server's log if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"The server exited with {process.returncode} before answering:\n{log.read_text()}")
-        info = _service_info(url)
-        if info is not None:
-            return info
-        time.sleep(0.2)
-    pytest.fail(f"The server did not answer {url} within {timeout} s:\n{log.read_text()}")
-
-
-def _stop(process: subprocess.Popen, stop: Callable[[int], None]) -> None:
-    """Send ``stop`` its signal, then kill if the process is still there after 15 s."""
-    if process.poll() is None:
-        stop(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            stop(signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     """The base URL of the example app served by gunicorn (two workers sharing a shelve store)."""
-    folder = tmp_path_factory.mktemp("e2e_server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = folder / "gunicorn.log"
-    command = [str(GUNICORN), "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8", "examples.app:app"]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=_server_env(folder), stdout=output, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_service(f"{url}/api/", process, log, timeout=30)
-        yield url
-    finally:
-        _stop(process, process.send_signal)
+    with serve(tmp_path_factory.mktemp("e2e_server"), workers=2) as running:
+        yield running.url
 
 
 # --- every riverapi call ---------------------------------------------------------------------
@@ -346,22 +281,22 @@ def test_make_run(tmp_path):
         process = subprocess.Popen(
             _make("run"),
             cwd=ROOT,
-            env=_server_env(tmp_path),
+            env=server_env(tmp_path),
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        info = _wait_for_service(f"http://{RUN_HOST}:{RUN_PORT}/api/", process, log, timeout=60)
+        info = wait_for_service(f"http://{RUN_HOST}:{RUN_PORT}/api/", process, log, timeout=60)
         assert info["id"] == "flask_river_ml"
         # The environment override reached the app: the store is in the tmp folder.
         assert (tmp_path / "instance" / "cache").is_dir()
     finally:
-        _stop(process, lambda signum: os.killpg(process.pid, signum))
+        stop(process, lambda signum: os.killpg(process.pid, signum))
         # make is gone; its gunicorn may take a moment more to let the port go.
         deadline = time.monotonic() + 15
-        while _service_info(f"http://{RUN_HOST}:{RUN_PORT}/api/") is not None and time.monotonic() < deadline:
+        while service_info(f"http://{RUN_HOST}:{RUN_PORT}/api/") is not None and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _service_info(f"http://{RUN_HOST}:{RUN_PORT}/api/") is not None:
+        if service_info(f"http://{RUN_HOST}:{RUN_PORT}/api/") is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
