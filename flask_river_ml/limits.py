@@ -58,15 +58,16 @@ def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func
     )
     block = settings["RIVER_ML_VIEW_RATE_LIMIT_BLOCK"]
     rate = limit_string(settings["RIVER_ML_VIEW_RATE_LIMIT"])
-    (item,) = parse_many(rate)
+    items = parse_many(rate)
 
     def cost() -> int:
-        # Counting without refusing: once the window is used up, further hits cost nothing,
-        # so the limit is never breached and the headers report zero remaining.
+        # Counting without refusing: once a window is used up, further hits cost nothing, so
+        # no limit is ever breached and the headers report zero remaining.
         if block:
             return 1
-        stats = limiter.limiter.get_window_stats(item, prefix, key_func(), _SCOPE)
-        return 1 if stats.remaining > 0 else 0
+        key = key_func()
+        used_up = any(limiter.limiter.get_window_stats(item, prefix, key, _SCOPE).remaining <= 0 for item in items)
+        return 0 if used_up else 1
 
     limiter.shared_limit(rate, scope=_SCOPE, cost=cost)(blueprint)
     return limiter

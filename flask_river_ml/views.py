@@ -8,6 +8,7 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -192,10 +193,16 @@ def _access_token(view_name: str) -> str | None:
     return None
 
 
-def current_user(view_name: str = "") -> str | None:
+def _view_name() -> str:
+    # Endpoints are "<blueprint>.<view>" or "<blueprint>.<view>_<n>" (see create_blueprint).
+    endpoint = (request.endpoint or "").rpartition(".")[2]
+    return re.sub(r"_\d+$", "", endpoint)
+
+
+def current_user() -> str | None:
     """The user named by a valid access token on this request, or None (checked once)."""
     if "river_ml_user" not in g:
-        token = _access_token(view_name)
+        token = _access_token(_view_name())
         state = _state()
         host_checked = state.extension.credentials_check is not None
         try:
@@ -205,8 +212,8 @@ def current_user(view_name: str = "") -> str | None:
     return g.river_ml_user  # type: ignore[no-any-return]
 
 
-def _require_user(view_name: str) -> None:
-    if current_user(view_name) is None:
+def _require_user() -> None:
+    if current_user() is None:
         raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
 
 
@@ -216,7 +223,7 @@ def rate_limit_key() -> str:
     return f"user:{user}" if user else f"address:{request.remote_addr}"
 
 
-def _dispatch(view_name: str, handlers: dict[str, Handler], protected: bool) -> Handler:
+def _dispatch(handlers: dict[str, Handler], protected: bool) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
     def view(**kwargs: Any) -> Response:
@@ -225,7 +232,7 @@ def _dispatch(view_name: str, handlers: dict[str, Handler], protected: bool) -> 
         if handler is None:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
         if protected:
-            _require_user(view_name)
+            _require_user()
         return handler(**kwargs)
 
     return view
@@ -291,7 +298,7 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
             blueprint.add_url_rule(
                 rule,
                 endpoint=view_name if count == 1 else f"{view_name}_{count}",
-                view_func=_dispatch(view_name, handlers, view_name in protected),
+                view_func=_dispatch(handlers, view_name in protected),
                 methods=_METHODS,
                 strict_slashes=False,
             )
