@@ -7,14 +7,23 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import REDIS_URL
 
 from flask_river_ml.storage import Backend, create_backend
 
 
 @pytest.fixture
-def backend(backend_name, tmp_path) -> Iterator[Backend]:
+def backend(backend_name, tmp_path, redis_prefix) -> Iterator[Backend]:
     store = create_backend(
-        {"RIVER_ML_STORAGE_BACKEND": backend_name, "RIVER_ML_SHELVE_PATH": str(tmp_path / "store")}
+        {
+            "RIVER_ML_STORAGE_BACKEND": backend_name,
+            "RIVER_ML_SHELVE_PATH": str(tmp_path / "store"),
+            "RIVER_ML_REDIS_URL": REDIS_URL,
+            "RIVER_ML_REDIS_HOST": "unused",
+            "RIVER_ML_REDIS_PORT": 0,
+            "RIVER_ML_REDIS_DB": 0,
+            "RIVER_ML_REDIS_PREFIX": redis_prefix,
+        }
     )
     yield store
     store.close()
@@ -215,5 +224,34 @@ def test_shelve_is_shared_between_instances(tmp_path):
     assert first.append("log", b"1") == 1
     assert second.append("log", b"2") == 2
     assert [seq for seq, _ in first.read("log")] == [1, 2]
+    first.close()
+    second.close()
+
+
+def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
+    """Two apps (prefixes) share a database without seeing each other's keys."""
+    import redis
+
+    settings = {
+        "RIVER_ML_STORAGE_BACKEND": "redis",
+        "RIVER_ML_REDIS_URL": None,
+        "RIVER_ML_REDIS_HOST": "127.0.0.1",
+        "RIVER_ML_REDIS_PORT": 6379,
+        "RIVER_ML_REDIS_DB": 0,
+    }
+    first = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "a:"})
+    second = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "b:"})
+    first.set("model:x", b"1", ttl=60)
+    first.append("log:x", b"r")
+    first.observe("stats:x", 5, 0.3)
+    with first.lock("model:x"):
+        client = redis.Redis.from_url(REDIS_URL)
+        # The keys of the values, log, log head, timing and lock, and nothing outside the prefix.
+        marker = redis_prefix.split(":")[1]
+        found = list(client.scan_iter(match=f"*{marker}*"))
+        assert len(found) == 5 and all(key.startswith(redis_prefix.encode()) for key in found)
+        client.close()
+    assert second.keys("") == [] and second.get("model:x") is None and second.read("log:x") == []
+    assert first.keys("") == ["model:x"]
     first.close()
     second.close()
