@@ -145,6 +145,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "UNPICKLE_ALLOWED_MODULES": ([], _names()),
     # New: a model's log is folded into a snapshot every this many learn and label records.
     "SNAPSHOT_EVERY": (1000, _integer(1)),
+    # New: an idle stream sends a comment this often, which also notices closed clients.
+    "STREAM_KEEPALIVE_SECONDS": (15, _integer(1)),
 }
 
 

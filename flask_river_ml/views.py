@@ -9,7 +9,7 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from typing import Any
 
@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from .auth import Unauthorized
 from .encoding import jsonable
 from .errors import InvalidInput, RiverMLError
+from .events import EVENTS, METRICS, sse
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
 from .settings import EXTENSION_KEY, VIEWS
@@ -152,6 +153,36 @@ def metrics() -> Response:
     return _json(_service().metrics(_model_name()))
 
 
+def _stream(hub_name: str) -> Response:
+    """A text/event-stream of one channel's messages, for as long as the client listens."""
+    events = _service().events
+    hub = events.events if hub_name == EVENTS else events.metrics
+    keep_alive = _state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
+    subscription = hub.subscribe()
+
+    def generate() -> Iterator[str]:
+        # A client that went away is noticed when a write fails, at the latest at the next
+        # keep-alive; the WSGI server then closes this generator and the queue is released.
+        try:
+            yield ": connected\n\n"
+            while not subscription.closed:
+                message = subscription.get(keep_alive)
+                yield ": keep-alive\n\n" if message is None else sse(message, hub_name)
+        finally:
+            subscription.close()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(generate(), mimetype="text/event-stream", headers=headers)
+
+
+def stream_events() -> Response:
+    return _stream(EVENTS)
+
+
+def stream_metrics() -> Response:
+    return _stream(METRICS)
+
+
 def stats() -> Response:
     return _json(_service().stats(_model_name()))
 
@@ -175,6 +206,8 @@ ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
     ("/label/", "label", {"POST": label}),
     ("/metrics/", "metrics", {"GET": metrics}),
     ("/stats/", "stats", {"GET": stats}),
+    ("/stream/events/", "stream_events", {"GET": stream_events}),
+    ("/stream/metrics/", "stream_metrics", {"GET": stream_metrics}),
 ]
 
 
