@@ -15,7 +15,7 @@ import dill
 from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
-from .errors import IdentifierNotFound, InvalidInput, ModelFailed
+from .errors import IdentifierNotFound, InvalidInput, ModelFailed, ModelNotFound
 from .events import Events
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
@@ -126,6 +126,17 @@ class Service:
         """Counts and durations of the model's learn and predict calls, from every process."""
         self.engine.replica(check_name(name))
         return stats.render({kind: self.backend.observed(stats.key(name, kind)) for kind in stats.KINDS})
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Every model with its flavor, stats and metrics (the dashboard's table)."""
+        found = []
+        for name in self.models():
+            try:
+                flavor, stats_, metrics_ = self.flavor(name), self.stats(name), self.metrics(name)
+            except ModelNotFound:
+                continue  # deleted meanwhile
+            found.append({"name": name, "flavor": flavor, "stats": stats_, "metrics": metrics_})
+        return found
 
     def _timed(self, name: str, kind: str, started: int) -> None:
         duration = time.perf_counter_ns() - started

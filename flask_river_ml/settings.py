@@ -36,6 +36,7 @@ VIEWS = (
     "stats",
     "stream_metrics",
     "stream_events",
+    "dashboard",
 )
 _PUBLIC_VIEWS = ("service_info", "auth_token")
 

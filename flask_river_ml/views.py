@@ -14,9 +14,10 @@ from importlib.metadata import version
 from typing import Any
 
 import river
-from flask import Blueprint, Response, current_app, g, request, url_for
+from flask import Blueprint, Response, current_app, g, render_template, request, url_for
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import BuildError
 
 from .auth import Unauthorized
 from .encoding import jsonable
@@ -175,6 +176,33 @@ def _stream(hub_name: str) -> Response:
     return Response(generate(), mimetype="text/event-stream", headers=headers)
 
 
+def _url(endpoint: str) -> str | None:
+    """The path of one of the blueprint's views, or None when it is not enabled."""
+    try:
+        return url_for(endpoint)
+    except BuildError:
+        return None
+
+
+def dashboard() -> Response:
+    """The dashboard's page: it holds no data, so it needs no token (it asks for one)."""
+    settings = _state().settings
+    config = {
+        "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
+        and "dashboard" in settings["RIVER_ML_AUTHENTICATED_VIEWS"],
+        "tokenUrl": _url(".auth_token"),
+        "dataUrl": _url(".dashboard_2"),
+        "eventsUrl": _url(".stream_events"),
+        "metricsUrl": _url(".stream_metrics"),
+    }
+    page = render_template("river_ml/dashboard.html", config=config, static_endpoint=".static")
+    return Response(page, mimetype="text/html")
+
+
+def dashboard_data() -> Response:
+    return _json(_service().overview())
+
+
 def stream_events() -> Response:
     return _stream(EVENTS)
 
@@ -208,7 +236,11 @@ ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
     ("/stats/", "stats", {"GET": stats}),
     ("/stream/events/", "stream_events", {"GET": stream_events}),
     ("/stream/metrics/", "stream_metrics", {"GET": stream_metrics}),
+    ("/dashboard/", "dashboard", {"GET": dashboard}),
+    ("/dashboard/data/", "dashboard", {"GET": dashboard_data}),
 ]
+#: Rules that never need a token: the dashboard's page holds no data and asks for one.
+_OPEN_RULES = ("/dashboard/",)
 
 
 #: Views that also take the access token as ``?token=``: browsers cannot set headers on
@@ -320,7 +352,14 @@ def _http_error(error: HTTPException) -> Response:
 def create_blueprint(settings: dict[str, Any]) -> Blueprint:
     """The blueprint for one app's settings: its prefix and its enabled views."""
     prefix = "/" + settings["RIVER_ML_URL_PREFIX"].strip("/")
-    blueprint = Blueprint("river_ml", __name__, url_prefix=prefix if prefix != "/" else None)
+    blueprint = Blueprint(
+        "river_ml",
+        __name__,
+        url_prefix=prefix if prefix != "/" else None,
+        static_folder="static",
+        static_url_path="/static",
+        template_folder="templates",
+    )
     enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
     protected = set() if settings["RIVER_ML_DISABLE_AUTHENTICATION"] else set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])
     endpoints: dict[str, int] = {}
@@ -331,7 +370,7 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
             blueprint.add_url_rule(
                 rule,
                 endpoint=view_name if count == 1 else f"{view_name}_{count}",
-                view_func=_dispatch(handlers, view_name in protected),
+                view_func=_dispatch(handlers, view_name in protected and rule not in _OPEN_RULES),
                 methods=_METHODS,
                 strict_slashes=False,
             )
