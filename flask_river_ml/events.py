@@ -1,8 +1,9 @@
 """Events and metric updates, fanned out to the streams of every process.
 
 The service publishes each predict, learn and label (and the metrics after each learn and
-label) through the backend: within the process for the embedded stores, through redis pub/sub
-for the redis backend, so a stream opened on one worker sees what every worker handled. In
+label) through the backend: a table of the SQLite file for shelve, redis pub/sub for redis,
+so a stream opened on one worker sees what every worker handled (the memory store keeps them
+within its process). In
 each process one listener per channel feeds bounded queues, one per open stream: a stream
 whose client reads too slowly overflows its queue and is closed rather than let the server
 buffer without bound.

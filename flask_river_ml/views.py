@@ -159,11 +159,12 @@ def _stream(hub_name: str) -> Response:
     events = _service().events
     hub = events.events if hub_name == EVENTS else events.metrics
     keep_alive = _state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
-    subscription = hub.subscribe()
 
     def generate() -> Iterator[str]:
+        # Subscribed only once the body is being sent: a HEAD never starts the generator.
         # A client that went away is noticed when a write fails, at the latest at the next
         # keep-alive; the WSGI server then closes this generator and the queue is released.
+        subscription = hub.subscribe()
         try:
             yield ": connected\n\n"
             while not subscription.closed:

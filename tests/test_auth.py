@@ -176,6 +176,7 @@ def test_default_authenticated_views_are_every_view_but_the_open_two(make_app):
         "stats",
         "stream_metrics",
         "stream_events",
+        "dashboard",
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import threading
 from collections.abc import Callable
 
 
@@ -113,30 +112,4 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
         """Release connections and files; the backend must not be used afterwards."""
-
-
-class LocalMessages:
-    """Publish and listen within this process: the embedded stores have no server to relay
-    messages, so a stream sees the events of its own process."""
-
-    def __init__(self) -> None:
-        self._listeners: dict[str, list[Callable[[bytes], None]]] = {}
-        self._listeners_lock = threading.Lock()
-
-    def publish(self, channel: str, message: bytes) -> None:
-        for callback in list(self._listeners.get(channel, ())):
-            callback(message)
-
-    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
-        with self._listeners_lock:
-            self._listeners.setdefault(channel, []).append(callback)
-
-        def stop() -> None:
-            with self._listeners_lock:
-                self._listeners[channel].remove(callback)
-
-        return stop
-
-    def has_listeners(self, channel: str) -> bool:
-        return bool(self._listeners.get(channel))
 

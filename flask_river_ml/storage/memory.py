@@ -10,16 +10,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .base import Backend, LocalMessages
+from .base import Backend
 
 
-class MemoryBackend(LocalMessages, Backend):
-    """Every operation holds one re-entrant lock, which makes each of them atomic."""
+class MemoryBackend(Backend):
+    """Every operation holds one re-entrant lock, which makes each of them atomic. Messages
+    are handed to this process's listeners directly."""
 
     name = "memory"
 
     def __init__(self) -> None:
-        super().__init__()
+        self._listeners: dict[str, list[Callable[[bytes], None]]] = {}
         self._mutex = threading.RLock()
         self._values: dict[str, tuple[bytes, float | None]] = {}
         self._logs: dict[str, dict[int, bytes]] = {}
@@ -120,6 +121,23 @@ class MemoryBackend(LocalMessages, Backend):
         with self._mutex:
             self._logs.pop(log, None)
             self._heads.pop(log, None)
+
+    def publish(self, channel: str, message: bytes) -> None:
+        for callback in list(self._listeners.get(channel, ())):
+            callback(message)
+
+    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        with self._mutex:
+            self._listeners.setdefault(channel, []).append(callback)
+
+        def stop() -> None:
+            with self._mutex:
+                self._listeners[channel].remove(callback)
+
+        return stop
+
+    def has_listeners(self, channel: str) -> bool:
+        return bool(self._listeners.get(channel))
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:

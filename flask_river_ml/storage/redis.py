@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,7 +169,9 @@ class RedisBackend(Backend):
 
         def stop() -> None:
             thread.stop()
-            thread.join(timeout=5)
+            # The listener itself may stop listening (its last stream overflowed): no join then.
+            if threading.current_thread() is not thread:
+                thread.join(timeout=5)
             pubsub.close()
 
         return stop

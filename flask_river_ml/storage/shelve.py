@@ -5,7 +5,8 @@ stores its data in SQLite, the format ``dbm`` itself defaults to since Python 3.
 ``dbm.dumb`` and ``gdbm`` files behind older shelves, an SQLite file is safe to share between
 the processes of one machine (gunicorn workers, a CLI next to a server) and every write is
 committed to the write-ahead log before the call returns, so a process killed with SIGKILL
-loses nothing it acknowledged.
+loses nothing it acknowledged. Messages for the streams go through a table of the same file,
+which a listener thread in each process polls, so every stream of the machine sees every event.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .base import Backend, LocalMessages
+from .base import Backend
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL);
@@ -33,13 +35,21 @@ CREATE TABLE IF NOT EXISTS timings (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, total INTEGER NOT NULL, mean REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, message BLOB NOT NULL, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS listeners (id TEXT PRIMARY KEY, channel TEXT NOT NULL, seen REAL NOT NULL);
 """
 _LIVE = "(expires IS NULL OR expires > ?)"
 #: Expired keys are swept once every this many writes with a time to live.
 _SWEEP_EVERY = 1000
+#: How often a listener looks for new messages, and how long a message is kept for late readers.
+_POLL_SECONDS, _MESSAGE_SECONDS = 0.05, 60.0
+#: A listener that has not said it is alive for this long (its process died) counts no more.
+_LISTENER_SECONDS = 5.0
 
 
-class ShelveBackend(LocalMessages, Backend):
+class ShelveBackend(Backend):
     """One SQLite database in WAL mode, one connection per thread and process.
 
     ``path`` is the file stem from ``RIVER_ML_SHELVE_PATH``: the data lives in
@@ -49,7 +59,6 @@ class ShelveBackend(LocalMessages, Backend):
     name = "shelve"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
         self.path = Path(f"{os.fspath(path)}.sqlite3")
         self.lock_dir = Path(f"{os.fspath(path)}.locks")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +66,8 @@ class ShelveBackend(LocalMessages, Backend):
         self._local = threading.local()
         self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._ttl_writes = 0
+        self._published = 0
+        self._listeners_checked: dict[str, tuple[float, bool]] = {}
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
@@ -178,6 +189,63 @@ class ShelveBackend(LocalMessages, Backend):
         with self._transaction() as db:
             db.execute("DELETE FROM log WHERE name = ?", (log,))
             db.execute("DELETE FROM heads WHERE name = ?", (log,))
+
+    # --- messages: a table every process of the machine reads ---------------------------------
+
+    def publish(self, channel: str, message: bytes) -> None:
+        db = self._db()
+        db.execute(
+            "INSERT INTO messages (channel, message, created) VALUES (?, ?, ?)", (channel, message, time.time())
+        )
+        self._published += 1
+        if self._published % _SWEEP_EVERY == 0:
+            db.execute("DELETE FROM messages WHERE created < ?", (time.time() - _MESSAGE_SECONDS,))
+
+    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        listener = uuid.uuid4().hex
+        stopped = threading.Event()
+        db = self._db()
+        (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+        db.execute("INSERT INTO listeners (id, channel, seen) VALUES (?, ?, ?)", (listener, channel, time.time()))
+
+        def poll(last: int) -> None:
+            db = self._db()
+            alive = 0.0
+            while not stopped.wait(_POLL_SECONDS):
+                rows = db.execute(
+                    "SELECT id, message FROM messages WHERE channel = ? AND id > ? ORDER BY id", (channel, last)
+                ).fetchall()
+                for _, message in rows:
+                    callback(bytes(message))
+                if rows:
+                    last = rows[-1][0]
+                if time.monotonic() - alive > 1.0:
+                    alive = time.monotonic()
+                    db.execute("UPDATE listeners SET seen = ? WHERE id = ?", (time.time(), listener))
+            db.execute("DELETE FROM listeners WHERE id = ?", (listener,))
+
+        thread = threading.Thread(target=poll, args=(int(last),), name=f"river-ml-{channel}", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopped.set()
+            # The listener itself may stop listening (its last stream overflowed): no join then.
+            if threading.current_thread() is not thread:
+                thread.join(timeout=5)
+
+        return stop
+
+    def has_listeners(self, channel: str) -> bool:
+        # Asked at most every 0.25 s: publishers do not pay a query per request.
+        checked, present = self._listeners_checked.get(channel, (0.0, False))
+        if time.monotonic() - checked > 0.25:
+            row = self._db().execute(
+                "SELECT 1 FROM listeners WHERE channel = ? AND seen > ? LIMIT 1",
+                (channel, time.time() - _LISTENER_SECONDS),
+            ).fetchone()
+            present = row is not None
+            self._listeners_checked[channel] = (time.monotonic(), present)
+        return present
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:

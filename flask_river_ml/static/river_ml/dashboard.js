@@ -113,8 +113,9 @@
 
   let refreshing = null;
   function refreshSoon() {
-    // Stats and new models change with every event: refresh at most twice a second.
-    if (!refreshing) refreshing = setTimeout(() => { refreshing = null; refresh(); }, 500);
+    // Stats and new models change with every event: refresh at most every two seconds (the
+    // refreshes count against the user's rate limit).
+    if (!refreshing) refreshing = setTimeout(() => { refreshing = null; refresh(); }, 2000);
   }
 
   async function refresh() {
