@@ -1,6 +1,7 @@
 """Serve online machine-learning models from river inside any Flask application."""
 
 from .errors import (
+    Busy,
     ConfigurationError,
     IdentifierNotFound,
     IncompatibleModel,
@@ -18,6 +19,7 @@ from .extension import FlaskRiverML
 __version__ = "0.1.0"
 
 __all__ = [
+    "Busy",
     "ConfigurationError",
     "FlaskRiverML",
     "IdentifierNotFound",

@@ -25,13 +25,15 @@ Backend layout, for a model ``name``::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ModelExists, ModelFailed, ModelNotFound
+from .errors import Busy, ModelExists, ModelFailed, ModelNotFound
 from .flavors import Flavor, Scored, get_flavor, metric_values
 from .serialization import Codec
 from .storage import Backend
@@ -85,6 +87,10 @@ def _lock(name: str) -> str:
     return f"model:{name}"
 
 
+#: How long a change of a model waits for another one to finish.
+_CHANGE_WAIT = 30.0
+
+
 class Engine:
     """Replicas, log and snapshots of every model stored in one backend."""
 
@@ -97,13 +103,21 @@ class Engine:
 
     # --- models as a whole: these hold the model's lock and pay for (un)pickling --------------
 
+    @contextlib.contextmanager
+    def _changing(self, name: str) -> Iterator[None]:
+        try:
+            with self.backend.lock(_lock(name), timeout=_CHANGE_WAIT):
+                yield
+        except TimeoutError:
+            raise Busy(f"Another change of model '{name}' is in progress; try again shortly.") from None
+
     def names(self) -> list[str]:
         """The names of every stored model, sorted."""
         return [key.split(":", 1)[1] for key in self.backend.keys("model:")]
 
     def create(self, name: str, model: Any, flavor: Flavor) -> None:
         """Store a new model; :class:`ModelExists` if the name is taken."""
-        with self.backend.lock(_lock(name)):
+        with self._changing(name):
             if self.backend.get(meta_key(name)) is not None:
                 raise ModelExists(f"A model named '{name}' exists already; delete it first.")
             # A log left by a model deleted halfway (a crash) must not be replayed into this one.
@@ -112,7 +126,7 @@ class Engine:
 
     def replace(self, name: str, model: Any) -> None:
         """Replace the stored model, keeping its flavor, metrics and stats."""
-        with self.backend.lock(_lock(name)):
+        with self._changing(name):
             replica = self.replica(name)
             replica.flavor.check(model)
             with replica.lock:
@@ -121,7 +135,7 @@ class Engine:
 
     def delete(self, name: str) -> bool:
         """Delete the model and its log; False when there was none."""
-        with self.backend.lock(_lock(name)):
+        with self._changing(name):
             # The model key goes first: from then on every request answers 404.
             existed = self.backend.delete(meta_key(name)) > 0
             self.backend.delete(_snapshot_key(name), _snapseq_key(name))
@@ -318,4 +332,6 @@ class Engine:
             replicas = list(self._replicas.items())
         for name, replica in replicas:
             if replica.seq > replica.snapshot_seq:
-                self.snapshot(name, replica)
+                # Without waiting: the log is durable, a skipped snapshot only means a longer
+                # replay, and a shutdown must not hang on a lock left by a killed process.
+                self.snapshot(name, replica, wait=False)

@@ -65,6 +65,12 @@ class ModelFailed(RiverMLError):
     """The model raised while predicting or learning from the given sample."""
 
 
+class Busy(RiverMLError):
+    """Another change of the same model holds its lock; try again shortly."""
+
+    status = 503
+
+
 class TamperedData(RiverMLError):
     """A stored blob failed its signature check; it was not unpickled."""
 
@@ -72,6 +78,7 @@ class TamperedData(RiverMLError):
 
 
 __all__ = [
+    "Busy",
     "ConfigurationError",
     "IdentifierNotFound",
     "IncompatibleModel",

@@ -45,12 +45,15 @@ def storage_uri(settings: dict[str, Any]) -> str:
 
 def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func: Callable[[], str]) -> Limiter:
     """Limit every view of ``blueprint`` as the settings say."""
-    # The counters share the models' key prefix, so two apps on one redis count apart.
+    # The counters live under the models' key prefix, so two apps on one redis count apart
+    # and whatever cleans the prefix cleans them.
     prefix = settings["RIVER_ML_REDIS_PREFIX"]
+    uri = storage_uri(settings)
     limiter = Limiter(
         key_func=key_func,
         app=app,
-        storage_uri=storage_uri(settings),
+        storage_uri=uri,
+        storage_options={"key_prefix": prefix + "limits"} if uri.startswith("redis") else {},
         headers_enabled=True,
         key_prefix=prefix,
         default_limits=[],

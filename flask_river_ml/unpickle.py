@@ -48,6 +48,9 @@ _STANDARD = {
     "decimal": {"Decimal"},
     "fractions": {"Fraction"},
     "functools": {"partial"},
+    # BagOfWords(on=...) and TFIDF(on=...) keep an itemgetter (never attrgetter or
+    # methodcaller: chained, those reach any function's globals).
+    "operator": {"itemgetter"},
     "random": {"Random", "Random.gauss", "Random.random", "Random.uniform", "Random.randint"},
     "re": {"_compile"},
     "statistics": {"NormalDist"},
@@ -62,7 +65,7 @@ _RIVER_FORBIDDEN = ("river.datasets", "river.stream", "river.evaluate", "river.c
 #: Types dill refers to by name: only inert ones may be loaded.
 _DILL_TYPES = _BUILTINS | {
     "NoneType", "EllipsisType", "NotImplementedType", "MethodDescriptorType", "WrapperDescriptorType",
-    "PartialType", "MethodType",
+    "PartialType", "MethodType", "ItemGetterType",
 }  # fmt: skip
 
 

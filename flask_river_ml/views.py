@@ -21,7 +21,7 @@ from werkzeug.routing import BuildError
 
 from .auth import Unauthorized
 from .encoding import jsonable
-from .errors import InvalidInput, RiverMLError
+from .errors import Busy, InvalidInput, RiverMLError
 from .events import EVENTS, METRICS, sse
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
@@ -319,6 +319,8 @@ def _package_error(error: RiverMLError) -> Response:
     response = _json({"message": error.message}, error.status)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = _challenge()
+    if isinstance(error, Busy):
+        response.headers["Retry-After"] = "1"
     return response
 
 

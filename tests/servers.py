@@ -4,8 +4,9 @@
         Client(server.url).info()
         assert "Traceback" not in server.log_text()
 
-Each server keeps its store, its secrets and gunicorn's control socket in ``folder``, and its
-output (gunicorn's and the app's, interleaved as written) in ``folder / "gunicorn.log"``.
+Each server keeps its store, its secrets, gunicorn's configuration and its control socket in
+``folder``, and its output (gunicorn's and the app's, interleaved as written) in
+``folder / "gunicorn.log"``.
 """
 
 from __future__ import annotations
@@ -37,22 +38,33 @@ FLASK = BIN / "flask"
 APP = "examples.app:app"
 LOG_NAME = "gunicorn.log"
 #: gunicorn's access log line (``serve(..., access_log=True)``): what :class:`Request` reads.
-ACCESS_FORMAT = "access method=%(m)s path=%(U)s query=%(q)s status=%(s)s user=%(u)s"
+ACCESS_FORMAT = "access pid=%(p)s address=%(h)s method=%(m)s path=%(U)s query=%(q)s status=%(s)s user=%(u)s"
 _ACCESS_LINE = re.compile(
-    r"^access method=(?P<method>\S*) path=(?P<path>\S*) query=(?P<query>\S*)"
-    r" status=(?P<status>\d{3}) user=(?P<user>.*)$",
+    r"^access pid=<(?P<pid>\d+)> address=(?P<address>\S*) method=(?P<method>\S*) path=(?P<path>\S*)"
+    r" query=(?P<query>\S*) status=(?P<status>\d{3}) user=(?P<user>.*)$",
     re.MULTILINE,
 )
+#: gunicorn's line for each worker it starts.
+_WORKER_LINE = re.compile(r"Booting worker with pid: (\d+)")
+#: A gunicorn configuration that logs each worker once it has loaded the app and can answer.
+CONFIG_NAME = "gunicorn_test.conf.py"
+_CONFIG = """def post_worker_init(worker):
+    worker.log.info("Worker ready with pid: %s", worker.pid)
+"""
+_READY_LINE = re.compile(r"Worker ready with pid: (\d+)")
 
 
 class Request(NamedTuple):
-    """One line of the access log; ``user`` is the name in a Basic Authorization, or '-'."""
+    """One line of the access log; ``user`` is the name in a Basic Authorization, or '-';
+    ``pid`` the worker that answered; ``address`` the client's."""
 
     method: str
     path: str
     query: str
     status: int
     user: str
+    pid: int = 0
+    address: str = "-"
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,20 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        """The pids of every worker gunicorn has booted so far."""
+        return {int(pid) for pid in _WORKER_LINE.findall(self.log_text())}
+
+    def ready_pids(self) -> set[int]:
+        """The pids of the workers that have loaded the app."""
+        return {int(pid) for pid in _READY_LINE.findall(self.log_text())}
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once, as a crash of the machine would (needs
+        ``serve(..., new_session=True)``: the server's process group is then its own)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def requests(self, timeout: float = 10) -> list[Request]:
         """Every request the server has answered so far, in the order it logged them (needs
@@ -79,7 +105,15 @@ class Server:
         deadline = time.monotonic() + timeout
         while True:
             logged = [
-                Request(match["method"], match["path"], match["query"], int(match["status"]), match["user"])
+                Request(
+                    match["method"],
+                    match["path"],
+                    match["query"],
+                    int(match["status"]),
+                    match["user"],
+                    int(match["pid"]),
+                    match["address"],
+                )
                 for match in _ACCESS_LINE.finditer(self.log_text())
             ]
             if any(marker in entry.query for entry in logged):
@@ -149,25 +183,44 @@ def serve(
     threads: int = 8,
     access_log: bool = False,
     timeout: float = 30,
+    new_session: bool = False,
 ) -> Iterator[Server]:
-    """The example app under gunicorn on a free port, until the block ends.
+    """The example app under gunicorn on a free port, until the block ends, from the moment
+    every worker has loaded the app (requests sent then may reach any of them).
 
     ``env`` is added to the server's environment (``FLASK_RIVER_ML_*`` settings, say);
-    ``access_log`` has gunicorn log each request to the same log (see :meth:`Server.requests`).
+    ``access_log`` has gunicorn log each request to the same log (see :meth:`Server.requests`);
+    ``new_session`` starts gunicorn in a session of its own, so that :meth:`Server.kill` can
+    kill the master and its workers together.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / LOG_NAME
-    command = [str(GUNICORN), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)]
+    config = folder / CONFIG_NAME
+    config.write_text(_CONFIG)
+    command = [str(GUNICORN), "--config", str(config), "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers), "--threads", str(threads)]
     if access_log:
         command += ["--access-logfile", "-", "--access-logformat", ACCESS_FORMAT]
     command.append(APP)
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=server_env(folder, env), stdout=output, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env=server_env(folder, env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
     try:
+        deadline = time.monotonic() + timeout
         wait_for_service(f"{url}/api/", process, log, timeout)
-        yield Server(url, log, process)
+        server = Server(url, log, process)
+        while len(server.ready_pids()) < workers:
+            if time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not start {workers} workers within {timeout} s:\n{server.log_text()}")
+            time.sleep(0.05)
+        yield server
     finally:
         stop(process, process.send_signal)

@@ -360,3 +360,33 @@ def test_learn_racing_a_replace_reaches_the_new_model(river_ml, monkeypatch):
     local.learn_one(x, y)
     probe = samples[1][0]
     assert river_ml.predict(probe, name)["prediction"] == pytest.approx(local.predict_one(probe), abs=1e-12)
+
+
+def test_a_change_waiting_on_a_held_lock_is_busy(make_app, backend_name, monkeypatch):
+    """A delete that cannot take the model's lock answers 503 with Retry-After, not 500."""
+    from flask_river_ml import engine
+
+    monkeypatch.setattr(engine, "_CHANGE_WAIT", 0.2)
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name)
+    with app.app_context():
+        FlaskRiverML().add_model(linear_model_pipeline(), "regression", name="m")
+        backend = FlaskRiverML.state(app).backend
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with backend.lock("model:m"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        response = app.test_client().delete("/api/model/m/")
+    finally:
+        release.set()
+        holder.join()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "in progress" in response.get_json()["message"]
+    assert app.test_client().delete("/api/model/m/").status_code == 200

@@ -144,3 +144,18 @@ def test_garbage_is_refused():
     for data in (b"", b"not a pickle", b"\x80\x05\x95" + b"\xff" * 20):
         with pytest.raises(UnsafePickle):
             safe_loads(data)
+
+
+def test_text_pipelines_with_itemgetter_load():
+    """BagOfWords(on=...) keeps an operator.itemgetter: allowed; attrgetter is not."""
+    import operator
+
+    from river import feature_extraction, naive_bayes
+
+    model = feature_extraction.BagOfWords(on="text") | naive_bayes.MultinomialNB()
+    model.learn_one({"text": "sweet honey"}, "sweet")
+    loaded = safe_loads(dill.dumps(model))
+    assert loaded.predict_proba_one({"text": "honey"}) == model.predict_proba_one({"text": "honey"})
+    assert safe_loads(pickle.dumps(operator.itemgetter("text")))({"text": 1}) == 1
+    with pytest.raises(UnsafePickle):
+        safe_loads(pickle.dumps(operator.attrgetter("__globals__")))

@@ -41,8 +41,9 @@ if count > 1 then
 end
 redis.call('HSET', KEYS[1], 'mean', string.format('%.17g', mean))
 """
-#: Seconds after which a lock whose holder died is released by redis.
-_LOCK_EXPIRY = 120
+#: Seconds after which a lock whose holder died is released by redis: longer than any
+#: snapshot takes to pickle and write, short enough that a crash blocks changes only briefly.
+_LOCK_EXPIRY = 15
 #: How long a count of a channel's listeners is trusted before redis is asked again.
 _LISTENERS_FRESH = 0.25
 
