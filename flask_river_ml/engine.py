@@ -175,17 +175,18 @@ class Engine:
 
     def replica(self, name: str) -> Replica:
         """This process's replica of ``name``, up to date with the log."""
-        raw = self.backend.get(meta_key(name))
+        with self._mutex:
+            replica = self._replicas.get(name)
+        # The model key and the log tail in one round trip: most requests need nothing more.
+        raw, tail = self.backend.peek(meta_key(name), _log(name), 0 if replica is None else replica.seq)
+        records: list[tuple[int, bytes]] | None = tail
         if raw is None:
             with self._mutex:
                 self._replicas.pop(name, None)
             raise ModelNotFound(name)
-        generation = json.loads(raw)["generation"]
-        with self._mutex:
-            replica = self._replicas.get(name)
-        if replica is None or replica.generation != generation:
-            replica = self._load(name)
-        self._catch_up(name, replica)
+        if replica is None or replica.generation != json.loads(raw)["generation"]:
+            replica, records = self._load(name), None
+        self._catch_up(name, replica, records)
         return replica
 
     def _load(self, name: str) -> Replica:
@@ -205,14 +206,19 @@ class Engine:
             self._replicas[name] = replica
         return replica
 
-    def _catch_up(self, name: str, replica: Replica) -> None:
+    def _catch_up(self, name: str, replica: Replica, records: list[tuple[int, bytes]] | None = None) -> None:
         """Apply every log record after the replica's position, in order.
 
-        A record that raises is skipped the same way by every replica; its error is kept in
-        ``replica.failures`` for the thread that sent it.
+        ``records`` is a log tail read before the replica's lock was taken, if any: what
+        another thread applied meanwhile is dropped from it. A record that raises is skipped
+        the same way by every replica; its error is kept in ``replica.failures`` for the
+        thread that sent it.
         """
         with replica.lock:
-            records = self.backend.read(_log(name), replica.seq)
+            if records is not None:
+                records = [record for record in records if record[0] > replica.seq]
+            if records is None or (records and records[0][0] != replica.seq + 1):
+                records = self.backend.read(_log(name), replica.seq)
             while records and records[0][0] != replica.seq + 1:
                 # The log was trimmed past this replica by a snapshot: start from that snapshot.
                 # Again if another snapshot trimmed further while this one was being read.

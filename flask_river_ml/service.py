@@ -180,11 +180,14 @@ class Service:
         result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is None and self.generate_identifiers:
             identifier = str(uuid.uuid4())
-        if identifier is not None:
-            record = (features, scored.value, scored.label, scored.proba)
-            self.backend.set(_identifier_key(name, identifier), self.engine.codec.dumps(record), self.identifier_ttl)
-            result["identifier"] = identifier
-        self._timed(name, "predict", started)
+        # The waiting prediction and the timing: one write.
+        with self.backend.batch():
+            if identifier is not None:
+                record = (features, scored.value, scored.label, scored.proba)
+                key = _identifier_key(name, identifier)
+                self.backend.set(key, self.engine.codec.dumps(record), self.identifier_ttl)
+                result["identifier"] = identifier
+            self._timed(name, "predict", started)
         self._announce("predict", name, features, scored)
         return result
 

@@ -28,6 +28,8 @@ from .service import Service
 from .settings import EXTENSION_KEY, VIEWS
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+# Built once: building a schema copies its fields, and loading keeps no state in it.
+_LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
 Handler = Callable[..., Response]
 
 
@@ -69,7 +71,7 @@ def _model_name(name: str | None = None) -> str:
     payload = {**request.args.to_dict(), **request.form.to_dict()}
     if not request.form:
         payload.update(_body())
-    return str(_load(ModelSchema(), {"model": payload.get("model")})["model"])
+    return str(_load(_MODEL, {"model": payload.get("model")})["model"])
 
 
 # --- views -------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def models() -> Response:
 
 
 def learn() -> Response:
-    payload = _load(LearnSchema(), _body())
+    payload = _load(_LEARN, _body())
     message = _service().learn(
         payload["model"],
         ground_truth=payload["ground_truth"],
@@ -139,14 +141,14 @@ def learn() -> Response:
 
 
 def predict() -> Response:
-    payload = _load(PredictSchema(), _body())
+    payload = _load(_PREDICT, _body())
     result = _service().predict(payload["features"], payload["model"], payload["identifier"])
     # riverapi's flow: 201 when a record waits for its label, 200 otherwise.
     return _json(result, 201 if "identifier" in result else 200)
 
 
 def label() -> Response:
-    payload = _load(LabelSchema(), _body())
+    payload = _load(_LABEL, _body())
     return _json(_service().label(payload["label"], payload["identifier"], payload["model"]))
 
 

@@ -255,3 +255,21 @@ def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
     assert first.keys("") == ["model:x"]
     first.close()
     second.close()
+
+
+def test_peek_reads_a_key_and_a_log_tail(backend):
+    assert backend.peek("k", "log") == (None, [])
+    backend.set("k", b"v")
+    for record in (b"a", b"b", b"c"):
+        backend.append("log", record)
+    assert backend.peek("k", "log", 1) == (b"v", [(2, b"b"), (3, b"c")])
+
+
+def test_batch_writes_sets_and_timings_together(backend):
+    with backend.batch():
+        backend.set("a", b"1", ttl=60)
+        backend.observe("t", 7, 0.3)
+        # Calls other than set and observe run at once, inside a batch too.
+        assert backend.append("log", b"x") == 1
+    assert backend.get("a") == b"1"
+    assert backend.observed("t") == (1, 7, 7.0)

@@ -82,6 +82,17 @@ class Backend(abc.ABC):
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         """The records of ``log`` numbered above ``after``, in order, with their numbers."""
 
+    def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+        """``get(key)`` and ``read(log, after)`` together: what every request asks first, in
+        one round trip where the store is remote. Not atomic together."""
+        return self.get(key), self.read(log, after)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group the ``set`` and ``observe`` calls made inside into one write (a transaction,
+        a pipeline): what a request writes after its answer is known. Other calls inside run
+        at once, as usual."""
+        return contextlib.nullcontext()
+
     @abc.abstractmethod
     def trim(self, log: str, before: int) -> None:
         """Drop the records of ``log`` numbered below ``before``."""

@@ -64,6 +64,8 @@ class RedisBackend(Backend):
         self._append = client.register_script(_APPEND)
         self._observe = client.register_script(_OBSERVE)
         self._listeners: dict[str, tuple[float, bool]] = {}
+        # The pipeline of the batch this thread is in, if any.
+        self._batch = threading.local()
 
     @classmethod
     def from_settings(cls, url: str | None, host: str, port: int, db: int, prefix: str) -> RedisBackend:
@@ -88,8 +90,31 @@ class RedisBackend(Backend):
     def get(self, key: str) -> bytes | None:
         return self.client.get(self._k(key))
 
+    def _writer(self) -> Any:
+        return getattr(self._batch, "pipe", None) or self.client
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        if getattr(self._batch, "pipe", None) is not None:
+            yield
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            self._batch.pipe = pipe
+            try:
+                yield
+            finally:
+                self._batch.pipe = None
+            pipe.execute()
+
+    def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, list[tuple[int, bytes]]]:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self._k(key))
+            pipe.xrange(self._logs(log)[0], min=f"{after + 1}-0")
+            value, entries = pipe.execute()
+        return value, self._records(entries)
+
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.client.set(self._k(key), value, **self._expiry(ttl))
+        self._writer().set(self._k(key), value, **self._expiry(ttl))
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return bool(self.client.set(self._k(key), value, nx=True, **self._expiry(ttl)))
@@ -125,7 +150,7 @@ class RedisBackend(Backend):
                     continue  # another writer came in between: read again
 
     def observe(self, key: str, value: int, alpha: float) -> None:
-        self._observe(keys=[self._t(key)], args=[value, repr(alpha)])
+        self._observe(keys=[self._t(key)], args=[value, repr(alpha)], client=self._writer())
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
         count, total, mean = self.client.hmget(self._t(key), ["count", "total", "mean"])
@@ -137,7 +162,10 @@ class RedisBackend(Backend):
         return int(self._append(keys=self._logs(log), args=[record]))
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
-        entries = self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0")
+        return self._records(self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0"))
+
+    @staticmethod
+    def _records(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[int, bytes]]:
         return [(int(entry_id.split(b"-")[0]), fields[b"r"]) for entry_id, fields in entries]
 
     def trim(self, log: str, before: int) -> None:

@@ -87,8 +87,12 @@ class ShelveBackend(Backend):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement."""
+        """A write transaction that holds SQLite's write lock from its first statement; inside
+        a transaction already (a batch), a part of it."""
         db = self._db()
+        if db.in_transaction:
+            yield db
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -112,6 +116,11 @@ class ShelveBackend(Backend):
 
     def get(self, key: str) -> bytes | None:
         return self._read_value(self._db(), key)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._transaction():
+            yield
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         # One statement is its own transaction: no BEGIN/COMMIT round trips on the hot path.
