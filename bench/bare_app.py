@@ -1,4 +1,4 @@
-"""The "bare Flask" baseline of bench/http.py: river called directly on a model in memory.
+"""The "bare Flask" baseline of bench/served.py: river called directly on a model in memory.
 
 Served the same way as the example app (from the repository's root, so that ``bench`` is a
 namespace package and nothing in ``bench/`` shadows the standard library)::

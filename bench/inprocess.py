@@ -37,11 +37,11 @@ from typing import Any
 
 import river
 from flask import Flask
-from river import datasets, forest, linear_model, metrics, preprocessing
+from models import MODEL_DESCRIPTIONS, MODELS, TRAIN_SAMPLES
+from river import datasets, metrics
 
 from flask_river_ml import FlaskRiverML
 
-TRAIN_SAMPLES = 600
 BACKENDS = ("memory", "shelve")
 FOREST_TARGET = 0.5
 
@@ -51,22 +51,6 @@ def binary_metrics() -> list[Any]:
     return [metrics.Accuracy(), metrics.LogLoss(), metrics.Precision(), metrics.Recall(), metrics.F1()]
 
 
-def make_small(_train: list) -> Any:
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
-
-
-def make_forest(train: list) -> Any:
-    model = forest.ARFClassifier(n_models=5, seed=1)
-    for x, y in train:
-        model.learn_one(x, y)
-    return model
-
-
-MODELS: dict[str, Callable[[list], Any]] = {"small": make_small, "forest": make_forest}
-MODEL_DESCRIPTIONS = {
-    "small": "StandardScaler | LogisticRegression",
-    "forest": f"ARFClassifier(n_models=5, seed=1), {TRAIN_SAMPLES} samples",
-}
 
 
 def timed(samples: Iterable, step: Callable[[dict, Any], Any], count: int) -> float:

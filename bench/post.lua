@@ -1,9 +1,9 @@
 -- POST JSON bodies read from a file (one per line), rotating through them, and count every
--- response whose status is not the expected one. Used by bench/http.py:
+-- response whose status is not the expected one. Used by bench/served.py:
 --
 --   wrk -t2 -c8 -d5s -s bench/post.lua http://127.0.0.1:PORT/api/learn/ -- BODIES.jsonl 201
 --
--- At the end it prints one line, "RESULT {json}", with the totals bench/http.py reads.
+-- At the end it prints one line, "RESULT {json}", with the totals bench/served.py reads.
 
 local threads = {}
 local count = 0

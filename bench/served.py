@@ -30,50 +30,44 @@ and what ran elsewhere, and marks runs that never were quiet.
 
 Every server is stopped and the redis prefix deleted at the end, also on failure.
 
-    .venv/bin/python bench/http.py [--duration 5] [--workers 1 2 4] [--models small forest]
+    .venv/bin/python bench/served.py [--duration 5] [--workers 1 2 4] [--models small forest]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
-# Run as ``python bench/http.py``, this file's folder comes first on sys.path, where this very
-# module would shadow the standard library's ``http`` package (which urllib, Flask and redis
-# import): take the folder off before importing anything.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
+import dill
+import redis
+import river
+from models import MODEL_DESCRIPTIONS, MODELS, TRAIN_SAMPLES
+from river import datasets
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from importlib.metadata import version  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dill  # noqa: E402
-import redis  # noqa: E402
-import river  # noqa: E402
-from river import datasets, forest, linear_model, preprocessing  # noqa: E402
-
-ROOT = Path(_HERE).parent
-LUA = Path(_HERE) / "post.lua"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LUA = HERE / "post.lua"
 APP = "examples.app:app"
 BARE_APP = "bench.bare_app:app"
-TRAIN_SAMPLES = 600
 #: DESIGN.md: small-model learns through the extension at least this share of bare Flask's.
 BARE_TARGET = 0.6
 #: Every answer the benchmark accepts: learn and predict (with its generated identifier).
@@ -84,22 +78,6 @@ class BenchError(RuntimeError):
     """A measurement that must not be reported: the script exits non-zero with this message."""
 
 
-def make_small(_train: list) -> Any:
-    return preprocessing.StandardScaler() | linear_model.LogisticRegression()
-
-
-def make_forest(train: list) -> Any:
-    model = forest.ARFClassifier(n_models=5, seed=1)
-    for x, y in train:
-        model.learn_one(x, y)
-    return model
-
-
-MODELS = {"small": make_small, "forest": make_forest}
-MODEL_DESCRIPTIONS = {
-    "small": "StandardScaler | LogisticRegression",
-    "forest": f"ARFClassifier(n_models=5, seed=1) trained on {TRAIN_SAMPLES} Phishing samples",
-}
 
 
 @dataclass(frozen=True)
@@ -498,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="river-ml-http-bench-") as scratch:
             rows, bare = run(args, load, servers, Path(scratch), prefix, redis_version)
     except BenchError as error:
-        print(f"bench/http.py FAILED: {error}", file=sys.stderr)
+        print(f"bench/served.py FAILED: {error}", file=sys.stderr)
         return 1
     finally:
         servers.stop_all()
