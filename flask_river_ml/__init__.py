@@ -1,36 +1,9 @@
 """Serve online machine-learning models from river inside any Flask application."""
 
-from .errors import (
-    Busy,
-    ConfigurationError,
-    IdentifierNotFound,
-    IncompatibleModel,
-    InvalidFlavor,
-    InvalidInput,
-    ModelExists,
-    ModelFailed,
-    ModelNotFound,
-    RiverMLError,
-    TamperedData,
-    UnsafePickle,
-)
+from . import errors
+from .errors import *  # noqa: F403 - the package's exceptions, listed in errors.__all__
 from .extension import FlaskRiverML
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Busy",
-    "ConfigurationError",
-    "FlaskRiverML",
-    "IdentifierNotFound",
-    "IncompatibleModel",
-    "InvalidFlavor",
-    "InvalidInput",
-    "ModelExists",
-    "ModelFailed",
-    "ModelNotFound",
-    "RiverMLError",
-    "TamperedData",
-    "UnsafePickle",
-    "__version__",
-]
+__all__ = ["FlaskRiverML", "__version__", *errors.__all__]

@@ -12,6 +12,7 @@ from flask import Flask, current_app
 
 from . import limits
 from . import settings as settings_module
+from .access import rate_limit_key
 from .auth import Auth, CredentialsCheck
 from .cli import river_ml_cli
 from .engine import Engine
@@ -20,7 +21,7 @@ from .serialization import Codec
 from .service import Service
 from .settings import EXTENSION_KEY
 from .storage import Backend, create_backend
-from .views import create_blueprint, rate_limit_key
+from .views import create_blueprint
 
 
 @dataclass

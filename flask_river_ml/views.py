@@ -8,24 +8,24 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from typing import Any
 
 import river
-from flask import Blueprint, Response, current_app, g, render_template, request, url_for
+from flask import Blueprint, Response, current_app, render_template, request, url_for
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BuildError
 
+from .access import challenge, require_user, state
 from .auth import Unauthorized
 from .encoding import jsonable
 from .errors import Busy, InvalidInput, RiverMLError
 from .events import EVENTS, METRICS, sse
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
-from .settings import EXTENSION_KEY, VIEWS
+from .settings import VIEWS
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
@@ -33,12 +33,8 @@ _LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema()
 Handler = Callable[..., Response]
 
 
-def _state() -> Any:
-    return current_app.extensions[EXTENSION_KEY]
-
-
 def _service() -> Service:
-    return _state().service  # type: ignore[no-any-return]
+    return state().service  # type: ignore[no-any-return]
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -85,7 +81,7 @@ def service_info() -> Response:
             "name": "Flask River ML Endpoint",
             "description": "This service serves online machine-learning models from river.",
             "documentationUrl": request.url_root.rstrip("/") + request.path,
-            "storage": _state().backend.name,
+            "storage": state().backend.name,
             "river_version": river.__version__,
             "version": version("flask-river-ml"),
         }
@@ -96,8 +92,9 @@ def auth_token() -> Response:
     credentials = request.authorization
     if credentials is None or credentials.type != "basic" or not credentials.username:
         raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
-    state = _state()
-    grant = state.auth.issue(credentials.username, credentials.password or "", state.extension.credentials_check)
+    registration = state()
+    check = registration.extension.credentials_check
+    grant = registration.auth.issue(credentials.username, credentials.password or "", check)
     return _json(grant)
 
 
@@ -160,7 +157,7 @@ def _stream(hub_name: str) -> Response:
     """A text/event-stream of one channel's messages, for as long as the client listens."""
     events = _service().events
     hub = events.events if hub_name == EVENTS else events.metrics
-    keep_alive = _state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
+    keep_alive = state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
 
     def generate() -> Iterator[str]:
         # Subscribed only once the body is being sent: a HEAD never starts the generator.
@@ -189,7 +186,7 @@ def _url(endpoint: str) -> str | None:
 
 def dashboard() -> Response:
     """The dashboard's page: it holds no data, so it needs no token (it asks for one)."""
-    settings = _state().settings
+    settings = state().settings
     config = {
         "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
         and "dashboard" in settings["RIVER_ML_AUTHENTICATED_VIEWS"],
@@ -246,51 +243,6 @@ ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
 _OPEN_RULES = ("/dashboard/",)
 
 
-#: Views that also take the access token as ``?token=``: browsers cannot set headers on
-#: EventSource.
-_QUERY_TOKEN_VIEWS = ("stream_metrics", "stream_events")
-
-
-def _access_token(view_name: str) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    if view_name in _QUERY_TOKEN_VIEWS:
-        return request.args.get("token") or None
-    return None
-
-
-def _view_name() -> str:
-    # Endpoints are "<blueprint>.<view>" or "<blueprint>.<view>_<n>" (see create_blueprint).
-    endpoint = (request.endpoint or "").rpartition(".")[2]
-    return re.sub(r"_\d+$", "", endpoint)
-
-
-def current_user() -> str | None:
-    """The user named by a valid access token on this request, or None (checked once)."""
-    if "river_ml_user" not in g:
-        token = _access_token(_view_name())
-        state = _state()
-        host_checked = state.extension.credentials_check is not None
-        try:
-            g.river_ml_user = None if token is None else state.auth.verify(token, host_checked)
-        except Unauthorized as error:
-            g.river_ml_user, g.river_ml_auth_error = None, error
-    return g.river_ml_user  # type: ignore[no-any-return]
-
-
-def _require_user() -> None:
-    if current_user() is None:
-        raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
-
-
-def rate_limit_key() -> str:
-    """Who a request counts against: its user when authenticated, else its address."""
-    user = current_user()
-    return f"user:{user}" if user else f"address:{request.remote_addr}"
-
-
 def _dispatch(handlers: dict[str, Handler], protected: bool) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
@@ -300,7 +252,7 @@ def _dispatch(handlers: dict[str, Handler], protected: bool) -> Handler:
         if handler is None:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
         if protected:
-            _require_user()
+            require_user()
         return handler(**kwargs)
 
     return view
@@ -320,23 +272,10 @@ def _prefix_root() -> str:
 def _package_error(error: RiverMLError) -> Response:
     response = _json({"message": error.message}, error.status)
     if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = _challenge()
+        response.headers["WWW-Authenticate"] = challenge()
     if isinstance(error, Busy):
         response.headers["Retry-After"] = "1"
     return response
-
-
-def _challenge() -> str:
-    """Where riverapi (or any client) gets an access token: realm is the token endpoint."""
-    domain = _state().settings["RIVER_ML_DOMAIN_URL"]
-    if domain:
-        service = domain.rstrip("/")
-        realm = service + url_for(f"{request.blueprint}.auth_token")
-    else:
-        # Werkzeug checks the Host header against the app's TRUSTED_HOSTS, when it has them.
-        service = request.host_url.rstrip("/")
-        realm = url_for(f"{request.blueprint}.auth_token", _external=True)
-    return f'Bearer realm="{realm}",service="{service}"'
 
 
 def _invalid_payload(error: ValidationError) -> Response:

@@ -1,0 +1,80 @@
+"""Who may call the blueprint: access tokens on requests, the challenge, the rate-limit key.
+
+Flask-side glue of :mod:`flask_river_ml.auth`: it reads the request, remembers the result in
+``g`` for the rest of the request, and builds the ``WWW-Authenticate`` challenge riverapi
+follows.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import current_app, g, request, url_for
+
+from .auth import Unauthorized
+from .settings import EXTENSION_KEY
+
+
+def state() -> Any:
+    """The current app's registration (``app.extensions["river_ml"]``)."""
+    return current_app.extensions[EXTENSION_KEY]
+
+
+#: Views that also take the access token as ``?token=``: browsers cannot set headers on
+#: EventSource.
+_QUERY_TOKEN_VIEWS = ("stream_metrics", "stream_events")
+
+
+def _access_token(view_name: str) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if view_name in _QUERY_TOKEN_VIEWS:
+        return request.args.get("token") or None
+    return None
+
+
+def _view_name() -> str:
+    # Endpoints are "<blueprint>.<view>" or "<blueprint>.<view>_<n>" (see create_blueprint).
+    endpoint = (request.endpoint or "").rpartition(".")[2]
+    return re.sub(r"_\d+$", "", endpoint)
+
+
+def current_user() -> str | None:
+    """The user named by a valid access token on this request, or None (checked once)."""
+    if "river_ml_user" not in g:
+        token = _access_token(_view_name())
+        registration = state()
+        host_checked = registration.extension.credentials_check is not None
+        try:
+            g.river_ml_user = None if token is None else registration.auth.verify(token, host_checked)
+        except Unauthorized as error:
+            g.river_ml_user, g.river_ml_auth_error = None, error
+    return g.river_ml_user  # type: ignore[no-any-return]
+
+
+def require_user() -> None:
+    """Raise :class:`Unauthorized` (why, if a token was refused) unless a user is known."""
+    if current_user() is None:
+        raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+
+
+def rate_limit_key() -> str:
+    """Who a request counts against: its user when authenticated, else its address."""
+    user = current_user()
+    return f"user:{user}" if user else f"address:{request.remote_addr}"
+
+
+def challenge() -> str:
+    """Where riverapi (or any client) gets an access token: realm is the token endpoint."""
+    domain = state().settings["RIVER_ML_DOMAIN_URL"]
+    if domain:
+        service = domain.rstrip("/")
+        realm = service + url_for(f"{request.blueprint}.auth_token")
+    else:
+        # Werkzeug checks the Host header against the app's TRUSTED_HOSTS, when it has them.
+        service = request.host_url.rstrip("/")
+        realm = url_for(f"{request.blueprint}.auth_token", _external=True)
+    return f'Bearer realm="{realm}",service="{service}"'
