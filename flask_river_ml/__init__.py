@@ -3,7 +3,6 @@
 from . import errors
 from .errors import *  # noqa: F403 - the package's exceptions, listed in errors.__all__
 from .extension import FlaskRiverML
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["FlaskRiverML", "__version__", *errors.__all__]

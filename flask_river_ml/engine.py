@@ -276,8 +276,7 @@ class Engine:
         prequential and features it cannot handle are refused before anything is written.
         """
         replica = self.replica(name)
-        if y is not None:
-            replica.flavor.check_target(y)
+        replica.flavor.check_target(y)
         if scored is None and prediction is not None:
             scored = replica.flavor.from_value(prediction)
         if scored is None and y is not None:

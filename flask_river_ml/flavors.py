@@ -46,6 +46,8 @@ class Flavor:
     base: type | None = None
     metric_factories: tuple[Callable[[], metrics.base.Metric], ...] = ()
     numeric_target: bool = False
+    #: Supervised flavors: a learn without ground truth is refused before it is logged.
+    needs_target: bool = False
 
     def check(self, model: Any) -> None:
         """Raise :class:`IncompatibleModel` saying what ``model`` lacks for this flavor."""
@@ -72,7 +74,11 @@ class Flavor:
         return [factory() for factory in self.metric_factories]
 
     def check_target(self, y: Any) -> None:
-        """Refuse a ground truth that the metrics of this flavor could not score."""
+        """Refuse a ground truth that the model or the metrics of this flavor could not use."""
+        if y is None:
+            if self.needs_target:
+                raise InvalidInput(f"A {self.name} model learns from a ground_truth; none was given.")
+            return
         if self.numeric_target and (isinstance(y, bool) or not isinstance(y, Real)):
             raise InvalidInput(f"A {self.name} ground truth must be a number, not {y!r}.")
 
@@ -156,12 +162,14 @@ FLAVORS: dict[str, Flavor] = {
             base=base.Regressor,
             metric_factories=(metrics.MAE, metrics.RMSE, metrics.SMAPE),
             numeric_target=True,
+            needs_target=True,
         ),
         Flavor(
             "binary",
             methods=("learn_one", "predict_proba_one"),
             base=base.Classifier,
             metric_factories=(metrics.Accuracy, metrics.LogLoss, metrics.Precision, metrics.Recall, metrics.F1),
+            needs_target=True,
         ),
         Flavor(
             "multiclass",
@@ -176,6 +184,7 @@ FLAVORS: dict[str, Flavor] = {
                 metrics.MicroRecall,
                 metrics.MicroF1,
             ),
+            needs_target=True,
         ),
         Flavor("cluster", base=base.Clusterer),
         Flavor("neighbor"),

@@ -6,6 +6,7 @@ predictions that wait for their label, and leaves the models themselves to the e
 
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
 from typing import Any
@@ -15,7 +16,7 @@ import dill
 from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
-from .errors import IdentifierNotFound, InvalidInput, ModelFailed, ModelNotFound
+from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelFailed, ModelNotFound, UnsafePickle
 from .events import Events
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
@@ -81,7 +82,16 @@ class Service:
         chosen = get_flavor(flavor)
         if name is not None:
             check_name(name)
-        return self.add_model(safe_loads(data, self.unpickle_allowed_modules), chosen.name, name)
+            if self.backend.get(meta_key(name)) is not None:
+                raise ModelExists(f"A model named '{name}' exists already; delete it first.")
+        model = safe_loads(data, self.unpickle_allowed_modules)
+        # The server pickles the model again for its snapshots: that pickle must name nothing
+        # outside the safe list either, whatever the upload's objects do when pickled.
+        try:
+            safe_loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), self.unpickle_allowed_modules)
+        except (pickle.PicklingError, TypeError, AttributeError, UnsafePickle) as error:
+            raise UnsafePickle(f"The uploaded model does not pickle back to the safe list: {error}") from None
+        return self.add_model(model, chosen.name, name)
 
     def download(self, name: str) -> bytes:
         """A dill pickle of the model, what riverapi's download_model saves."""
@@ -212,10 +222,8 @@ class Service:
 
     def _learn_stored(self, name: str, identifier: str, y: Any) -> tuple[dict, Scored]:
         """Learn from a stored prediction; its features and the prediction."""
-        flavor = self.engine.replica(name).flavor
-        if y is not None:
-            # Checked before the record is consumed, so a bad label leaves it waiting.
-            flavor.check_target(y)
+        # Checked before the record is consumed, so a bad label leaves it waiting.
+        self.engine.replica(name).flavor.check_target(y)
         key = _identifier_key(name, identifier)
         blob = self.backend.pop(key)
         if blob is None:

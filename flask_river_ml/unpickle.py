@@ -29,6 +29,7 @@ import importlib
 import inspect
 import io
 import pickle
+import random
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -36,12 +37,14 @@ from typing import Any
 from .errors import UnsafePickle
 
 _BUILTINS = {
-    "bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list", "object",
-    "range", "set", "slice", "str", "tuple",
+    "bool", "complex", "dict", "float", "frozenset", "int", "list", "object", "set", "slice", "str", "tuple",
 }  # fmt: skip
+#: The most elements a constructor called by an upload may allocate: a few bytes of pickle
+#: must not ask for gigabytes.
+_MAX_ELEMENTS = 10_000_000
 #: Standard-library globals that models hold: module -> names.
 _STANDARD = {
-    "collections": {"Counter", "OrderedDict", "defaultdict", "deque", "namedtuple"},
+    "collections": {"Counter", "OrderedDict", "defaultdict", "deque"},
     "copy": {"copy", "deepcopy"},
     "copyreg": {"_reconstructor", "__newobj__", "__newobj_ex__"},
     "datetime": {"date", "datetime", "time", "timedelta", "timezone"},
@@ -59,8 +62,10 @@ _STANDARD = {
 #: numpy functions that rebuild arrays, scalars and random generators.
 _NUMPY_FUNCTIONS = {
     "_reconstruct", "scalar", "_frombuffer", "__randomstate_ctor", "__generator_ctor",
-    "__bit_generator_ctor", "__pyx_unpickle_SeedSequence", "array", "empty", "full", "ones", "zeros",
+    "__bit_generator_ctor", "__pyx_unpickle_SeedSequence", "array",
 }  # fmt: skip
+#: numpy constructors called with a shape: bounded by _MAX_ELEMENTS.
+_NUMPY_SHAPED = {"empty", "full", "ones", "zeros"}
 _RIVER_FORBIDDEN = ("river.datasets", "river.stream", "river.evaluate", "river.checks", "river.bandit.datasets")
 #: Types dill refers to by name: only inert ones may be loaded.
 _DILL_TYPES = _BUILTINS | {
@@ -81,11 +86,39 @@ def _load_type(name: str) -> type:
     return load(name)  # type: ignore[no-any-return]
 
 
+#: Methods of a random generator a model may hold bound (river's KMeans keeps ``rng.gauss``).
+_RANDOM_METHODS = {"gauss", "random", "uniform", "randint", "normalvariate", "choice", "shuffle"}
+
+
 def _getattr(obj: Any, name: str, *default: Any) -> Any:
-    # dill pickles an unbound method like str.lower as getattr(str, "lower").
-    if not (isinstance(obj, type) and obj.__module__ == "builtins" and not name.startswith("_")):
+    # Pickles name a bound method as getattr(owner, name): str.lower (dill), rng.gauss
+    # (pickle). Only those two kinds: a bound method of any object could write files
+    # (ndarray.tofile).
+    builtin_method = isinstance(obj, type) and obj.__module__ == "builtins" and not name.startswith("_")
+    random_method = isinstance(obj, random.Random) and name in _RANDOM_METHODS
+    if not (builtin_method or random_method):
         raise UnsafePickle(f"The upload asks for the attribute {name!r} of {obj!r}, which is not allowed.")
     return getattr(obj, name, *default)
+
+
+def _size(shape: Any) -> int:
+    dimensions = shape if isinstance(shape, tuple | list) else (shape,)
+    size = 1
+    for dimension in dimensions:
+        size *= int(dimension)
+    return size
+
+
+def _bounded(constructor: Any) -> Any:
+    """``constructor`` refusing sizes over _MAX_ELEMENTS (an int first argument is a size)."""
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if args and isinstance(args[0], int | tuple | list) and not isinstance(args[0], bool):
+            if _size(args[0]) > _MAX_ELEMENTS:
+                raise UnsafePickle(f"The upload asks for {args[0]!r} elements, more than {_MAX_ELEMENTS}.")
+        return constructor(*args, **kwargs)
+
+    return build
 
 
 def _iter(iterable: Any) -> Any:
@@ -103,12 +136,37 @@ def _create_array(factory: Any, args: tuple, state: Any, npdict: dict | None = N
 _DILL_HELPERS = {"_load_type": _load_type, "_getattr": _getattr, "_create_array": _create_array}
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """A :class:`pickle.Unpickler` whose ``find_class`` allows only the safe list."""
+def _is_dunder(key: Any) -> bool:
+    return isinstance(key, str) and key.startswith("__") and key.endswith("__")
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """A pickle unpickler whose ``find_class`` allows only the safe list and whose BUILD step
+    only fills the attributes of instances.
+
+    It is the pure-Python unpickler (an upload is loaded once): its BUILD can be checked.
+    Setting state on a class, module or function would change it for the whole process, and a
+    dunder attribute on an instance (``__reduce_ex__``, ``__class__``) would change how the
+    server pickles it later; both are refused.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BytesIO, allowed_modules: Iterable[str] = ()) -> None:
         super().__init__(file)
         self.allowed_modules = frozenset(allowed_modules)
+
+    def load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]  # type: ignore[attr-defined]
+        if isinstance(target, type | types.ModuleType | types.FunctionType | types.BuiltinFunctionType):
+            raise UnsafePickle(f"The upload sets attributes of {target!r}, which is not allowed.")
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        for part in parts:
+            if isinstance(part, dict) and any(_is_dunder(key) for key in part):
+                raise UnsafePickle("The upload sets special (dunder) attributes of an object, which is not allowed.")
+        super().load_build()  # type: ignore[misc]
+
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "dill._dill" and name in _DILL_HELPERS:
@@ -117,6 +175,10 @@ class SafeUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "builtins" and name == "iter":
             return _iter
+        if module == "builtins" and name == "getattr":
+            return _getattr
+        if module == "builtins" and name in ("bytes", "bytearray"):
+            return _bounded(super().find_class(module, name))
         if name in _STANDARD.get(module, ()):
             return super().find_class(module, name)
         top = _top(module)
@@ -132,6 +194,8 @@ class SafeUnpickler(pickle.Unpickler):
                 return obj
         elif top == "numpy":
             obj = self._resolve(module, name)
+            if name in _NUMPY_SHAPED:
+                return _bounded(obj)
             if name in _NUMPY_FUNCTIONS or _numpy_value_type(obj):
                 return obj
         elif top == "scipy" and module.startswith("scipy.sparse"):

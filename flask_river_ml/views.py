@@ -9,7 +9,6 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from importlib.metadata import version
 from typing import Any
 
 import river
@@ -26,6 +25,7 @@ from .events import EVENTS, METRICS, sse
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
 from .settings import VIEWS
+from .version import __version__
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
@@ -83,7 +83,7 @@ def service_info() -> Response:
             "documentationUrl": request.url_root.rstrip("/") + request.path,
             "storage": state().backend.name,
             "river_version": river.__version__,
-            "version": version("flask-river-ml"),
+            "version": __version__,
         }
     )
 
@@ -165,7 +165,7 @@ def _stream(hub_name: str) -> Response:
         # keep-alive; the WSGI server then closes this generator and the queue is released.
         subscription = hub.subscribe()
         try:
-            yield ": connected\n\n"
+            yield ": keep-alive\n\n"  # the headers go out now: the client knows it is connected
             while not subscription.closed:
                 message = subscription.get(keep_alive)
                 yield ": keep-alive\n\n" if message is None else sse(message, hub_name)
@@ -188,8 +188,9 @@ def dashboard() -> Response:
     """The dashboard's page: it holds no data, so it needs no token (it asks for one)."""
     settings = state().settings
     config = {
+        # A token is asked for when the page's data or its streams need one.
         "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
-        and "dashboard" in settings["RIVER_ML_AUTHENTICATED_VIEWS"],
+        and bool({"dashboard", "stream_events", "stream_metrics"} & set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])),
         "tokenUrl": _url(".auth_token"),
         "dataUrl": _url(".dashboard_2"),
         "eventsUrl": _url(".stream_events"),
@@ -285,7 +286,10 @@ def _invalid_payload(error: ValidationError) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
-    response = _json({"message": error.description}, error.code or 500)
+    message = error.description
+    if error.code == 429:
+        message = f"Too many requests: the limit is {message}. Wait for the Retry-After seconds, then try again."
+    response = _json({"message": message}, error.code or 500)
     # Keep what the exception adds, such as Allow on a 405.
     for header, value in error.get_headers():
         if header.lower() != "content-type":

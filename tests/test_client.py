@@ -177,3 +177,12 @@ def test_ewm_weights_the_newest_call(river_ml):
     assert rendered["mean_duration"] == 20
     # 10, then 0.3 * 20 + 0.7 * 10 = 13, then 0.3 * 30 + 0.7 * 13 = 18.1
     assert rendered["ewm_duration"] == 18
+
+
+def test_supervised_flavors_refuse_a_learn_without_ground_truth(river_ml):
+    """Refused before anything is logged: the model and its log stay as they were."""
+    name = river_ml.add_model(regressor(), "regression")
+    with pytest.raises(InvalidInput, match="ground_truth"):
+        river_ml.learn(name, features={"x": 1.0})
+    assert river_ml.state().backend.read(f"log:{name}") == []
+    assert river_ml.stats(name)["learn"]["n_calls"] == 0

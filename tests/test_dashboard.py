@@ -347,3 +347,18 @@ def test_live_dashboard_with_login_in_chromium(tmp_path, page, page_errors):
         check_live_updates(page, "guarded-model", learn, 3)
         page.close()
         assert "Traceback" not in server.log_text(), server.log_text()
+
+
+def test_the_page_asks_for_a_token_when_only_its_streams_need_one(make_app):
+    """Streams protected, dashboard data open: the page still logs in, or its streams fail."""
+    import json as json_module
+    import re
+
+    app = make_app(
+        RIVER_ML_STORAGE_BACKEND="memory",
+        RIVER_ML_DISABLE_AUTHENTICATION=False,
+        RIVER_ML_AUTHENTICATED_VIEWS=["stream_events", "stream_metrics"],
+    )
+    page = app.test_client().get("/api/dashboard/").get_data(as_text=True)
+    config = json_module.loads(re.search(r'<script id="config" type="application/json">(.*?)</script>', page).group(1))
+    assert config["authRequired"] is True

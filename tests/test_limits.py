@@ -376,3 +376,16 @@ def test_default_rate_is_10000_a_day(make_app):
     assert response.headers["X-RateLimit-Limit"] == "10000"
     window = float(response.headers["X-RateLimit-Reset"]) - time.time()
     assert 86400 - 5 < window <= 86401
+
+
+def test_the_429_message_says_what_to_do(make_app):
+    """The body names the limit and says to wait for Retry-After."""
+    app = make_app(
+        RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_VIEW_RATE_LIMIT_DISABLE=False, RIVER_ML_VIEW_RATE_LIMIT="1/m"
+    )
+    client = app.test_client()
+    assert client.get("/api/").status_code == 200
+    refused = client.get("/api/")
+    assert refused.status_code == 429
+    assert refused.get_json()["message"].startswith("Too many requests: the limit is 1 per 1 minute")
+    assert "Retry-After" in refused.get_json()["message"]

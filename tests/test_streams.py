@@ -125,7 +125,7 @@ def read_stream(
 
 
 def connected(lines: list[tuple[float, str]]) -> bool:
-    return any(line == ": connected" for _, line in lines)
+    return any(line == ": keep-alive" for _, line in lines)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, message: str) -> None:
@@ -219,7 +219,7 @@ def test_idle_streams_get_keepalive_comments(server):
     try:
         for reader in readers:
             lines = reader.wait_for(lambda lines: len(lines) >= 4 and lines, timeout=4 * KEEPALIVE + 2)
-            assert lines[0][1] == ": connected"
+            assert lines[0][1] == ": keep-alive"
             assert {line for _, line in lines[1:]} == {": keep-alive"}
             gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(lines)]
             assert max(gaps) < KEEPALIVE + 0.5, gaps
@@ -335,7 +335,7 @@ def test_dropped_clients_leave_no_queue_or_thread(memory_app):
                 response = requests.get(f"{base}/{'events' if index % 2 else 'metrics'}/", stream=True, timeout=5)
                 responses.append(response)
                 assert response.status_code == 200
-                assert next(response.iter_lines()) == b": connected"
+                assert next(response.iter_lines()) == b": keep-alive"
             assert len(hubs.events) == 25 and len(hubs.metrics) == 25
             assert threading.active_count() >= before + 51
         finally:
@@ -441,7 +441,7 @@ def test_streams_need_a_token_and_take_it_in_the_query(make_app, rate_limited):
         for response in accepted:
             with response:
                 assert response.status_code == 200 and response.mimetype == "text/event-stream"
-                assert next(iter(response.response)) in (b": connected\n\n", ": connected\n\n")
+                assert next(iter(response.response)) in (b": keep-alive\n\n", ": keep-alive\n\n")
                 if rate_limited:
                     assert "X-RateLimit-Limit" in response.headers
     assert len(hubs.events) == 0 and len(hubs.metrics) == 0

@@ -92,7 +92,7 @@ class _Exploit:
         lambda marker: pickle.dumps(_Exploit(exec, f"open({str(marker)!r}, 'w')")),
         lambda marker: pickle.dumps(_Exploit(open, str(marker), "w")),
         lambda marker: pickle.dumps(_Exploit(Path.touch, Path(marker))),
-        lambda marker: pickle.dumps(_Exploit(getattr, dict, "fromkeys")),
+        lambda marker: pickle.dumps(_Exploit(getattr, river.linear_model.LinearRegression(), "learn_one")),
         lambda marker: pickle.dumps(_Exploit(__import__, "os")),
         lambda marker: dill.dumps(lambda: Path(marker).touch()),
         lambda marker: pickle.dumps(_Exploit(importlib.import_module, "os")),
@@ -159,3 +159,66 @@ def test_text_pipelines_with_itemgetter_load():
     assert safe_loads(pickle.dumps(operator.itemgetter("text")))({"text": 1}) == 1
     with pytest.raises(UnsafePickle):
         safe_loads(pickle.dumps(operator.attrgetter("__globals__")))
+
+
+def _opcode_string(text: str) -> bytes:
+    return b"V" + text.encode() + b"\n"
+
+
+def test_state_cannot_change_classes_or_special_attributes(tmp_path):
+    """BUILD may fill an instance's attributes, not a class's, nor an instance's dunders.
+
+    The second payload is the shape of a real attack: a model whose ``__reduce_ex__`` would
+    make the server's own snapshot of it name ``subprocess.Popen``.
+    """
+    import river.linear_model
+
+    marker = tmp_path / "pwned"
+    patch_class = (
+        b"\x80\x04criver.linear_model\nLinearRegression\n(N}"
+        + _opcode_string("predict_one")
+        + b"criver.utils.math\nsigmoid\nstb."
+    )
+    with pytest.raises(UnsafePickle, match="sets attributes"):
+        safe_loads(patch_class)
+    assert river.linear_model.LinearRegression.predict_one is not river.utils.math.sigmoid
+
+    command = f"touch {marker}"
+    swap_reduce = (
+        b"\x80\x04cfunctools\npartial\n(cdill._dill\n_getattr\n(cbuiltins\ndict\n"
+        + _opcode_string("get")
+        + b"tR}K\x05"
+        + _opcode_string(command)
+        + b"stRp1\n0criver.linear_model\nLinearRegression\n)R(N}"
+        + _opcode_string("__reduce_ex__")
+        + b"g1\nstb."
+    )
+    with pytest.raises(UnsafePickle, match="dunder"):
+        safe_loads(swap_reduce)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x04cbuiltins\nbytearray\nJ\x00\xe1\xf5\x05\x85R.",  # bytearray(100_000_000)
+        b"\x80\x04cnumpy\nones\nJ\x00\xe1\xf5\x05\x85R.",  # numpy.ones(100_000_000)
+        b"\x80\x04cbuiltins\nrange\nJ\x00\xe1\xf5\x05\x85R.",  # range(...), for list() to fill
+        b"\x80\x04ccollections\nnamedtuple\n(" + _opcode_string("Popen") + _opcode_string("a") + b"tR.",
+    ],
+)
+def test_small_uploads_cannot_ask_for_huge_allocations_or_new_classes(payload):
+    with pytest.raises(UnsafePickle):
+        safe_loads(payload)
+
+
+def test_bound_methods_of_random_generators_only():
+    """A plain pickle names rng.gauss as getattr(rng, "gauss"): allowed; others are not."""
+    import random
+
+    import numpy
+
+    rng = random.Random(1)
+    assert safe_loads(pickle.dumps(rng.gauss))(0, 1) == random.Random(1).gauss(0, 1)
+    with pytest.raises(UnsafePickle, match="tofile"):
+        safe_loads(pickle.dumps(_Exploit(getattr, numpy.zeros(2), "tofile")))
