@@ -39,7 +39,10 @@ class Codec:
         """The payload of a signed ``blob``; :class:`TamperedData` when the signature is wrong."""
         mac, payload = blob[:_MAC_SIZE], blob[_MAC_SIZE:]
         if not hmac.compare_digest(mac, hmac.new(self._key, payload, _DIGEST).digest()):
-            raise TamperedData("A stored blob failed its signature check and was not loaded.")
+            raise TamperedData(
+                "A stored blob failed its signature check and was not loaded: it was written with another "
+                "RIVER_ML_SHELVE_SECRET_KEY (processes and hosts sharing a store need the same one) or tampered with."
+            )
         return payload
 
     def dumps(self, obj: Any) -> bytes:
