@@ -166,14 +166,20 @@ def _assert_metrics_equal(served: dict[str, Any], local: dict[str, metrics.base.
 # --- 1. each flavor predicts what the same river model predicts -----------------------------
 
 
-def test_regression_predictions_match_river(river_ml):
-    """A regression pipeline trained with ``learn`` predicts what the same local pipeline predicts."""
-    train, held_out = _samples(datasets.TrumpApproval())
-    local = scaled_linear_regression()
-    name = river_ml.add_model(scaled_linear_regression(), "regression")
+def _served_and_local(river_ml, make_model, flavor: str, train: list) -> tuple[str, Any]:
+    """Upload one fresh model as ``flavor``, build another locally; train both on ``train``."""
+    local = make_model()
+    name = river_ml.add_model(make_model(), flavor)
     for x, y in train:
         river_ml.learn(name, ground_truth=y, features=x)
         local.learn_one(x, y)
+    return name, local
+
+
+def test_regression_predictions_match_river(river_ml):
+    """A regression pipeline trained with ``learn`` predicts what the same local pipeline predicts."""
+    train, held_out = _samples(datasets.TrumpApproval())
+    name, local = _served_and_local(river_ml, scaled_linear_regression, "regression", train)
     for x, _ in held_out:
         _assert_same_prediction(river_ml.predict(x, name)["prediction"], local.predict_one(x))
 
@@ -181,11 +187,7 @@ def test_regression_predictions_match_river(river_ml):
 def test_binary_predictions_match_river(river_ml):
     """A binary classifier is served as ``{label: probability}``, equal to river's ``predict_proba_one``."""
     train, held_out = _samples(datasets.Phishing())
-    local = scaled_logistic_regression()
-    name = river_ml.add_model(scaled_logistic_regression(), "binary")
-    for x, y in train:
-        river_ml.learn(name, ground_truth=y, features=x)
-        local.learn_one(x, y)
+    name, local = _served_and_local(river_ml, scaled_logistic_regression, "binary", train)
     for x, _ in held_out:
         served = river_ml.predict(x, name)["prediction"]
         assert set(served) == {False, True}
@@ -202,11 +204,7 @@ def test_binary_prediction_is_empty_before_training(river_ml):
 def test_multiclass_predictions_match_river(river_ml):
     """A multiclass classifier is served as its predicted class, river's ``predict_one``."""
     train, held_out = _samples(datasets.ImageSegments())
-    local = scaled_gaussian_nb()
-    name = river_ml.add_model(scaled_gaussian_nb(), "multiclass")
-    for x, y in train:
-        river_ml.learn(name, ground_truth=y, features=x)
-        local.learn_one(x, y)
+    name, local = _served_and_local(river_ml, scaled_gaussian_nb, "multiclass", train)
     predictions = []
     for x, _ in held_out:
         served = river_ml.predict(x, name)["prediction"]
@@ -241,11 +239,7 @@ def test_cluster_predictions_match_river(river_ml):
 def test_neighbor_predictions_match_river(river_ml, make_model, dataset):
     """The neighbor flavor returns what ``predict_one`` of the same local model returns."""
     train, held_out = _samples(dataset())
-    local = make_model()
-    name = river_ml.add_model(make_model(), "neighbor")
-    for x, y in train:
-        river_ml.learn(name, ground_truth=y, features=x)
-        local.learn_one(x, y)
+    name, local = _served_and_local(river_ml, make_model, "neighbor", train)
     for x, _ in held_out:
         _assert_same_prediction(river_ml.predict(x, name)["prediction"], local.predict_one(x))
     assert river_ml.metrics(name) == {}
