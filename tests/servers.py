@@ -224,3 +224,19 @@ def serve(
         yield server
     finally:
         stop(process, process.send_signal)
+
+
+def predict_and_download(cli: Any, name: str, x: dict, folder: Path) -> tuple[dict, Any]:
+    """Predict ``x`` through riverapi, then download the model: it must predict the same, to
+    the bit. The predict's answer and the downloaded model."""
+    import dill
+
+    result = cli.predict(name, x)
+    assert set(result) == {"model", "prediction", "identifier"}
+    assert result["model"] == name
+    assert isinstance(result["prediction"], float)
+    path = cli.download_model(name, dest=str(folder / "model.pkl"))
+    with open(path, "rb") as handle:
+        downloaded = dill.load(handle)
+    assert downloaded.predict_one(x) == result["prediction"]
+    return result, downloaded

@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import dill
 import pytest
 from river import base, cluster, datasets, linear_model, metrics, naive_bayes, preprocessing
 from riverapi.main import Client
-from servers import ROOT, VENV, serve, server_env, service_info, stop, wait_for_service
+from servers import ROOT, VENV, predict_and_download, serve, server_env, service_info, stop, wait_for_service
 
 EXAMPLES = sorted(path.parent.name for path in ROOT.glob("examples/*/run.py"))
 #: make run's address, riverapi's default.
@@ -60,16 +59,7 @@ def test_every_client_method(server, tmp_path, monkeypatch):
     assert params["LinearRegression"]["l2"] == 0.0
 
     x, y = samples[50]
-    result = cli.predict(name, x)
-    assert set(result) == {"model", "prediction", "identifier"}
-    assert result["model"] == name
-    assert isinstance(result["prediction"], float)
-
-    # The download is the served model: same predictions, to the bit.
-    path = cli.download_model(name, dest=str(tmp_path / "model.pkl"))
-    with open(path, "rb") as handle:
-        downloaded = dill.load(handle)
-    assert downloaded.predict_one(x) == result["prediction"]
+    result, downloaded = predict_and_download(cli, name, x, tmp_path)
     # Without dest, riverapi saves <name>.pkl in the working directory.
     monkeypatch.chdir(tmp_path)
     assert cli.download_model(name) == f"{name}.pkl"

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dill
 import pytest
 import requests
 from river import datasets, linear_model, preprocessing
 from riverapi.auth import parse_auth_header
 from riverapi.main import Client
-from servers import FLASK, ROOT, Server, serve, server_env
+from servers import FLASK, ROOT, Server, predict_and_download, serve, server_env
 
 #: The server's settings, from its environment: authentication on.
 AUTH_ON = {"FLASK_RIVER_ML_DISABLE_AUTHENTICATION": "false"}
@@ -136,16 +135,7 @@ def test_every_client_method_with_authentication(auth, tmp_path, monkeypatch):
     assert params["LinearRegression"]["l2"] == 0.0
 
     x, y = samples[50]
-    result = cli.predict(name, x)
-    assert set(result) == {"model", "prediction", "identifier"}
-    assert result["model"] == name
-    assert isinstance(result["prediction"], float)
-
-    # The download is the served model: same predictions, to the bit.
-    path = cli.download_model(name, dest=str(tmp_path / "model.pkl"))
-    with open(path, "rb") as handle:
-        downloaded = dill.load(handle)
-    assert downloaded.predict_one(x) == result["prediction"]
+    result, downloaded = predict_and_download(cli, name, x, tmp_path)
 
     assert cli.label(y, result["identifier"], name) == "Successful label."
     downloaded.learn_one(x, y)
