@@ -10,15 +10,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import current_app, g, request, url_for
+from flask import Flask, current_app, g, request, url_for
 
 from .auth import Unauthorized
 from .settings import EXTENSION_KEY
 
 
-def state() -> Any:
-    """The current app's registration (``app.extensions["river_ml"]``)."""
-    return current_app.extensions[EXTENSION_KEY]
+def state(app: Flask | None = None) -> Any:
+    """The registration of ``app`` (default: the current app) in ``app.extensions["river_ml"]``."""
+    app = app or current_app
+    try:
+        return app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError("flask-river-ml is not registered on this app; call init_app(app) first.") from None
 
 
 #: Views that also take the access token as ``?token=``: browsers cannot set headers on

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
+from .access import state
 from .auth import Auth
 from .errors import RiverMLError
-from .settings import EXTENSION_KEY
 
 T = TypeVar("T")
 
@@ -19,7 +18,7 @@ river_ml_cli = AppGroup("river-ml", help="Manage the users of the flask-river-ml
 
 
 def _auth() -> Auth:
-    return current_app.extensions[EXTENSION_KEY].auth  # type: ignore[no-any-return]
+    return state().auth  # type: ignore[no-any-return]
 
 
 def _run(action: Callable[..., T], *args: Any) -> T:

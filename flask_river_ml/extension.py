@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dill
-from flask import Flask, current_app
+from flask import Flask
 
-from . import limits
+from . import access, limits
 from . import settings as settings_module
 from .access import rate_limit_key
 from .auth import Auth, CredentialsCheck
@@ -100,11 +100,7 @@ class FlaskRiverML:
     @staticmethod
     def state(app: Flask | None = None) -> State:
         """The registration state of ``app`` (default: the current app)."""
-        app = app or current_app
-        try:
-            return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
-        except KeyError:
-            raise RuntimeError("flask-river-ml is not registered on this app; call init_app(app) first.") from None
+        return access.state(app)  # type: ignore[no-any-return]
 
     @property
     def service(self) -> Service:

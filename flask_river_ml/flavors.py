@@ -7,7 +7,6 @@ the metrics need (a label, class probabilities) side by side.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
@@ -15,6 +14,7 @@ from typing import Any
 
 from river import base, compose, metrics
 
+from .encoding import jsonable
 from .errors import IncompatibleModel, InvalidFlavor, InvalidInput
 
 
@@ -143,15 +143,9 @@ def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:
         return None
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
     """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
-    return {type(metric).__name__: _finite(metric.get()) for metric in metric_list}
+    return {type(metric).__name__: jsonable(metric.get()) for metric in metric_list}
 
 
 FLAVORS: dict[str, Flavor] = {
