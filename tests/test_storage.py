@@ -273,3 +273,37 @@ def test_batch_writes_sets_and_timings_together(backend):
         assert backend.append("log", b"x") == 1
     assert backend.get("a") == b"1"
     assert backend.observed("t") == (1, 7, 7.0)
+
+
+def test_redis_batch_survives_a_server_that_lost_its_scripts(redis_prefix):
+    """After SCRIPT FLUSH (or a restart) a batch's timings are each counted once, the rest of
+    the batch is written once, and an error in a batch is raised."""
+    import redis
+
+    backend = create_backend(
+        {
+            "RIVER_ML_STORAGE_BACKEND": "redis",
+            "RIVER_ML_REDIS_URL": REDIS_URL,
+            "RIVER_ML_REDIS_HOST": "unused",
+            "RIVER_ML_REDIS_PORT": 0,
+            "RIVER_ML_REDIS_DB": 0,
+            "RIVER_ML_REDIS_PREFIX": redis_prefix,
+        }
+    )
+    client = redis.Redis.from_url(REDIS_URL)
+    for round_ in range(3):
+        client.script_flush()
+        with backend.batch():
+            backend.observe("t", 10, 0.5)
+            backend.set("a", str(round_).encode(), ttl=60)
+            backend.observe("u", 4, 0.5)
+        assert backend.get("a") == str(round_).encode()
+    assert backend.observed("t") == (3, 30, 10.0)
+    assert backend.observed("u") == (3, 12, 4.0)
+    client.set(redis_prefix + "t:broken", b"not a timing")
+    with pytest.raises(redis.ResponseError), backend.batch():
+        backend.observe("t", 10, 0.5)
+        backend.observe("broken", 10, 0.5)
+    assert backend.observed("t") == (4, 40, 10.0)
+    client.close()
+    backend.close()

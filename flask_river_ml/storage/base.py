@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import time
 from collections.abc import Callable
 
 
@@ -124,3 +125,21 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
         """Release connections and files; the backend must not be used afterwards."""
 
+
+
+class ListenerCheck:
+    """``has_listeners`` for stores shared by many processes: the store is asked at most every
+    ``fresh`` seconds per channel, so a stream opened elsewhere gets events that soon and a
+    server nobody watches does not pay a query per request."""
+
+    def __init__(self, ask: Callable[[str], bool], fresh: float = 0.25) -> None:
+        self._ask = ask
+        self._fresh = fresh
+        self._answers: dict[str, tuple[float, bool]] = {}
+
+    def __call__(self, channel: str) -> bool:
+        checked, present = self._answers.get(channel, (0.0, False))
+        if time.monotonic() - checked > self._fresh:
+            present = self._ask(channel)
+            self._answers[channel] = (time.monotonic(), present)
+        return present

@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from redis.exceptions import LockError, WatchError
+from redis.exceptions import LockError, NoScriptError, WatchError
 
-from .base import Backend
+from .base import Backend, ListenerCheck
 
 _APPEND = """
 local seq = redis.call('INCR', KEYS[2])
@@ -44,8 +43,6 @@ redis.call('HSET', KEYS[1], 'mean', string.format('%.17g', mean))
 #: Seconds after which a lock whose holder died is released by redis: longer than any
 #: snapshot takes to pickle and write, short enough that a crash blocks changes only briefly.
 _LOCK_EXPIRY = 15
-#: How long a count of a channel's listeners is trusted before redis is asked again.
-_LISTENERS_FRESH = 0.25
 
 
 def _glob_escape(text: str) -> str:
@@ -63,7 +60,7 @@ class RedisBackend(Backend):
         self.prefix = prefix
         self._append = client.register_script(_APPEND)
         self._observe = client.register_script(_OBSERVE)
-        self._listeners: dict[str, tuple[float, bool]] = {}
+        self._listening = ListenerCheck(self._ask_listeners)
         # The pipeline of the batch this thread is in, if any.
         self._batch = threading.local()
 
@@ -99,12 +96,20 @@ class RedisBackend(Backend):
             yield
             return
         with self.client.pipeline(transaction=False) as pipe:
-            self._batch.pipe = pipe
+            self._batch.pipe, self._batch.observed = pipe, []
             try:
                 yield
             finally:
                 self._batch.pipe = None
-            pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            for index, key, value, alpha in self._batch.observed:
+                if isinstance(replies[index], NoScriptError):
+                    # The server lost its scripts (a restart, SCRIPT FLUSH): this one call
+                    # loads it again. Nothing else of the batch ran twice.
+                    replies[index] = self._observe(keys=[key], args=[value, alpha])
+            errors = [reply for reply in replies if isinstance(reply, Exception)]
+            if errors:
+                raise errors[0]
 
     def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, list[tuple[int, bytes]]]:
         with self.client.pipeline(transaction=False) as pipe:
@@ -150,7 +155,14 @@ class RedisBackend(Backend):
                     continue  # another writer came in between: read again
 
     def observe(self, key: str, value: int, alpha: float) -> None:
-        self._observe(keys=[self._t(key)], args=[value, repr(alpha)], client=self._writer())
+        pipe = getattr(self._batch, "pipe", None)
+        if pipe is None:
+            self._observe(keys=[self._t(key)], args=[value, repr(alpha)])
+            return
+        # EVALSHA queued as it is: a script given to a pipeline makes redis-py ask SCRIPT EXISTS
+        # first, a round trip per batch. A missing script is dealt with after the batch.
+        self._batch.observed.append((len(pipe.command_stack), self._t(key), value, repr(alpha)))
+        pipe.evalsha(self._observe.sha, 1, self._t(key), value, repr(alpha))
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
         count, total, mean = self.client.hmget(self._t(key), ["count", "total", "mean"])
@@ -206,14 +218,11 @@ class RedisBackend(Backend):
         return stop
 
     def has_listeners(self, channel: str) -> bool:
-        # Asked at most every _LISTENERS_FRESH seconds: a stream opened elsewhere gets events
-        # that soon, and a server nobody watches does not pay a round trip per request.
-        checked, present = self._listeners.get(channel, (0.0, False))
-        if time.monotonic() - checked > _LISTENERS_FRESH:
-            ((_, count),) = self.client.pubsub_numsub(self._channel(channel))
-            present = count > 0
-            self._listeners[channel] = (time.monotonic(), present)
-        return present
+        return self._listening(channel)
+
+    def _ask_listeners(self, channel: str) -> bool:
+        ((_, count),) = self.client.pubsub_numsub(self._channel(channel))
+        return int(count) > 0
 
     def close(self) -> None:
         self.client.close()
