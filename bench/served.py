@@ -18,7 +18,13 @@ Each model is then loaded by ``wrk -t2 -c8 -d5s -s bench/post.lua`` with POST /a
 rotating through Phishing samples 600..1250; every answer must be 201, or the script fails.
 A short warm-up run with the same command precedes each measured run.
 
-In the same run, a bare Flask app (``bench/bare_app.py``: ``predict_proba_one`` then
+In the same run, django-river-ml 0.0.21 (``bench/django_app.py``, its default shelve store,
+one sync worker) serves the same two models under the same load: the server this project
+replaces, and the reference of DESIGN.md's targets (2x on the small model, 50x for learns and
+20x for predicts on the forest). It runs in its own virtual environment, built on first use in
+``bench/.django-venv`` (``--django-venv``) with pip from the package index.
+
+A bare Flask app (``bench/bare_app.py``: ``predict_proba_one`` then
 ``learn_one`` on a model held in memory) is served by gunicorn with one sync worker and loaded
 with the same command and the same bodies: the ceiling of a Python WSGI stack on the machine.
 
@@ -31,6 +37,7 @@ and what ran elsewhere, and marks runs that never were quiet.
 Every server is stopped and the redis prefix deleted at the end, also on failure.
 
     .venv/bin/python bench/served.py [--duration 5] [--workers 1 2 4] [--models small forest]
+                                     [--no-shelve] [--no-django] [--no-bare]
 """
 
 from __future__ import annotations
@@ -68,6 +75,11 @@ ROOT = HERE.parent
 LUA = HERE / "post.lua"
 APP = "examples.app:app"
 BARE_APP = "bench.bare_app:app"
+DJANGO_APP = "bench.django_app:application"
+#: What bench/django_app.py needs: 0.0.21 imports ``ratelimit``, renamed in django-ratelimit 4.
+DJANGO_REQUIREMENTS = ("django-river-ml==0.0.21", "django-ratelimit<4", "pyjwt", "gunicorn")
+#: DESIGN.md: the extension's req/s at least these multiples of django-river-ml's.
+DJANGO_TARGETS = {("small", "learn"): 2, ("small", "predict"): 2, ("forest", "learn"): 50, ("forest", "predict"): 20}
 #: DESIGN.md: small-model learns through the extension at least this share of bare Flask's.
 BARE_TARGET = 0.6
 #: Every answer the benchmark accepts: learn and predict (with its generated identifier).
@@ -132,10 +144,14 @@ class Servers:
         self.running: list[Server] = []
 
     @contextlib.contextmanager
-    def serve(self, app: str, workers: int, folder: Path, env: dict[str, str]) -> Iterator[Server]:
+    def serve(
+        self, app: str, workers: int, folder: Path, env: dict[str, str], gunicorn: Path | None = None
+    ) -> Iterator[Server]:
+        """``app`` under ``gunicorn`` (this environment's unless given) until the block ends."""
         port = free_port()
         log = folder / "gunicorn.log"
-        command = [str(self.gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app]
+        program = str(gunicorn or self.gunicorn)
+        command = [program, "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app]
         full_env = {key: value for key, value in os.environ.items() if not key.startswith("FLASK_RIVER_ML_")}
         # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR: one per server.
         full_env["XDG_RUNTIME_DIR"] = str(folder)
@@ -346,6 +362,18 @@ class Load:
         return Measurement(**{**best.__dict__, "attempts": attempt})
 
 
+def django_gunicorn(venv: Path) -> Path:
+    """gunicorn of the virtual environment that serves django-river-ml, built on first use."""
+    gunicorn = venv / "bin" / "gunicorn"
+    if not gunicorn.exists():
+        print(f"Installing {', '.join(DJANGO_REQUIREMENTS)} into {venv}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *DJANGO_REQUIREMENTS]
+        if subprocess.run(install).returncode != 0 or not gunicorn.exists():
+            raise BenchError(f"Could not install django-river-ml into {venv}; remove it and try again")
+    return gunicorn
+
+
 def write_bodies(path: Path, samples: list, model: str | None, learn: bool) -> Path:
     with open(path, "w") as handle:
         for x, y in samples:
@@ -431,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the redis server to use")
     parser.add_argument("--no-shelve", action="store_true", help="skip the shelve reference (1 worker)")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare Flask baseline")
+    parser.add_argument("--no-django", action="store_true", help="skip django-river-ml (1 worker)")
+    default_django = HERE / ".django-venv"
+    parser.add_argument(
+        "--django-venv", type=Path, default=default_django, help=f"django-river-ml's environment ({default_django})"
+    )
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="the wrk program")
     parser.add_argument(
         "--quiet-cores",
@@ -526,14 +559,15 @@ def run(
             "FLASK_RIVER_ML_REDIS_PREFIX": prefix,
         }
         with servers.serve(APP, workers, folder, env) as server:
-            for label, blob in blobs.items():
-                # A fresh model per server: every configuration starts from the same state.
-                name = f"bench-{label}-{number}"
-                upload(server, blob, name)
-                for operation in ("learn", "predict"):
-                    bodies = write_bodies(folder / f"{name}-{operation}.jsonl", pool, name, operation == "learn")
-                    result = load.measure(server, f"/api/{operation}/", bodies, redis_used=backend == "redis")
-                    rows.append(Row(backend, workers, label, operation, result))
+            rows += measure_models(load, server, blobs, pool, folder, backend, workers)
+
+    if not args.no_django:
+        gunicorn = django_gunicorn(args.django_venv)
+        folder = scratch / "django"
+        store = folder / "store"
+        store.mkdir(parents=True)
+        with servers.serve(DJANGO_APP, 1, folder, {"DJANGO_RIVER_ML_APP_DIR": str(store)}, gunicorn) as server:
+            rows += measure_models(load, server, blobs, pool, folder, "django-river-ml", 1)
 
     bare = None
     if not args.no_bare:
@@ -545,6 +579,22 @@ def run(
         rows.append(Row("bare Flask", 1, "small", "predict_proba_one + learn_one", result))
         bare = result.rate
     return rows, bare
+
+
+def measure_models(
+    load: Load, server: Server, blobs: dict[str, bytes], pool: list, folder: Path, backend: str, workers: int
+) -> list[Row]:
+    """Upload each model to ``server`` (a fresh one per server: every configuration starts from
+    the same state), then load its learn and predict."""
+    rows = []
+    for label, blob in blobs.items():
+        name = f"bench-{label}-{folder.name}"
+        upload(server, blob, name)
+        for operation in ("learn", "predict"):
+            bodies = write_bodies(folder / f"{name}-{operation}.jsonl", pool, name, operation == "learn")
+            result = load.measure(server, f"/api/{operation}/", bodies, redis_used=backend == "redis")
+            rows.append(Row(backend, workers, label, operation, result))
+    return rows
 
 
 def report(rows: list[Row], bare: float | None, load: Load, elapsed: float) -> None:
@@ -584,6 +634,19 @@ def report(rows: list[Row], bare: float | None, load: Load, elapsed: float) -> N
                         f"(1 worker): {row.result.rate:,.0f} / {bare:,.0f} = **{ratio:.2f}** "
                         f"({verdict} the {BARE_TARGET} target)"
                     )
+    django = {(row.model, row.operation): row.result.rate for row in rows if row.backend == "django-river-ml"}
+    if django:
+        print()
+    for row in rows:
+        theirs = django.get((row.model, row.operation))
+        if row.workers == 1 and row.backend in ("redis", "shelve") and theirs:
+            target = DJANGO_TARGETS[(row.model, row.operation)]
+            ratio = row.result.rate / theirs
+            verdict = "meets" if ratio >= target else "MISSES"
+            print(
+                f"- {row.model} {row.operation} ({row.backend}, 1 worker) / django-river-ml (1 worker): "
+                f"{row.result.rate:,.0f} / {theirs:,.1f} = **{ratio:,.1f}x** ({verdict} the {target}x target)"
+            )
     print(f"\nLoad average (1, 5, 15 min) after the run: {load_average()}. Total time: {elapsed:.0f} s.")
 
 
