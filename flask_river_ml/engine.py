@@ -7,7 +7,9 @@ record (features, ground truth, the prediction used for the metrics) to the mode
 the backend; the append is what makes the learn durable. The process then applies, in log
 order, every record it has not yet applied, its own included, so every process applies the
 same records in the same order and deterministic replicas stay identical. A predict first
-applies what the process has not seen.
+applies what the process has not seen. A learn appends only if the log and the model are as
+its replica saw them when it predicted (a compare-and-append), so the prediction each record
+keeps for the metrics is the one made at its place in the log.
 
 Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
 into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
@@ -33,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Busy, ModelExists, ModelFailed, ModelNotFound
+from .errors import Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound
 from .flavors import Flavor, Scored, get_flavor, metric_values
 from .serialization import Codec
 from .storage import Backend
@@ -87,6 +89,14 @@ def _lock(name: str) -> str:
     return f"model:{name}"
 
 
+def _meta(flavor: str, generation: int) -> bytes:
+    """The model entry: the same bytes for the same model, so a learn can compare them."""
+    return json.dumps({"flavor": flavor, "generation": generation}).encode()
+
+
+#: How many times a learn decides again after other writers came first, before it appends
+#: anyway.
+_APPEND_TRIES = 100
 #: How long a change of a model waits for another one to finish.
 _CHANGE_WAIT = 30.0
 
@@ -168,8 +178,7 @@ class Engine:
         # finds its snapshot.
         self.backend.set(_snapshot_key(name), self.codec.dumps(state))
         self.backend.set(_snapseq_key(name), str(state.seq).encode())
-        meta = {"flavor": state.flavor, "generation": state.generation}
-        self.backend.set(meta_key(name), json.dumps(meta).encode())
+        self.backend.set(meta_key(name), _meta(state.flavor, state.generation))
 
     # --- replicas ------------------------------------------------------------------------------
 
@@ -274,21 +283,42 @@ class Engine:
         ``prediction`` is one the caller made; ``scored`` one this server made and stored.
         With a ground truth and neither, the model predicts first, so the metrics are
         prequential and features it cannot handle are refused before anything is written.
+
+        The record is appended only if the log and the model are still as the replica saw
+        them (:meth:`Backend.append_at`); otherwise the replica applies what it had not seen
+        and predicts again. So a learn needs no read of the store before it when nobody else
+        wrote, and the prediction kept for the metrics is always the one the model makes at
+        the record's place in the log, however many processes learn at once.
         """
-        replica = self.replica(name)
-        replica.flavor.check_target(y)
-        if scored is None and prediction is not None:
-            scored = replica.flavor.from_value(prediction)
-        if scored is None and y is not None:
-            scored = self._predict(replica, x)
-        parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
-        seq = self.backend.append(_log(name), self.codec.dumps((x, y, *parts)))
+        replica, fresh = self._known(name)
+        for _ in range(_APPEND_TRIES):
+            try:
+                record, head, meta, scored_now = self._prepare(replica, x, y, prediction, scored)
+            except (InvalidInput, ModelFailed):
+                if fresh:
+                    raise
+                # Decided on a replica not checked against the store: it may be outdated.
+                replica, fresh = self.replica(name), True
+                continue
+            seq, unseen = self.backend.append_at(_log(name), record, head, meta_key(name), meta)
+            if seq is not None:
+                break
+            if unseen:
+                self._catch_up(name, replica, unseen)
+            else:
+                # Replaced or deleted meanwhile (ModelNotFound then).
+                replica = self.replica(name)
+            fresh = True
+        else:
+            # Other writers won every time: append after all, with a prediction made moments ago.
+            record, _, _, scored_now = self._prepare(replica, x, y, prediction, scored)
+            seq = self.backend.append(_log(name), record)
         with replica.lock:
             if seq == replica.seq + 1:
                 # Nobody wrote in between: apply the record from memory rather than read it back.
                 replica.seq = seq
                 try:
-                    self._apply(replica, x, y, scored or Scored(None))
+                    self._apply(replica, x, y, scored_now or Scored(None))
                 except Exception as error:  # noqa: BLE001 - a model may raise anything
                     raise ModelFailed(f"The model could not learn from this sample: {error!r}") from error
             else:
@@ -298,7 +328,30 @@ class Engine:
                     raise ModelFailed(f"The model could not learn from this sample: {failure!r}")
         if replica.seq - replica.snapshot_seq >= self.snapshot_every:
             self.snapshot(name, replica, wait=False)
-        return scored
+        return scored_now
+
+    def _known(self, name: str) -> tuple[Replica, bool]:
+        """This process's replica of ``name`` as it is, without asking the store, if it has
+        one (False); else one read up to date (True)."""
+        with self._mutex:
+            replica = self._replicas.get(name)
+        if replica is None:
+            return self.replica(name), True
+        return replica, False
+
+    def _prepare(
+        self, replica: Replica, x: dict, y: Any, prediction: Any, scored: Scored | None
+    ) -> tuple[bytes, int, bytes, Scored | None]:
+        """The log record of a learn, with the log position and model entry it was decided on."""
+        with replica.lock:
+            replica.flavor.check_target(y)
+            if scored is None and prediction is not None:
+                scored = replica.flavor.from_value(prediction)
+            if scored is None and y is not None:
+                scored = self._predict(replica, x)
+            parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
+            record = self.codec.dumps((x, y, *parts))
+            return record, replica.seq, _meta(replica.flavor.name, replica.generation), scored
 
     # --- snapshots -----------------------------------------------------------------------------
 

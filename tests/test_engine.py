@@ -38,6 +38,27 @@ def linear_model_pipeline():
     return preprocessing.StandardScaler() | linear_model.LinearRegression()
 
 
+def learn_in_threads(river_ml, name, chunks) -> list[Exception]:
+    """Learn each ``(app, samples)`` of ``chunks`` on a thread of its own, all at once; the
+    errors raised."""
+    errors = []
+
+    def work(app, samples):
+        with app.app_context():
+            for x, y in samples:
+                try:
+                    river_ml.learn(name, ground_truth=y, features=x)
+                except Exception as error:  # noqa: BLE001 - collected for the caller to assert
+                    errors.append(error)
+
+    threads = [threading.Thread(target=work, args=chunk) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def assert_same_predictions(river_ml, name, local, xs, method="predict_one"):
     for x in xs:
         assert river_ml.predict(x, name)["prediction"] == pytest.approx(getattr(local, method)(x), abs=1e-9)
@@ -47,22 +68,7 @@ def test_threads_lose_no_learn(app, river_ml):
     """8 threads x 100 learns into one model: it has seen exactly the 800 samples."""
     name = river_ml.add_model(bag_model(), "multiclass")
     samples = text_samples(800)
-    errors = []
-
-    def work(chunk):
-        with app.app_context():
-            for x, y in chunk:
-                try:
-                    river_ml.learn(name, ground_truth=y, features=x)
-                except Exception as error:  # noqa: BLE001 - collected and asserted below
-                    errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(samples[i::8],)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert learn_in_threads(river_ml, name, [(app, samples[i::8]) for i in range(8)]) == []
 
     local = bag_model()
     for x, y in samples:
@@ -305,17 +311,19 @@ def test_failure_reaches_its_sender_when_another_thread_applied_it(river_ml, mon
     """A refused learn is reported even if another thread applied its record first."""
     name = river_ml.add_model(linear_model_pipeline(), "regression")
     engine = river_ml.state().engine
-    append = engine.backend.append
+    append_at = engine.backend.append_at
+    applied_first = []
 
-    def append_then_interleave(log, record):
-        seq = append(log, record)
+    def append_then_interleave(*args):
+        appended = append_at(*args)
         # Another request of this process catches up before the sender does.
-        engine.replica(name)
-        return seq
+        applied_first.append(engine.replica(name).seq == appended[0])
+        return appended
 
-    monkeypatch.setattr(engine.backend, "append", append_then_interleave)
+    monkeypatch.setattr(engine.backend, "append_at", append_then_interleave)
     with pytest.raises(ModelFailed):
         river_ml.learn(name, ground_truth=1.0, prediction=0.5, features={"ordinal_date": "not a number"})
+    assert applied_first == [True]
     assert river_ml.learn(name, ground_truth=1.0, features={"ordinal_date": 3.0}) == "Successful learn."
 
 
@@ -345,15 +353,15 @@ def test_learn_racing_a_replace_reaches_the_new_model(river_ml, monkeypatch):
     for x, y in samples:
         river_ml.learn(name, ground_truth=y, features=x)
     backend = river_ml.state().backend
-    append = backend.append
+    append_at = backend.append_at
     replacement = linear_model_pipeline()
 
-    def replace_then_append(log, record):
-        monkeypatch.setattr(backend, "append", append)
+    def replace_then_append(*args):
+        monkeypatch.setattr(backend, "append_at", append_at)
         river_ml.save_model(replacement, name)
-        return append(log, record)
+        return append_at(*args)
 
-    monkeypatch.setattr(backend, "append", replace_then_append)
+    monkeypatch.setattr(backend, "append_at", replace_then_append)
     x, y = samples[0]
     assert river_ml.learn(name, ground_truth=y, features=x) == "Successful learn."
     local = linear_model_pipeline()
@@ -390,3 +398,32 @@ def test_a_change_waiting_on_a_held_lock_is_busy(make_app, backend_name, monkeyp
     assert response.headers["Retry-After"] == "1"
     assert "in progress" in response.get_json()["message"]
     assert app.test_client().delete("/api/model/m/").status_code == 200
+
+
+def test_concurrent_learns_are_scored_on_the_model_just_before_them(make_app, backend_name):
+    """Six threads in two processes (apps sharing the store) learn into one model at once.
+    Every record's prediction, kept for the metrics, is what the model predicts after exactly
+    the records before it in the log, so the metrics equal a local prequential run."""
+    from river import metrics
+
+    first = make_app(RIVER_ML_STORAGE_BACKEND=backend_name)
+    # The memory store lives in its app: there, the six threads share one.
+    second = first if backend_name == "memory" else make_app(RIVER_ML_STORAGE_BACKEND=backend_name)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(linear_model_pipeline(), "regression")
+    samples = list(datasets.TrumpApproval().take(300))
+    assert learn_in_threads(river_ml, name, [((first, second)[i % 2], samples[i::6]) for i in range(6)]) == []
+
+    state = FlaskRiverML.state(first)
+    records = [state.engine.codec.loads(blob) for _, blob in state.backend.read(f"log:{name}")]
+    assert len(records) == 300
+    local, mae = linear_model_pipeline(), metrics.MAE()
+    for x, y, value, _, _ in records:
+        assert value == pytest.approx(local.predict_one(x), abs=1e-9)
+        mae.update(y, value)
+        local.learn_one(x, y)
+    for app in (first, second):
+        with app.app_context():
+            assert river_ml.metrics(name)["MAE"] == pytest.approx(mae.get(), abs=1e-9)
+            assert_same_predictions(river_ml, name, local, [x for x, _ in samples[:5]])

@@ -307,3 +307,53 @@ def test_redis_batch_survives_a_server_that_lost_its_scripts(redis_prefix):
     assert backend.observed("t") == (4, 40, 10.0)
     client.close()
     backend.close()
+
+
+def test_append_at_writes_only_on_the_head_and_value_seen(backend):
+    backend.set("model", b"g1")
+    assert backend.append_at("log", b"a", 0, "model", b"g1") == (1, [])
+    # The log moved on: nothing written, and the records the writer had not seen.
+    assert backend.append_at("log", b"b", 0, "model", b"g1") == (None, [(1, b"a")])
+    assert backend.append("log", b"c") == 2
+    assert backend.append_at("log", b"d", 1, "model", b"g1") == (None, [(2, b"c")])
+    # The value changed, is gone or expired: nothing written, nothing returned.
+    assert backend.append_at("log", b"d", 2, "model", b"g2") == (None, [])
+    backend.delete("model")
+    assert backend.append_at("log", b"d", 2, "model", b"g1") == (None, [])
+    backend.set("model", b"g1", ttl=0.05)
+    time.sleep(0.1)
+    assert backend.append_at("log", b"d", 2, "model", b"g1") == (None, [])
+    backend.set("model", b"g1")
+    assert backend.append_at("log", b"d", 2, "model", b"g1") == (3, [])
+    # After a trim, only the records still kept come back.
+    backend.append("log", b"e")
+    backend.trim("log", 4)
+    assert backend.append_at("log", b"f", 1, "model", b"g1") == (None, [(4, b"e")])
+    assert backend.read("log") == [(4, b"e")]
+
+
+def test_concurrent_append_at_never_skips_a_record(backend):
+    """Writers that retry on the records they had not seen give out every number once, each
+    written by a writer that had seen every record before it."""
+    backend.set("model", b"g")
+    written: list[tuple[int, int]] = []
+
+    def work(worker: int):
+        head = 0
+        for i in range(40):
+            while True:
+                seq, unseen = backend.append_at("log", f"{worker}-{i}".encode(), head, "model", b"g")
+                if seq is not None:
+                    written.append((seq, head))
+                    head = seq
+                    break
+                assert unseen and unseen[0][0] == head + 1
+                head = unseen[-1][0]
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(written) == [(seq, seq - 1) for seq in range(1, 161)]
+    assert [seq for seq, _ in backend.read("log")] == list(range(1, 161))

@@ -80,6 +80,19 @@ class Backend(abc.ABC):
         """Append ``record`` to ``log``; its sequence number (1, 2, ...)."""
 
     @abc.abstractmethod
+    def append_at(
+        self, log: str, record: bytes, head: int, key: str, value: bytes
+    ) -> tuple[int | None, list[tuple[int, bytes]]]:
+        """Append ``record`` only if ``head`` is still the last number of ``log`` and ``key``
+        still holds ``value``, atomically: a compare-and-append for a writer whose decision
+        (a prediction) was made on the log up to ``head`` and on that value of ``key``.
+
+        ``(number, [])`` when the record was written. Otherwise nothing is written and the
+        answer is ``(None, records after head)``, the records the writer had not seen (those
+        still kept), or ``(None, [])`` when ``key`` changed.
+        """
+
+    @abc.abstractmethod
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         """The records of ``log`` numbered above ``after``, in order, with their numbers."""
 

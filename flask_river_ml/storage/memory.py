@@ -100,6 +100,16 @@ class MemoryBackend(Backend):
             self._logs.setdefault(log, {})[seq] = bytes(record)
             return seq
 
+    def append_at(
+        self, log: str, record: bytes, head: int, key: str, value: bytes
+    ) -> tuple[int | None, list[tuple[int, bytes]]]:
+        with self._mutex:
+            if self._live(key) != value:
+                return None, []
+            if self._heads.get(log, 0) != head:
+                return None, self.read(log, head)
+            return self.append(log, record), []
+
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         with self._mutex:
             records = self._logs.get(log, {})

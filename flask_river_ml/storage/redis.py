@@ -9,8 +9,9 @@ database. Values, logs, timings and locks each have a namespace of their own und
     <prefix>t:<key>    timings: a hash of count, total and mean
     <prefix>x:<name>   locks (redis-py's Lock, which expires if its holder dies)
 
-Appending to a log and recording a timing are Lua scripts, atomic on the server, one round
-trip each. Redis 6.2 or newer is needed (GETDEL, XTRIM MINID).
+Appending to a log (plainly, or only at the head a writer saw) and recording a timing are Lua
+scripts, atomic on the server, one round trip each. Redis 6.2 or newer is needed (GETDEL,
+XTRIM MINID).
 """
 
 from __future__ import annotations
@@ -30,6 +31,20 @@ _APPEND = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
 return seq
+"""
+# KEYS: the log's stream, its head, the guarded value; ARGV: the record, the head the writer
+# saw, the value it saw. {number} when written, {0, entries after that head} when the log
+# moved on, {-1} when the value changed.
+_APPEND_AT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then
+    return {-1}
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
+    return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[2]) + 1) .. '-0', '+')}
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
+return {seq}
 """
 _OBSERVE = """
 local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
@@ -59,6 +74,7 @@ class RedisBackend(Backend):
         self.client: Any = client
         self.prefix = prefix
         self._append = client.register_script(_APPEND)
+        self._append_at = client.register_script(_APPEND_AT)
         self._observe = client.register_script(_OBSERVE)
         self._listening = ListenerCheck(self._ask_listeners)
         # The pipeline of the batch this thread is in, if any.
@@ -172,6 +188,16 @@ class RedisBackend(Backend):
 
     def append(self, log: str, record: bytes) -> int:
         return int(self._append(keys=self._logs(log), args=[record]))
+
+    def append_at(
+        self, log: str, record: bytes, head: int, key: str, value: bytes
+    ) -> tuple[int | None, list[tuple[int, bytes]]]:
+        reply = self._append_at(keys=[*self._logs(log), self._k(key)], args=[record, head, value])
+        if reply[0] > 0:
+            return int(reply[0]), []
+        # A script's reply is not parsed as XRANGE's: each entry is [id, [field, value]].
+        entries = reply[1] if len(reply) > 1 else []
+        return None, [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         return self._records(self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0"))

@@ -188,6 +188,27 @@ class ShelveBackend(Backend):
         ).fetchone()
         return int(seq)
 
+    def append_at(
+        self, log: str, record: bytes, head: int, key: str, value: bytes
+    ) -> tuple[int | None, list[tuple[int, bytes]]]:
+        # One statement, atomic like append; it writes no row when either condition fails.
+        row = (
+            self._db()
+            .execute(
+                "INSERT INTO log (name, seq, record) SELECT ?1, ?3 + 1, ?2 "
+                "WHERE COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) = ?3 "
+                f"AND EXISTS (SELECT 1 FROM kv WHERE key = ?4 AND value = ?5 AND {_LIVE.replace('?', '?6')}) "
+                "RETURNING seq",
+                (log, record, head, key, value, time.time()),
+            )
+            .fetchone()
+        )
+        if row is not None:
+            return int(row[0]), []
+        if self.get(key) != value:
+            return None, []
+        return None, self.read(log, head)
+
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         rows = self._db().execute(
             "SELECT seq, record FROM log WHERE name = ? AND seq > ? ORDER BY seq", (log, after)
