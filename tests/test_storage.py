@@ -12,19 +12,25 @@ from conftest import REDIS_URL
 from flask_river_ml.storage import Backend, create_backend
 
 
+def store_settings(backend_name: str, redis_prefix: str, shelve_path: str = "unused") -> dict:
+    return {
+        "RIVER_ML_STORAGE_BACKEND": backend_name,
+        "RIVER_ML_SHELVE_PATH": shelve_path,
+        "RIVER_ML_REDIS_URL": REDIS_URL,
+        "RIVER_ML_REDIS_HOST": "unused",
+        "RIVER_ML_REDIS_PORT": 0,
+        "RIVER_ML_REDIS_DB": 0,
+        "RIVER_ML_REDIS_PREFIX": redis_prefix,
+    }
+
+
+def redis_backend(redis_prefix: str) -> Backend:
+    return create_backend(store_settings("redis", redis_prefix))
+
+
 @pytest.fixture
 def backend(backend_name, tmp_path, redis_prefix) -> Iterator[Backend]:
-    store = create_backend(
-        {
-            "RIVER_ML_STORAGE_BACKEND": backend_name,
-            "RIVER_ML_SHELVE_PATH": str(tmp_path / "store"),
-            "RIVER_ML_REDIS_URL": REDIS_URL,
-            "RIVER_ML_REDIS_HOST": "unused",
-            "RIVER_ML_REDIS_PORT": 0,
-            "RIVER_ML_REDIS_DB": 0,
-            "RIVER_ML_REDIS_PREFIX": redis_prefix,
-        }
-    )
+    store = create_backend(store_settings(backend_name, redis_prefix, str(tmp_path / "store")))
     yield store
     store.close()
 
@@ -280,16 +286,7 @@ def test_redis_batch_survives_a_server_that_lost_its_scripts(redis_prefix):
     the batch is written once, and an error in a batch is raised."""
     import redis
 
-    backend = create_backend(
-        {
-            "RIVER_ML_STORAGE_BACKEND": "redis",
-            "RIVER_ML_REDIS_URL": REDIS_URL,
-            "RIVER_ML_REDIS_HOST": "unused",
-            "RIVER_ML_REDIS_PORT": 0,
-            "RIVER_ML_REDIS_DB": 0,
-            "RIVER_ML_REDIS_PREFIX": redis_prefix,
-        }
-    )
+    backend = redis_backend(redis_prefix)
     client = redis.Redis.from_url(REDIS_URL)
     for round_ in range(3):
         client.script_flush()
@@ -357,3 +354,20 @@ def test_concurrent_append_at_never_skips_a_record(backend):
         thread.join()
     assert sorted(written) == [(seq, seq - 1) for seq in range(1, 161)]
     assert [seq for seq, _ in backend.read("log")] == list(range(1, 161))
+
+
+def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch):
+    """A change that takes longer than the lock's expiry keeps the lock to its end."""
+    from flask_river_ml.storage import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_LOCK_EXPIRY", 0.3)
+    holder, other = redis_backend(redis_prefix), redis_backend(redis_prefix)
+    with holder.lock("model:m"):
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            with pytest.raises(TimeoutError), other.lock("model:m", timeout=0.05):
+                pass
+    with other.lock("model:m", timeout=1.0):
+        pass
+    holder.close()
+    other.close()

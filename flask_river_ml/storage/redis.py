@@ -55,9 +55,10 @@ if count > 1 then
 end
 redis.call('HSET', KEYS[1], 'mean', string.format('%.17g', mean))
 """
-#: Seconds after which a lock whose holder died is released by redis: longer than any
-#: snapshot takes to pickle and write, short enough that a crash blocks changes only briefly.
-_LOCK_EXPIRY = 15
+#: Seconds after which a lock whose holder died is released by redis: short enough that a
+#: crash blocks changes only briefly. A live holder renews it every third of that, however
+#: long its change (the snapshot of a large model) takes.
+_LOCK_EXPIRY = 15.0
 
 
 def _glob_escape(text: str) -> str:
@@ -214,12 +215,26 @@ class RedisBackend(Backend):
 
     @contextlib.contextmanager
     def lock(self, name: str, timeout: float = 30.0) -> Iterator[None]:
-        lock = self.client.lock(f"{self.prefix}x:{name}", timeout=_LOCK_EXPIRY, blocking_timeout=timeout)
+        # Not thread-local: its renewing thread uses the holder's token. Each call has its own.
+        lock = self.client.lock(
+            f"{self.prefix}x:{name}", timeout=_LOCK_EXPIRY, blocking_timeout=timeout, thread_local=False
+        )
         if not lock.acquire():
             raise TimeoutError(f"Could not take the lock {name!r} within {timeout} s.")
+        released = threading.Event()
+
+        def renew() -> None:
+            while not released.wait(_LOCK_EXPIRY / 3):
+                with contextlib.suppress(LockError, redis.RedisError):
+                    lock.reacquire()
+
+        renewer = threading.Thread(target=renew, name=f"river-ml-lock-{name}", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            released.set()
+            renewer.join()
             with contextlib.suppress(LockError):  # expired meanwhile: someone else may hold it now
                 lock.release()
 
