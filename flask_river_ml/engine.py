@@ -6,10 +6,10 @@ with the sequence number of the last *log* record applied. A learn appends a sma
 record (features, ground truth, the prediction used for the metrics) to the model's log in
 the backend; the append is what makes the learn durable. The process then applies, in log
 order, every record it has not yet applied, its own included, so every process applies the
-same records in the same order and deterministic replicas stay identical. A predict first
-applies what the process has not seen. A learn appends only if the log and the model are as
-its replica saw them when it predicted (a compare-and-append), so the prediction each record
-keeps for the metrics is the one made at its place in the log.
+same records in the same order and deterministic replicas stay identical. Requests write
+only if the log and the model are as the replica saw them when it decided
+(:meth:`Engine._guarded`), so a prediction is always the stored model's, and the one each
+record keeps for the metrics is the one made at its place in the log.
 
 Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
 into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
@@ -31,14 +31,15 @@ import contextlib
 import copy
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound
 from .flavors import Flavor, Scored, get_flavor, metric_values
 from .serialization import Codec
 from .storage import Backend
+from .storage.base import Guard, Records, Writes
 
 
 @dataclass
@@ -94,9 +95,11 @@ def _meta(flavor: str, generation: int) -> bytes:
     return json.dumps({"flavor": flavor, "generation": generation}).encode()
 
 
-#: How many times a learn decides again after other writers came first, before it appends
-#: anyway.
-_APPEND_TRIES = 100
+#: How many times a request decides again after other writers came first, before it writes
+#: unguarded.
+_GUARDED_TRIES = 100
+_Decision = TypeVar("_Decision")
+_Written = TypeVar("_Written")
 #: How long a change of a model waits for another one to finish.
 _CHANGE_WAIT = 30.0
 
@@ -263,9 +266,15 @@ class Engine:
 
     # --- requests: O(features), never O(model) -------------------------------------------------
 
-    def predict(self, name: str, x: dict) -> Scored:
-        """The model's prediction for ``x``, after applying what this process had not seen."""
-        return self._predict(self.replica(name), x)
+    def predict(self, name: str, x: dict, writes: Callable[[Scored], Writes]) -> Scored:
+        """The model's prediction for ``x``; ``writes(prediction)``, what the caller keeps of
+        it, are made in the same atomic step as the check that the model was, at that moment,
+        exactly the one that predicted (see :meth:`_guarded`)."""
+
+        def write(scored: Scored, guard: Guard | None) -> tuple[bool, Records]:
+            return self.backend.write(writes(scored), guard)
+
+        return self._guarded(name, lambda replica: self._predict(replica, x), write)[1]
 
     @staticmethod
     def _predict(replica: Replica, x: dict) -> Scored:
@@ -283,42 +292,33 @@ class Engine:
         ``prediction`` is one the caller made; ``scored`` one this server made and stored.
         With a ground truth and neither, the model predicts first, so the metrics are
         prequential and features it cannot handle are refused before anything is written.
-
-        The record is appended only if the log and the model are still as the replica saw
-        them (:meth:`Backend.append_at`); otherwise the replica applies what it had not seen
-        and predicts again. So a learn needs no read of the store before it when nobody else
-        wrote, and the prediction kept for the metrics is always the one the model makes at
-        the record's place in the log, however many processes learn at once.
+        The record is appended with a compare-and-append (:meth:`_guarded`), so the
+        prediction kept for the metrics is always the one the model makes at the record's
+        place in the log, however many processes learn at once.
         """
-        replica, fresh = self._known(name)
-        for _ in range(_APPEND_TRIES):
-            try:
-                record, head, meta, scored_now = self._prepare(replica, x, y, prediction, scored)
-            except (InvalidInput, ModelFailed):
-                if fresh:
-                    raise
-                # Decided on a replica not checked against the store: it may be outdated.
-                replica, fresh = self.replica(name), True
-                continue
-            seq, unseen = self.backend.append_at(_log(name), record, head, meta_key(name), meta)
-            if seq is not None:
-                break
-            if unseen:
-                self._catch_up(name, replica, unseen)
-            else:
-                # Replaced or deleted meanwhile (ModelNotFound then).
-                replica = self.replica(name)
-            fresh = True
-        else:
-            # Other writers won every time: append after all, with a prediction made moments ago.
-            record, _, _, scored_now = self._prepare(replica, x, y, prediction, scored)
-            seq = self.backend.append(_log(name), record)
+
+        def decide(replica: Replica) -> tuple[bytes, Scored | None]:
+            replica.flavor.check_target(y)
+            made = scored
+            if made is None and prediction is not None:
+                made = replica.flavor.from_value(prediction)
+            if made is None and y is not None:
+                made = self._predict(replica, x)
+            parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
+            return self.codec.dumps((x, y, *parts)), made
+
+        def append(decision: tuple[bytes, Scored | None], guard: Guard | None) -> tuple[int | None, Records]:
+            if guard is None:
+                return self.backend.append(_log(name), decision[0]), []
+            return self.backend.append_at(decision[0], guard)
+
+        replica, (_, made), seq = self._guarded(name, decide, append)
         with replica.lock:
             if seq == replica.seq + 1:
                 # Nobody wrote in between: apply the record from memory rather than read it back.
                 replica.seq = seq
                 try:
-                    self._apply(replica, x, y, scored_now or Scored(None))
+                    self._apply(replica, x, y, made or Scored(None))
                 except Exception as error:  # noqa: BLE001 - a model may raise anything
                     raise ModelFailed(f"The model could not learn from this sample: {error!r}") from error
             else:
@@ -328,30 +328,54 @@ class Engine:
                     raise ModelFailed(f"The model could not learn from this sample: {failure!r}")
         if replica.seq - replica.snapshot_seq >= self.snapshot_every:
             self.snapshot(name, replica, wait=False)
-        return scored_now
+        return made
 
-    def _known(self, name: str) -> tuple[Replica, bool]:
-        """This process's replica of ``name`` as it is, without asking the store, if it has
-        one (False); else one read up to date (True)."""
+    def _guarded(
+        self,
+        name: str,
+        decide: Callable[[Replica], _Decision],
+        write: Callable[[_Decision, Guard | None], tuple[_Written | None, Records]],
+    ) -> tuple[Replica, _Decision, _Written]:
+        """Decide on this process's replica, then write guarded by the log position and model
+        entry it was decided on; the replica, the decision written and what ``write`` said.
+
+        No read of the store comes first: when nobody else wrote, a request costs one write.
+        When the guard fails, nothing was written: the replica applies the records it had not
+        seen (or reloads, if the model was replaced; :class:`ModelNotFound` if deleted) and
+        decides again. A decision refused by a replica not checked against the store is made
+        again on a fresh one before it is believed. After ``_GUARDED_TRIES`` lost races the
+        write is made unguarded, on a decision made moments before.
+        """
         with self._mutex:
             replica = self._replicas.get(name)
+        fresh = replica is None
         if replica is None:
-            return self.replica(name), True
-        return replica, False
-
-    def _prepare(
-        self, replica: Replica, x: dict, y: Any, prediction: Any, scored: Scored | None
-    ) -> tuple[bytes, int, bytes, Scored | None]:
-        """The log record of a learn, with the log position and model entry it was decided on."""
+            replica = self.replica(name)
+        for _ in range(_GUARDED_TRIES):
+            try:
+                with replica.lock:
+                    decision = decide(replica)
+                    meta = _meta(replica.flavor.name, replica.generation)
+                    guard = Guard(_log(name), replica.seq, meta_key(name), meta)
+            except (InvalidInput, ModelFailed):
+                if fresh:
+                    raise
+                replica, fresh = self.replica(name), True
+                continue
+            written, unseen = write(decision, guard)
+            if written:
+                return replica, decision, written
+            if unseen:
+                self._catch_up(name, replica, unseen)
+            else:
+                replica = self.replica(name)
+            fresh = True
+        replica = self.replica(name)
         with replica.lock:
-            replica.flavor.check_target(y)
-            if scored is None and prediction is not None:
-                scored = replica.flavor.from_value(prediction)
-            if scored is None and y is not None:
-                scored = self._predict(replica, x)
-            parts = (None, None, None) if scored is None else (scored.value, scored.label, scored.proba)
-            record = self.codec.dumps((x, y, *parts))
-            return record, replica.seq, _meta(replica.flavor.name, replica.generation), scored
+            decision = decide(replica)
+            written = write(decision, None)[0]
+        assert written, "an unguarded write always writes"
+        return replica, decision, written
 
     # --- snapshots -----------------------------------------------------------------------------
 

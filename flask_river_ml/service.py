@@ -20,6 +20,7 @@ from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelFailed, 
 from .events import Events
 from .flavors import Scored, get_flavor, metric_values
 from .names import check_name, generate_name
+from .storage.base import Writes
 from .unpickle import safe_loads
 
 _MAX_IDENTIFIER = 256
@@ -148,9 +149,10 @@ class Service:
             found.append({"name": name, "flavor": flavor, "stats": stats_, "metrics": metrics_})
         return found
 
-    def _timed(self, name: str, kind: str, started: int) -> None:
-        duration = time.perf_counter_ns() - started
-        self.backend.observe(stats.key(name, kind), duration, stats.EWM_ALPHA)
+    @staticmethod
+    def _timing(name: str, kind: str, started: int) -> tuple[str, int, float]:
+        """The timing of a call started at ``started``, for :attr:`Writes.observes`."""
+        return stats.key(name, kind), time.perf_counter_ns() - started, stats.EWM_ALPHA
 
     # --- learning and predicting -----------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class Service:
         else:
             features = _check_features(features)
             scored = self.engine.learn(name, features, ground_truth, prediction)
-        self._timed(name, "learn", started)
+        self.backend.observe(*self._timing(name, "learn", started))
         self._announce("learn", name, features, scored, ground_truth)
         return "Successful learn."
 
@@ -186,18 +188,22 @@ class Service:
         check_name(name)
         if identifier is not None:
             identifier = _check_identifier(identifier)
-        scored = self.engine.predict(name, features)
-        result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is None and self.generate_identifiers:
             identifier = str(uuid.uuid4())
-        # The waiting prediction and the timing: one write.
-        with self.backend.batch():
+
+        def writes(scored: Scored) -> Writes:
+            # The waiting prediction and the timing: one write, made only if the model that
+            # predicted is still the stored one, as it is.
+            made = Writes(observes=[self._timing(name, "predict", started)])
             if identifier is not None:
-                record = (features, scored.value, scored.label, scored.proba)
-                key = _identifier_key(name, identifier)
-                self.backend.set(key, self.engine.codec.dumps(record), self.identifier_ttl)
-                result["identifier"] = identifier
-            self._timed(name, "predict", started)
+                record = self.engine.codec.dumps((features, scored.value, scored.label, scored.proba))
+                made.sets.append((_identifier_key(name, identifier), record, self.identifier_ttl))
+            return made
+
+        scored = self.engine.predict(name, features, writes)
+        result: dict[str, Any] = {"model": name, "prediction": scored.value}
+        if identifier is not None:
+            result["identifier"] = identifier
         self._announce("predict", name, features, scored)
         return result
 

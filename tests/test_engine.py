@@ -427,3 +427,44 @@ def test_concurrent_learns_are_scored_on_the_model_just_before_them(make_app, ba
         with app.app_context():
             assert river_ml.metrics(name)["MAE"] == pytest.approx(mae.get(), abs=1e-9)
             assert_same_predictions(river_ml, name, local, [x for x, _ in samples[:5]])
+
+
+def test_predict_racing_a_delete_leaves_nothing_behind(river_ml, monkeypatch):
+    """A predict whose model is deleted between its prediction and its write answers
+    ModelNotFound and writes neither its waiting prediction nor its timing."""
+    name = river_ml.add_model(linear_model_pipeline(), "regression")
+    x, y = next(iter(datasets.TrumpApproval()))
+    river_ml.learn(name, ground_truth=y, features=x)
+    backend = river_ml.state().backend
+    write = backend.write
+
+    def delete_then_write(*args):
+        monkeypatch.setattr(backend, "write", write)
+        river_ml.delete_model(name)
+        return write(*args)
+
+    monkeypatch.setattr(backend, "write", delete_then_write)
+    with pytest.raises(ModelNotFound):
+        river_ml.predict(x, name)
+    assert backend.keys("") == ["generation"]
+    assert backend.observed(f"stats:{name}:predict") is None
+
+
+@pytest.mark.parametrize("store", ["shelve", "redis"])
+def test_predict_on_a_replica_behind_the_log_predicts_again(make_app, store):
+    """A process whose replica missed another's learns predicts exactly like the model that
+    learnt them: the write of its first prediction is refused, it catches up, predicts again."""
+    first, second = make_app(RIVER_ML_STORAGE_BACKEND=store), make_app(RIVER_ML_STORAGE_BACKEND=store)
+    river_ml = FlaskRiverML()
+    samples = list(datasets.TrumpApproval().take(20))
+    local = linear_model_pipeline()
+    with first.app_context():
+        name = river_ml.add_model(linear_model_pipeline(), "regression")
+    for x, y in samples:
+        with second.app_context():
+            assert river_ml.predict(x, name)["prediction"] == pytest.approx(local.predict_one(x), abs=1e-12)
+        with first.app_context():
+            river_ml.learn(name, ground_truth=y, features=x)
+        local.learn_one(x, y)
+    with second.app_context():
+        assert river_ml.stats(name)["predict"]["n_calls"] == 20

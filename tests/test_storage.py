@@ -10,6 +10,7 @@ import pytest
 from conftest import REDIS_URL
 
 from flask_river_ml.storage import Backend, create_backend
+from flask_river_ml.storage.base import Guard, Writes
 
 
 def store_settings(backend_name: str, redis_prefix: str, shelve_path: str = "unused") -> dict:
@@ -271,62 +272,76 @@ def test_peek_reads_a_key_and_a_log_tail(backend):
     assert backend.peek("k", "log", 1) == (b"v", [(2, b"b"), (3, b"c")])
 
 
-def test_batch_writes_sets_and_timings_together(backend):
-    with backend.batch():
-        backend.set("a", b"1", ttl=60)
-        backend.observe("t", 7, 0.3)
-        # Calls other than set and observe run at once, inside a batch too.
-        assert backend.append("log", b"x") == 1
-    assert backend.get("a") == b"1"
+def test_write_sets_and_observes_together(backend):
+    assert backend.write(Writes(sets=[("a", b"1", 60), ("b", b"2", None)], observes=[("t", 7, 0.3)])) == (True, [])
+    assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     assert backend.observed("t") == (1, 7, 7.0)
+    backend.write(Writes(sets=[("short", b"x", 0.05)], observes=[("t", 3, 0.5), ("u", 4, 0.5)]))
+    assert backend.observed("t") == (2, 10, 5.0) and backend.observed("u") == (1, 4, 4.0)
+    time.sleep(0.1)
+    assert backend.get("short") is None
+    assert backend.write(Writes()) == (True, [])
 
 
-def test_redis_batch_survives_a_server_that_lost_its_scripts(redis_prefix):
-    """After SCRIPT FLUSH (or a restart) a batch's timings are each counted once, the rest of
-    the batch is written once, and an error in a batch is raised."""
+def test_guarded_writes_happen_only_on_the_head_and_value_seen(backend):
+    """append_at and write under a guard: written while it holds; otherwise nothing, and the
+    records the writer had not seen, or none when the guarded value changed."""
+
+    def attempts(record: bytes, head: int, value: bytes) -> list:
+        guard = Guard("log", head, "model", value)
+        writes = Writes(sets=[("k", record, None)], observes=[("t", 1, 0.5)])
+        before = (backend.get("k"), backend.observed("t"), backend.read("log"))
+        wrote, unseen = backend.write(writes, guard)
+        if not wrote:
+            assert (backend.get("k"), backend.observed("t"), backend.read("log")) == before
+        else:
+            assert backend.get("k") == record
+        seq, unseen_too = backend.append_at(record, guard)
+        assert unseen_too == unseen and wrote == (seq is not None)
+        return [seq, unseen]
+
+    backend.set("model", b"g1")
+    assert attempts(b"a", 0, b"g1") == [1, []]
+    # The log moved on.
+    assert attempts(b"b", 0, b"g1") == [None, [(1, b"a")]]
+    assert backend.append("log", b"c") == 2
+    assert attempts(b"d", 1, b"g1") == [None, [(2, b"c")]]
+    # The value changed, is gone or expired.
+    assert attempts(b"d", 2, b"g2") == [None, []]
+    backend.delete("model")
+    assert attempts(b"d", 2, b"g1") == [None, []]
+    backend.set("model", b"g1", ttl=0.05)
+    time.sleep(0.1)
+    assert attempts(b"d", 2, b"g1") == [None, []]
+    backend.set("model", b"g1")
+    assert attempts(b"d", 2, b"g1") == [3, []]
+    # After a trim, only the records still kept come back.
+    backend.append("log", b"e")
+    backend.trim("log", 4)
+    assert attempts(b"f", 1, b"g1") == [None, [(4, b"e")]]
+    assert backend.read("log") == [(4, b"e")]
+    assert backend.observed("t") == (2, 2, 1.0)
+
+
+def test_redis_writes_survive_a_server_that_lost_its_scripts(redis_prefix):
+    """After SCRIPT FLUSH (or a restart) every write is made once."""
     import redis
 
     backend = redis_backend(redis_prefix)
     client = redis.Redis.from_url(REDIS_URL)
+    backend.set("model", b"g")
     for round_ in range(3):
         client.script_flush()
-        with backend.batch():
-            backend.observe("t", 10, 0.5)
-            backend.set("a", str(round_).encode(), ttl=60)
-            backend.observe("u", 4, 0.5)
+        backend.write(Writes(sets=[("a", str(round_).encode(), 60)], observes=[("t", 10, 0.5)]))
+        client.script_flush()
+        assert backend.write(Writes(observes=[("u", 4, 0.5)]), Guard("log", round_, "model", b"g")) == (True, [])
+        client.script_flush()
+        assert backend.append_at(b"r", Guard("log", round_, "model", b"g")) == (round_ + 1, [])
         assert backend.get("a") == str(round_).encode()
     assert backend.observed("t") == (3, 30, 10.0)
     assert backend.observed("u") == (3, 12, 4.0)
-    client.set(redis_prefix + "t:broken", b"not a timing")
-    with pytest.raises(redis.ResponseError), backend.batch():
-        backend.observe("t", 10, 0.5)
-        backend.observe("broken", 10, 0.5)
-    assert backend.observed("t") == (4, 40, 10.0)
     client.close()
     backend.close()
-
-
-def test_append_at_writes_only_on_the_head_and_value_seen(backend):
-    backend.set("model", b"g1")
-    assert backend.append_at("log", b"a", 0, "model", b"g1") == (1, [])
-    # The log moved on: nothing written, and the records the writer had not seen.
-    assert backend.append_at("log", b"b", 0, "model", b"g1") == (None, [(1, b"a")])
-    assert backend.append("log", b"c") == 2
-    assert backend.append_at("log", b"d", 1, "model", b"g1") == (None, [(2, b"c")])
-    # The value changed, is gone or expired: nothing written, nothing returned.
-    assert backend.append_at("log", b"d", 2, "model", b"g2") == (None, [])
-    backend.delete("model")
-    assert backend.append_at("log", b"d", 2, "model", b"g1") == (None, [])
-    backend.set("model", b"g1", ttl=0.05)
-    time.sleep(0.1)
-    assert backend.append_at("log", b"d", 2, "model", b"g1") == (None, [])
-    backend.set("model", b"g1")
-    assert backend.append_at("log", b"d", 2, "model", b"g1") == (3, [])
-    # After a trim, only the records still kept come back.
-    backend.append("log", b"e")
-    backend.trim("log", 4)
-    assert backend.append_at("log", b"f", 1, "model", b"g1") == (None, [(4, b"e")])
-    assert backend.read("log") == [(4, b"e")]
 
 
 def test_concurrent_append_at_never_skips_a_record(backend):
@@ -339,7 +354,7 @@ def test_concurrent_append_at_never_skips_a_record(backend):
         head = 0
         for i in range(40):
             while True:
-                seq, unseen = backend.append_at("log", f"{worker}-{i}".encode(), head, "model", b"g")
+                seq, unseen = backend.append_at(f"{worker}-{i}".encode(), Guard("log", head, "model", b"g"))
                 if seq is not None:
                     written.append((seq, head))
                     head = seq

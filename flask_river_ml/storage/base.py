@@ -12,6 +12,34 @@ import abc
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: Log records with their numbers, in order.
+Records = list[tuple[int, bytes]]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a writer decided on: ``log`` ended at record ``head`` and ``key`` held ``value``.
+
+    A guarded write (:meth:`Backend.append_at`, :meth:`Backend.write`) happens only if both
+    still hold when it is made: the writer's answer (a prediction) is then exactly the one
+    the model gives at that point of its log.
+    """
+
+    log: str
+    head: int
+    key: str
+    value: bytes
+
+
+@dataclass
+class Writes:
+    """Values to set, as ``(key, value, ttl)``, and timings to observe, as ``(key, value,
+    alpha)``, made together by :meth:`Backend.write`."""
+
+    sets: list[tuple[str, bytes, float | None]] = field(default_factory=list)
+    observes: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 class Backend(abc.ABC):
@@ -61,15 +89,15 @@ class Backend(abc.ABC):
         must have no side effects.
         """
 
-    @abc.abstractmethod
     def observe(self, key: str, value: int, alpha: float) -> None:
         """Add ``value`` to the running count, total and exponentially weighted mean at ``key``.
 
         The weighted mean starts at the first value, then moves by ``alpha`` towards each new
         one. Timings live beside the keys (``keys`` does not list them; ``delete`` removes
-        them); they get a primitive of their own because every learn and predict records one,
-        and a single atomic statement is far cheaper than a read-modify-write.
+        them); they are written by :meth:`write` because every learn and predict records one,
+        and a single atomic step is far cheaper than a read-modify-write.
         """
+        self.write(Writes(observes=[(key, value, alpha)]))
 
     @abc.abstractmethod
     def observed(self, key: str) -> tuple[int, int, float] | None:
@@ -80,16 +108,21 @@ class Backend(abc.ABC):
         """Append ``record`` to ``log``; its sequence number (1, 2, ...)."""
 
     @abc.abstractmethod
-    def append_at(
-        self, log: str, record: bytes, head: int, key: str, value: bytes
-    ) -> tuple[int | None, list[tuple[int, bytes]]]:
-        """Append ``record`` only if ``head`` is still the last number of ``log`` and ``key``
-        still holds ``value``, atomically: a compare-and-append for a writer whose decision
-        (a prediction) was made on the log up to ``head`` and on that value of ``key``.
+    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
+        """Append ``record`` to ``guard.log`` only if ``guard`` still holds, atomically: a
+        compare-and-append.
 
         ``(number, [])`` when the record was written. Otherwise nothing is written and the
-        answer is ``(None, records after head)``, the records the writer had not seen (those
-        still kept), or ``(None, [])`` when ``key`` changed.
+        answer is ``(None, records after guard.head)``, the records the writer had not seen
+        (those still kept), or ``(None, [])`` when ``guard.key`` changed.
+        """
+
+    @abc.abstractmethod
+    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
+        """Make ``writes`` in one atomic step (a transaction, a script), if ``guard`` holds.
+
+        ``(True, [])`` when they were made; otherwise, as :meth:`append_at` answers,
+        ``(False, records the writer had not seen)`` or ``(False, [])``.
         """
 
     @abc.abstractmethod
@@ -100,12 +133,6 @@ class Backend(abc.ABC):
         """``get(key)`` and ``read(log, after)`` together: what every request asks first, in
         one round trip where the store is remote. Not atomic together."""
         return self.get(key), self.read(log, after)
-
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        """Group the ``set`` and ``observe`` calls made inside into one write (a transaction,
-        a pipeline): what a request writes after its answer is known. Other calls inside run
-        at once, as usual."""
-        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def trim(self, log: str, before: int) -> None:

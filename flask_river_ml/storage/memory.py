@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .base import Backend
+from .base import Backend, Guard, Records, Writes
 
 
 class MemoryBackend(Backend):
@@ -84,11 +84,6 @@ class MemoryBackend(Backend):
             self.set(key, value)
             return value
 
-    def observe(self, key: str, value: int, alpha: float) -> None:
-        with self._mutex:
-            count, total, mean = self._timings.get(key, (0, 0, float(value)))
-            self._timings[key] = (count + 1, total + value, mean if count == 0 else alpha * value + (1 - alpha) * mean)
-
     def observed(self, key: str) -> tuple[int, int, float] | None:
         with self._mutex:
             return self._timings.get(key)
@@ -100,15 +95,31 @@ class MemoryBackend(Backend):
             self._logs.setdefault(log, {})[seq] = bytes(record)
             return seq
 
-    def append_at(
-        self, log: str, record: bytes, head: int, key: str, value: bytes
-    ) -> tuple[int | None, list[tuple[int, bytes]]]:
+    def _check(self, guard: Guard) -> tuple[bool, Records]:
+        if self._live(guard.key) != guard.value:
+            return False, []
+        if self._heads.get(guard.log, 0) != guard.head:
+            return False, self.read(guard.log, guard.head)
+        return True, []
+
+    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
         with self._mutex:
-            if self._live(key) != value:
-                return None, []
-            if self._heads.get(log, 0) != head:
-                return None, self.read(log, head)
-            return self.append(log, record), []
+            holds, unseen = self._check(guard)
+            return (self.append(guard.log, record), []) if holds else (None, unseen)
+
+    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
+        with self._mutex:
+            if guard is not None:
+                holds, unseen = self._check(guard)
+                if not holds:
+                    return False, unseen
+            for key, value, ttl in writes.sets:
+                self.set(key, value, ttl)
+            for key, duration, alpha in writes.observes:
+                count, total, mean = self._timings.get(key, (0, 0, float(duration)))
+                mean = mean if count == 0 else alpha * duration + (1 - alpha) * mean
+                self._timings[key] = (count + 1, total + duration, mean)
+            return True, []
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         with self._mutex:

@@ -23,38 +23,66 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from redis.exceptions import LockError, NoScriptError, WatchError
+from redis.exceptions import LockError, WatchError
 
-from .base import Backend, ListenerCheck
+from .base import Backend, Guard, ListenerCheck, Records, Writes
 
 _APPEND = """
 local seq = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
 return seq
 """
-# KEYS: the log's stream, its head, the guarded value; ARGV: the record, the head the writer
-# saw, the value it saw. {number} when written, {0, entries after that head} when the log
-# moved on, {-1} when the value changed.
-_APPEND_AT = """
-if redis.call('GET', KEYS[3]) ~= ARGV[3] then
+# A guard (storage.base.Guard): KEYS[1] the log's stream, KEYS[2] its head, KEYS[3] the
+# guarded key; ARGV[1] the head the writer saw, ARGV[2] the value it saw. It returns {0,
+# entries after that head} when the log moved on, {-1} when the value changed.
+_GUARD = """
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
     return {-1}
 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
-    return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[2]) + 1) .. '-0', '+')}
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
+    return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[1]) + 1) .. '-0', '+')}
 end
+"""
+# ARGV[3]: the record. {number} when written.
+_APPEND_AT = (
+    _GUARD
+    + """
 local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
+redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[3])
 return {seq}
 """
-_OBSERVE = """
-local count = redis.call('HINCRBY', KEYS[1], 'count', 1)
-redis.call('HINCRBY', KEYS[1], 'total', ARGV[1])
-local mean = tonumber(ARGV[1])
-if count > 1 then
-    mean = tonumber(ARGV[2]) * mean + (1 - tonumber(ARGV[2])) * tonumber(redis.call('HGET', KEYS[1], 'mean'))
+)
+# write(k, a) makes a storage.base.Writes given after KEYS[k] and ARGV[a]: the keys to set,
+# then the timings' keys; the number of sets, then per set its value and time to live in
+# milliseconds (0: none), per timing its value and alpha.
+_WRITE_FUNCTION = """
+local function write(k, a)
+    local sets = tonumber(ARGV[a + 1])
+    a = a + 2
+    for i = k + 1, k + sets do
+        if tonumber(ARGV[a + 1]) > 0 then
+            redis.call('SET', KEYS[i], ARGV[a], 'PX', ARGV[a + 1])
+        else
+            redis.call('SET', KEYS[i], ARGV[a])
+        end
+        a = a + 2
+    end
+    for i = k + sets + 1, #KEYS do
+        local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
+        redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
+        local mean = tonumber(ARGV[a])
+        if count > 1 then
+            local alpha = tonumber(ARGV[a + 1])
+            mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
+        end
+        redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+        a = a + 2
+    end
+    return {1}
 end
-redis.call('HSET', KEYS[1], 'mean', string.format('%.17g', mean))
 """
+_WRITE = _WRITE_FUNCTION + "return write(0, 0)"
+_WRITE_AT = _WRITE_FUNCTION + _GUARD + "return write(3, 2)"
 #: Seconds after which a lock whose holder died is released by redis: short enough that a
 #: crash blocks changes only briefly. A live holder renews it every third of that, however
 #: long its change (the snapshot of a large model) takes.
@@ -76,10 +104,9 @@ class RedisBackend(Backend):
         self.prefix = prefix
         self._append = client.register_script(_APPEND)
         self._append_at = client.register_script(_APPEND_AT)
-        self._observe = client.register_script(_OBSERVE)
+        self._write = client.register_script(_WRITE)
+        self._write_at = client.register_script(_WRITE_AT)
         self._listening = ListenerCheck(self._ask_listeners)
-        # The pipeline of the batch this thread is in, if any.
-        self._batch = threading.local()
 
     @classmethod
     def from_settings(cls, url: str | None, host: str, port: int, db: int, prefix: str) -> RedisBackend:
@@ -104,30 +131,6 @@ class RedisBackend(Backend):
     def get(self, key: str) -> bytes | None:
         return self.client.get(self._k(key))
 
-    def _writer(self) -> Any:
-        return getattr(self._batch, "pipe", None) or self.client
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        if getattr(self._batch, "pipe", None) is not None:
-            yield
-            return
-        with self.client.pipeline(transaction=False) as pipe:
-            self._batch.pipe, self._batch.observed = pipe, []
-            try:
-                yield
-            finally:
-                self._batch.pipe = None
-            replies = pipe.execute(raise_on_error=False)
-            for index, key, value, alpha in self._batch.observed:
-                if isinstance(replies[index], NoScriptError):
-                    # The server lost its scripts (a restart, SCRIPT FLUSH): this one call
-                    # loads it again. Nothing else of the batch ran twice.
-                    replies[index] = self._observe(keys=[key], args=[value, alpha])
-            errors = [reply for reply in replies if isinstance(reply, Exception)]
-            if errors:
-                raise errors[0]
-
     def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, list[tuple[int, bytes]]]:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.get(self._k(key))
@@ -136,7 +139,7 @@ class RedisBackend(Backend):
         return value, self._records(entries)
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._writer().set(self._k(key), value, **self._expiry(ttl))
+        self.client.set(self._k(key), value, **self._expiry(ttl))
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return bool(self.client.set(self._k(key), value, nx=True, **self._expiry(ttl)))
@@ -171,16 +174,6 @@ class RedisBackend(Backend):
                 except WatchError:
                     continue  # another writer came in between: read again
 
-    def observe(self, key: str, value: int, alpha: float) -> None:
-        pipe = getattr(self._batch, "pipe", None)
-        if pipe is None:
-            self._observe(keys=[self._t(key)], args=[value, repr(alpha)])
-            return
-        # EVALSHA queued as it is: a script given to a pipeline makes redis-py ask SCRIPT EXISTS
-        # first, a round trip per batch. A missing script is dealt with after the batch.
-        self._batch.observed.append((len(pipe.command_stack), self._t(key), value, repr(alpha)))
-        pipe.evalsha(self._observe.sha, 1, self._t(key), value, repr(alpha))
-
     def observed(self, key: str) -> tuple[int, int, float] | None:
         count, total, mean = self.client.hmget(self._t(key), ["count", "total", "mean"])
         if count is None:
@@ -190,15 +183,31 @@ class RedisBackend(Backend):
     def append(self, log: str, record: bytes) -> int:
         return int(self._append(keys=self._logs(log), args=[record]))
 
-    def append_at(
-        self, log: str, record: bytes, head: int, key: str, value: bytes
-    ) -> tuple[int | None, list[tuple[int, bytes]]]:
-        reply = self._append_at(keys=[*self._logs(log), self._k(key)], args=[record, head, value])
-        if reply[0] > 0:
-            return int(reply[0]), []
-        # A script's reply is not parsed as XRANGE's: each entry is [id, [field, value]].
+    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
+        reply = self._append_at(keys=self._guard_keys(guard), args=[guard.head, guard.value, record])
+        return (int(reply[0]), []) if reply[0] > 0 else (None, self._unseen(reply))
+
+    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
+        keys = [self._k(key) for key, _, _ in writes.sets] + [self._t(key) for key, _, _ in writes.observes]
+        args: list[Any] = [len(writes.sets)]
+        for _, value, ttl in writes.sets:
+            args += [value, self._expiry(ttl).get("px", 0)]
+        for _, duration, alpha in writes.observes:
+            args += [duration, repr(alpha)]
+        if guard is None:
+            self._write(keys=keys, args=args)
+            return True, []
+        reply = self._write_at(keys=[*self._guard_keys(guard), *keys], args=[guard.head, guard.value, *args])
+        return (True, []) if reply[0] > 0 else (False, self._unseen(reply))
+
+    def _guard_keys(self, guard: Guard) -> list[str]:
+        return [*self._logs(guard.log), self._k(guard.key)]
+
+    @staticmethod
+    def _unseen(reply: list) -> Records:
+        """The records of a failed guard's reply: a script's entries are [id, [field, value]]."""
         entries = reply[1] if len(reply) > 1 else []
-        return None, [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
+        return [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         return self._records(self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0"))

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .base import Backend, ListenerCheck
+from .base import Backend, Guard, ListenerCheck, Records, Writes
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL);
@@ -90,12 +90,8 @@ class ShelveBackend(Backend):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that holds SQLite's write lock from its first statement; inside
-        a transaction already (a batch), a part of it."""
+        """A write transaction that holds SQLite's write lock from its first statement."""
         db = self._db()
-        if db.in_transaction:
-            yield db
-            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -119,11 +115,6 @@ class ShelveBackend(Backend):
 
     def get(self, key: str) -> bytes | None:
         return self._read_value(self._db(), key)
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._transaction():
-            yield
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         # One statement is its own transaction: no BEGIN/COMMIT round trips on the hot path.
@@ -166,12 +157,24 @@ class ShelveBackend(Backend):
             self._write_value(db, key, value, None)
             return value
 
-    def observe(self, key: str, value: int, alpha: float) -> None:
-        self._db().execute(
-            "INSERT INTO timings (key, count, total, mean) VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE "
-            "SET count = count + 1, total = total + excluded.total, mean = ? * excluded.mean + ? * mean",
-            (key, value, float(value), alpha, 1 - alpha),
-        )
+    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
+        with self._transaction() as db:
+            if guard is not None:
+                # The transaction holds the write lock: the guard cannot change before COMMIT.
+                if self._read_value(db, guard.key) != guard.value:
+                    return False, []
+                row = db.execute("SELECT seq FROM heads WHERE name = ?", (guard.log,)).fetchone()
+                if (0 if row is None else row[0]) != guard.head:
+                    return False, self.read(guard.log, guard.head)
+            for key, value, ttl in writes.sets:
+                self._write_value(db, key, value, ttl)
+            for key, duration, alpha in writes.observes:
+                db.execute(
+                    "INSERT INTO timings (key, count, total, mean) VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET count = count + 1, total = total + excluded.total, mean = ? * excluded.mean + ? * mean",
+                    (key, duration, float(duration), alpha, 1 - alpha),
+                )
+        return True, []
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
         row = self._db().execute("SELECT count, total, mean FROM timings WHERE key = ?", (key,)).fetchone()
@@ -188,10 +191,8 @@ class ShelveBackend(Backend):
         ).fetchone()
         return int(seq)
 
-    def append_at(
-        self, log: str, record: bytes, head: int, key: str, value: bytes
-    ) -> tuple[int | None, list[tuple[int, bytes]]]:
-        # One statement, atomic like append; it writes no row when either condition fails.
+    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
+        # One statement, atomic like append; it writes no row when the guard fails.
         row = (
             self._db()
             .execute(
@@ -199,15 +200,15 @@ class ShelveBackend(Backend):
                 "WHERE COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) = ?3 "
                 f"AND EXISTS (SELECT 1 FROM kv WHERE key = ?4 AND value = ?5 AND {_LIVE.replace('?', '?6')}) "
                 "RETURNING seq",
-                (log, record, head, key, value, time.time()),
+                (guard.log, record, guard.head, guard.key, guard.value, time.time()),
             )
             .fetchone()
         )
         if row is not None:
             return int(row[0]), []
-        if self.get(key) != value:
+        if self.get(guard.key) != guard.value:
             return None, []
-        return None, self.read(log, head)
+        return None, self.read(guard.log, guard.head)
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         rows = self._db().execute(
