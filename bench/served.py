@@ -322,7 +322,7 @@ class Load:
                 f"server log:\n{server.log_tail()}"
             )
         if result["requests"] == 0:
-            raise BenchError(f"wrk on {url} completed no request:\n{output}")
+            raise BenchError(f"wrk on {url} completed no request:\n{output}\nserver log:\n{server.log_tail()}")
         return result
 
     def measure(self, server: Server, path: str, bodies: Path, redis_used: bool = True) -> Measurement:

@@ -161,10 +161,14 @@ class ShelveBackend(Backend):
         with self._transaction() as db:
             if guard is not None:
                 # The transaction holds the write lock: the guard cannot change before COMMIT.
-                if self._read_value(db, guard.key) != guard.value:
+                value, head = db.execute(
+                    f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
+                    "(SELECT seq FROM heads WHERE name = ?2)",
+                    (guard.key, guard.log, time.time()),
+                ).fetchone()
+                if value is None or bytes(value) != guard.value:
                     return False, []
-                row = db.execute("SELECT seq FROM heads WHERE name = ?", (guard.log,)).fetchone()
-                if (0 if row is None else row[0]) != guard.head:
+                if (head or 0) != guard.head:
                     return False, self.read(guard.log, guard.head)
             for key, value, ttl in writes.sets:
                 self._write_value(db, key, value, ttl)
