@@ -6,10 +6,11 @@ with the sequence number of the last *log* record applied. A learn appends a sma
 record (features, ground truth, the prediction used for the metrics) to the model's log in
 the backend; the append is what makes the learn durable. The process then applies, in log
 order, every record it has not yet applied, its own included, so every process applies the
-same records in the same order and deterministic replicas stay identical. Requests write
-only if the log and the model are as the replica saw them when it decided
-(:meth:`Engine._guarded`), so a prediction is always the stored model's, and the one each
-record keeps for the metrics is the one made at its place in the log.
+same records in the same order and deterministic replicas stay identical. Requests decide
+on the replica without reading the store and write only if the model is still the one they
+decided on, the first time only if the log is still where the replica is
+(:meth:`Engine._guarded`): a prediction is always the stored model's, made after every record
+written before the request arrived.
 
 Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
 into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
@@ -95,9 +96,9 @@ def _meta(flavor: str, generation: int) -> bytes:
     return json.dumps({"flavor": flavor, "generation": generation}).encode()
 
 
-#: How many times a request decides again after other writers came first, before it writes
-#: unguarded.
-_GUARDED_TRIES = 100
+#: How many times a request decides again, after its first try found the log moved on or
+#: later ones found the model replaced, before it answers Busy.
+_GUARDED_TRIES = 5
 _Decision = TypeVar("_Decision")
 _Written = TypeVar("_Written")
 #: How long a change of a model waits for another one to finish.
@@ -271,7 +272,7 @@ class Engine:
         it, are made in the same atomic step as the check that the model was, at that moment,
         exactly the one that predicted (see :meth:`_guarded`)."""
 
-        def write(scored: Scored, guard: Guard | None) -> tuple[bool, Records]:
+        def write(scored: Scored, guard: Guard) -> tuple[bool, Records]:
             return self.backend.write(writes(scored), guard)
 
         return self._guarded(name, lambda replica: self._predict(replica, x), write)[1]
@@ -292,9 +293,10 @@ class Engine:
         ``prediction`` is one the caller made; ``scored`` one this server made and stored.
         With a ground truth and neither, the model predicts first, so the metrics are
         prequential and features it cannot handle are refused before anything is written.
-        The record is appended with a compare-and-append (:meth:`_guarded`), so the
-        prediction kept for the metrics is always the one the model makes at the record's
-        place in the log, however many processes learn at once.
+        The record is appended with a compare-and-append (:meth:`_guarded`): when nobody
+        wrote in between, the prediction kept for the metrics is the one the model makes at
+        the record's place in the log; a learn racing others keeps one made after it caught
+        up with them.
         """
 
         def decide(replica: Replica) -> tuple[bytes, Scored | None]:
@@ -307,9 +309,7 @@ class Engine:
             parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
             return self.codec.dumps((x, y, *parts)), made
 
-        def append(decision: tuple[bytes, Scored | None], guard: Guard | None) -> tuple[int | None, Records]:
-            if guard is None:
-                return self.backend.append(_log(name), decision[0]), []
+        def append(decision: tuple[bytes, Scored | None], guard: Guard) -> tuple[int | None, Records]:
             return self.backend.append_at(decision[0], guard)
 
         replica, (_, made), seq = self._guarded(name, decide, append)
@@ -334,29 +334,31 @@ class Engine:
         self,
         name: str,
         decide: Callable[[Replica], _Decision],
-        write: Callable[[_Decision, Guard | None], tuple[_Written | None, Records]],
+        write: Callable[[_Decision, Guard], tuple[_Written | None, Records]],
     ) -> tuple[Replica, _Decision, _Written]:
-        """Decide on this process's replica, then write guarded by the log position and model
-        entry it was decided on; the replica, the decision written and what ``write`` said.
+        """Decide on this process's replica, then write guarded by the model entry it was
+        decided on; the replica, the decision written and what ``write`` said.
 
-        No read of the store comes first: when nobody else wrote, a request costs one write.
-        When the guard fails, nothing was written: the replica applies the records it had not
-        seen (or reloads, if the model was replaced; :class:`ModelNotFound` if deleted) and
-        decides again. A decision refused by a replica not checked against the store is made
-        again on a fresh one before it is believed. After ``_GUARDED_TRIES`` lost races the
-        write is made unguarded, on a decision made moments before.
+        No read of the store comes first. The first write is also guarded by the log position
+        the replica is at, so when nobody else wrote a request costs one write. When that
+        guard fails, nothing was written: the replica applies the records it had not seen (or
+        reloads, if the model was replaced; :class:`ModelNotFound` if deleted) and decides
+        again. It is then at least as new as the log was after the request arrived, which is
+        all a request needs, so later writes check only that the model is still the same:
+        racing writers never make each other wait for long. A decision refused by a replica
+        not checked against the store is made again on a fresh one before it is believed.
         """
         with self._mutex:
             replica = self._replicas.get(name)
         fresh = replica is None
         if replica is None:
             replica = self.replica(name)
-        for _ in range(_GUARDED_TRIES):
+        for attempt in range(_GUARDED_TRIES):
             try:
                 with replica.lock:
                     decision = decide(replica)
                     meta = _meta(replica.flavor.name, replica.generation)
-                    guard = Guard(_log(name), replica.seq, meta_key(name), meta)
+                    guard = Guard(_log(name), None if attempt else replica.seq, meta_key(name), meta)
             except (InvalidInput, ModelFailed):
                 if fresh:
                     raise
@@ -370,12 +372,7 @@ class Engine:
             else:
                 replica = self.replica(name)
             fresh = True
-        replica = self.replica(name)
-        with replica.lock:
-            decision = decide(replica)
-            written = write(decision, None)[0]
-        assert written, "an unguarded write always writes"
-        return replica, decision, written
+        raise Busy(f"Model '{name}' was replaced while this request was answered; try again shortly.")
 
     # --- snapshots -----------------------------------------------------------------------------
 

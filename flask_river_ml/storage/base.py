@@ -24,11 +24,11 @@ class Guard:
 
     A guarded write (:meth:`Backend.append_at`, :meth:`Backend.write`) happens only if both
     still hold when it is made: the writer's answer (a prediction) is then exactly the one
-    the model gives at that point of its log.
+    the model gives at that point of its log. With ``head`` None only ``key`` is checked.
     """
 
     log: str
-    head: int
+    head: int | None
     key: str
     value: bytes
 

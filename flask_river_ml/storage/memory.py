@@ -98,7 +98,7 @@ class MemoryBackend(Backend):
     def _check(self, guard: Guard) -> tuple[bool, Records]:
         if self._live(guard.key) != guard.value:
             return False, []
-        if self._heads.get(guard.log, 0) != guard.head:
+        if guard.head is not None and self._heads.get(guard.log, 0) != guard.head:
             return False, self.read(guard.log, guard.head)
         return True, []
 

@@ -33,13 +33,14 @@ redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
 return seq
 """
 # A guard (storage.base.Guard): KEYS[1] the log's stream, KEYS[2] its head, KEYS[3] the
-# guarded key; ARGV[1] the head the writer saw, ARGV[2] the value it saw. It returns {0,
-# entries after that head} when the log moved on, {-1} when the value changed.
+# guarded key; ARGV[1] the head the writer saw ('' when not checked), ARGV[2] the value it
+# saw. It returns {0, entries after that head} when the log moved on, {-1} when the value
+# changed.
 _GUARD = """
 if redis.call('GET', KEYS[3]) ~= ARGV[2] then
     return {-1}
 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
+if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
     return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[1]) + 1) .. '-0', '+')}
 end
 """
@@ -184,7 +185,7 @@ class RedisBackend(Backend):
         return int(self._append(keys=self._logs(log), args=[record]))
 
     def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
-        reply = self._append_at(keys=self._guard_keys(guard), args=[guard.head, guard.value, record])
+        reply = self._append_at(keys=self._guard_keys(guard), args=[*self._guard_args(guard), record])
         return (int(reply[0]), []) if reply[0] > 0 else (None, self._unseen(reply))
 
     def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
@@ -197,11 +198,15 @@ class RedisBackend(Backend):
         if guard is None:
             self._write(keys=keys, args=args)
             return True, []
-        reply = self._write_at(keys=[*self._guard_keys(guard), *keys], args=[guard.head, guard.value, *args])
+        reply = self._write_at(keys=[*self._guard_keys(guard), *keys], args=[*self._guard_args(guard), *args])
         return (True, []) if reply[0] > 0 else (False, self._unseen(reply))
 
     def _guard_keys(self, guard: Guard) -> list[str]:
         return [*self._logs(guard.log), self._k(guard.key)]
+
+    @staticmethod
+    def _guard_args(guard: Guard) -> list[Any]:
+        return ["" if guard.head is None else guard.head, guard.value]
 
     @staticmethod
     def _unseen(reply: list) -> Records:

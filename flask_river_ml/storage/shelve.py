@@ -168,7 +168,7 @@ class ShelveBackend(Backend):
                 ).fetchone()
                 if value is None or bytes(value) != guard.value:
                     return False, []
-                if (head or 0) != guard.head:
+                if guard.head is not None and (head or 0) != guard.head:
                     return False, self.read(guard.log, guard.head)
             for key, value, ttl in writes.sets:
                 self._write_value(db, key, value, ttl)
@@ -200,8 +200,9 @@ class ShelveBackend(Backend):
         row = (
             self._db()
             .execute(
-                "INSERT INTO log (name, seq, record) SELECT ?1, ?3 + 1, ?2 "
-                "WHERE COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) = ?3 "
+                "INSERT INTO log (name, seq, record) SELECT ?1, head + 1, ?2 "
+                "FROM (SELECT COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) AS head) "
+                "WHERE (?3 IS NULL OR head = ?3) "
                 f"AND EXISTS (SELECT 1 FROM kv WHERE key = ?4 AND value = ?5 AND {_LIVE.replace('?', '?6')}) "
                 "RETURNING seq",
                 (guard.log, record, guard.head, guard.key, guard.value, time.time()),
@@ -210,7 +211,7 @@ class ShelveBackend(Backend):
         )
         if row is not None:
             return int(row[0]), []
-        if self.get(guard.key) != guard.value:
+        if guard.head is None or self.get(guard.key) != guard.value:
             return None, []
         return None, self.read(guard.log, guard.head)
 
