@@ -99,6 +99,8 @@ def _meta(flavor: str, generation: int) -> bytes:
 #: How many times a request decides again, after its first try found the log moved on or
 #: later ones found the model replaced, before it answers Busy.
 _GUARDED_TRIES = 5
+#: How many snapshots one catch-up loads, while others trim the log past it, before it gives up.
+_RELOADS = 5
 _Decision = TypeVar("_Decision")
 _Written = TypeVar("_Written")
 #: How long a change of a model waits for another one to finish.
@@ -232,11 +234,17 @@ class Engine:
                 records = [record for record in records if record[0] > replica.seq]
             if records is None or (records and records[0][0] != replica.seq + 1):
                 records = self.backend.read(_log(name), replica.seq)
+            reloads = 0
             while records and records[0][0] != replica.seq + 1:
                 # The log was trimmed past this replica by a snapshot: start from that snapshot.
                 # Again if another snapshot trimmed further while this one was being read.
+                if reloads == _RELOADS:
+                    # A log that does not continue its snapshot (a store restored in part):
+                    # answering beats reloading forever.
+                    raise Busy(f"The log of model '{name}' does not continue from its snapshot yet; try again.")
                 self._reload(name, replica)
                 records = self.backend.read(_log(name), replica.seq)
+                reloads += 1
             for seq, blob in records:
                 x, y, value, label, proba = self.codec.loads(blob)
                 try:

@@ -495,3 +495,22 @@ def test_predict_on_a_replica_behind_the_log_predicts_again(make_app, store):
         local.learn_one(x, y)
     with second.app_context():
         assert river_ml.stats(name)["predict"]["n_calls"] == 20
+
+
+def test_a_log_that_skips_past_its_snapshot_answers_busy(make_app, tmp_path):
+    """A store whose log does not continue from the model's snapshot (restored in part, say)
+    makes a request answer Busy instead of reloading the snapshot forever."""
+    from flask_river_ml import Busy
+
+    instance = tmp_path / "shared"
+    river_ml = FlaskRiverML()
+    first = make_app(instance_path=instance)
+    samples = list(datasets.TrumpApproval().take(5))
+    with first.app_context():
+        name = river_ml.add_model(linear_model_pipeline(), "regression")
+        for x, y in samples:
+            river_ml.learn(name, ground_truth=y, features=x)
+        FlaskRiverML.state(first).backend.trim(f"log:{name}", 4)  # records 1-3 gone, snapshot at 0
+    second = make_app(instance_path=instance)
+    with second.app_context(), pytest.raises(Busy):
+        river_ml.predict(samples[0][0], name)
