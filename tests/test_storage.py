@@ -386,3 +386,24 @@ def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch)
         pass
     holder.close()
     other.close()
+
+
+def test_redis_append_without_its_head_gives_out_no_number(redis_prefix):
+    """A log whose head key was lost (evicted) refuses appends rather than number a record
+    that is not there; the head stays where it was."""
+    import redis
+
+    backend = redis_backend(redis_prefix)
+    backend.set("model", b"g")
+    assert backend.append("log", b"a") == 1
+    assert backend.append_at(b"b", Guard("log", 1, "model", b"g")) == (2, [])
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(redis_prefix + "h:log")
+    with pytest.raises(redis.ResponseError):
+        backend.append("log", b"c")
+    with pytest.raises(redis.ResponseError):
+        backend.append_at(b"c", Guard("log", None, "model", b"g"))
+    assert client.get(redis_prefix + "h:log") is None
+    assert backend.read("log") == [(1, b"a"), (2, b"b")]
+    client.close()
+    backend.close()

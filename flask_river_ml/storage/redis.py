@@ -27,11 +27,14 @@ from redis.exceptions import LockError, WatchError
 
 from .base import Backend, Guard, ListenerCheck, Records, Writes
 
-_APPEND = """
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[1])
-return seq
+# XADD before the head moves: a script that fails halfway keeps what it wrote, and a record
+# number must never be given out without its record.
+_NEXT = """
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[%d])
+redis.call('SET', KEYS[2], seq)
 """
+_APPEND = (_NEXT % 1) + "return seq"
 # A guard (storage.base.Guard): KEYS[1] the log's stream, KEYS[2] its head, KEYS[3] the
 # guarded key; ARGV[1] the head the writer saw ('' when not checked), ARGV[2] the value it
 # saw. It returns {0, entries after that head} when the log moved on, {-1} when the value
@@ -45,14 +48,7 @@ if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARG
 end
 """
 # ARGV[3]: the record. {number} when written.
-_APPEND_AT = (
-    _GUARD
-    + """
-local seq = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[3])
-return {seq}
-"""
-)
+_APPEND_AT = _GUARD + (_NEXT % 3) + "return {seq}"
 # write(k, a) makes a storage.base.Writes given after KEYS[k] and ARGV[a]: the keys to set,
 # then the timings' keys; the number of sets, then per set its value and time to live in
 # milliseconds (0: none), per timing its value and alpha.
