@@ -32,6 +32,16 @@ class Guard:
     key: str
     value: bytes
 
+    def check(self, value: bytes | None, head: int, read: Callable[[str, int], Records]) -> tuple[bool, Records]:
+        """Whether the guard holds on a store where its key holds ``value`` and its log ends
+        at ``head``, as :meth:`Backend.write` answers: when the log moved on, the records the
+        writer had not seen, through ``read``."""
+        if value != self.value:
+            return False, []
+        if self.head is not None and head != self.head:
+            return False, read(self.log, self.head)
+        return True, []
+
 
 @dataclass
 class Writes:

@@ -96,11 +96,7 @@ class MemoryBackend(Backend):
             return seq
 
     def _check(self, guard: Guard) -> tuple[bool, Records]:
-        if self._live(guard.key) != guard.value:
-            return False, []
-        if guard.head is not None and self._heads.get(guard.log, 0) != guard.head:
-            return False, self.read(guard.log, guard.head)
-        return True, []
+        return guard.check(self._live(guard.key), self._heads.get(guard.log, 0), self.read)
 
     def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
         with self._mutex:

@@ -161,15 +161,9 @@ class ShelveBackend(Backend):
         with self._transaction() as db:
             if guard is not None:
                 # The transaction holds the write lock: the guard cannot change before COMMIT.
-                value, head = db.execute(
-                    f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
-                    "(SELECT seq FROM heads WHERE name = ?2)",
-                    (guard.key, guard.log, time.time()),
-                ).fetchone()
-                if value is None or bytes(value) != guard.value:
-                    return False, []
-                if guard.head is not None and (head or 0) != guard.head:
-                    return False, self.read(guard.log, guard.head)
+                holds, unseen = self._check(db, guard)
+                if not holds:
+                    return False, unseen
             for key, value, ttl in writes.sets:
                 self._write_value(db, key, value, ttl)
             for key, duration, alpha in writes.observes:
@@ -211,9 +205,16 @@ class ShelveBackend(Backend):
         )
         if row is not None:
             return int(row[0]), []
-        if guard.head is None or self.get(guard.key) != guard.value:
-            return None, []
-        return None, self.read(guard.log, guard.head)
+        # Why not: what the guard finds now (as good as then, to a writer that decides again).
+        return None, self._check(self._db(), guard)[1]
+
+    def _check(self, db: sqlite3.Connection, guard: Guard) -> tuple[bool, Records]:
+        value, head = db.execute(
+            f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
+            "(SELECT seq FROM heads WHERE name = ?2)",
+            (guard.key, guard.log, time.time()),
+        ).fetchone()
+        return guard.check(None if value is None else bytes(value), head or 0, self.read)
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         rows = self._db().execute(
