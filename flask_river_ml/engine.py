@@ -168,8 +168,7 @@ class Engine:
 
     def current_metrics(self, name: str) -> dict[str, Any]:
         """The metrics of this process's replica as they are, without asking the store."""
-        with self._mutex:
-            replica = self._replicas.get(name)
+        replica = self._held(name)
         if replica is None:
             return {}
         with replica.lock:
@@ -190,8 +189,7 @@ class Engine:
 
     def replica(self, name: str) -> Replica:
         """This process's replica of ``name``, up to date with the log."""
-        with self._mutex:
-            replica = self._replicas.get(name)
+        replica = self._held(name)
         # The model key and the log tail in one round trip: most requests need nothing more.
         raw, tail = self.backend.peek(meta_key(name), _log(name), 0 if replica is None else replica.seq)
         records: list[tuple[int, bytes]] | None = tail
@@ -203,6 +201,11 @@ class Engine:
             replica, records = self._load(name), None
         self._catch_up(name, replica, records)
         return replica
+
+    def _held(self, name: str) -> Replica | None:
+        """This process's replica of ``name`` as it is, if it has one."""
+        with self._mutex:
+            return self._replicas.get(name)
 
     def _load(self, name: str) -> Replica:
         blob = self.backend.get(_snapshot_key(name))
@@ -356,11 +359,8 @@ class Engine:
         racing writers never make each other wait for long. A decision refused by a replica
         not checked against the store is made again on a fresh one before it is believed.
         """
-        with self._mutex:
-            replica = self._replicas.get(name)
-        fresh = replica is None
-        if replica is None:
-            replica = self.replica(name)
+        held = self._held(name)
+        replica, fresh = (self.replica(name), True) if held is None else (held, False)
         for attempt in range(_GUARDED_TRIES):
             try:
                 with replica.lock:
