@@ -7,12 +7,14 @@ follows.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
 from flask import Flask, current_app, g, request, url_for
 
 from .auth import Unauthorized
+from .errors import Forbidden
 from .settings import EXTENSION_KEY
 
 
@@ -63,6 +65,37 @@ def require_user() -> None:
     """Raise :class:`Unauthorized` (why, if a token was refused) unless a user is known."""
     if current_user() is None:
         raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+
+
+def require_scope(scope: str) -> None:
+    """Raise :class:`Unauthorized` unless a user is known (see :func:`require_user`)."""
+    require_user()
+
+
+def check_pickle_upload() -> None:
+    """Raise :class:`Forbidden` unless this request may upload a pickle.
+
+    A protected upload view has checked the manage scope already. Otherwise
+    RIVER_ML_UPLOAD_PICKLES decides: loopback clients only (the address is the one werkzeug
+    sees: behind a reverse proxy, wrap the app in ``ProxyFix``), or any client.
+    """
+    settings = state().settings
+    if not settings["RIVER_ML_DISABLE_AUTHENTICATION"] and "model" in settings["RIVER_ML_AUTHENTICATED_VIEWS"]:
+        return
+    if settings["RIVER_ML_UPLOAD_PICKLES"] == "any" or _is_loopback(request.remote_addr):
+        return
+    raise Forbidden(
+        f"Pickle uploads are accepted from loopback clients only, and {request.remote_addr} is not one "
+        "(RIVER_ML_UPLOAD_PICKLES = 'loopback'). Create the model from a JSON description instead, "
+        "or set RIVER_ML_UPLOAD_PICKLES = 'any' on a closed network."
+    )
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def rate_limit_key() -> str:

@@ -13,6 +13,8 @@ class RiverMLError(Exception):
 
     #: The HTTP status that the blueprint answers this error with.
     status: int = 400
+    #: Headers the blueprint adds to that answer (``Retry-After`` on a 503).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -61,6 +63,16 @@ class IdentifierNotFound(RiverMLError):
     """No prediction waits for a label under this identifier and model (or it expired)."""
 
 
+class InvalidSpec(InvalidInput):
+    """A JSON description of a model names a class or a parameter that cannot be built."""
+
+
+class Forbidden(RiverMLError):
+    """The caller is known but may not do this (a missing scope, a pickle from afar)."""
+
+    status = 403
+
+
 class ModelFailed(RiverMLError):
     """The model raised while predicting or learning from the given sample."""
 
@@ -69,6 +81,14 @@ class Busy(RiverMLError):
     """Another change of the same model holds its lock; try again shortly."""
 
     status = 503
+    headers = {"Retry-After": "1"}
+
+
+class StoreUnavailable(RiverMLError):
+    """The storage backend cannot be reached or written; the server recovers once it is back."""
+
+    status = 503
+    headers = {"Retry-After": "2"}
 
 
 class TamperedData(RiverMLError):
@@ -80,14 +100,17 @@ class TamperedData(RiverMLError):
 __all__ = [
     "Busy",
     "ConfigurationError",
+    "Forbidden",
     "IdentifierNotFound",
     "IncompatibleModel",
     "InvalidFlavor",
     "InvalidInput",
+    "InvalidSpec",
     "ModelExists",
     "ModelFailed",
     "ModelNotFound",
     "RiverMLError",
+    "StoreUnavailable",
     "TamperedData",
     "UnsafePickle",
 ]

@@ -84,6 +84,7 @@ class FlaskRiverML:
             generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
             identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
             unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
+            upload_max_bytes=values["RIVER_ML_UPLOAD_MAX_BYTES"],
         )
         auth = Auth(backend, values["RIVER_ML_JWT_SECRET_KEY"], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
         state = State(values, backend, engine, service, auth, self)
@@ -145,7 +146,13 @@ class FlaskRiverML:
         return self.service.models()
 
     def add_model(self, model: Any, flavor: str, name: str | None = None) -> str:
-        """Store ``model`` to be served as ``flavor``; its name (generated when None)."""
+        """Store ``model`` to be served as ``flavor``; its name (generated when None).
+
+        ``model`` is an estimator, or a JSON description of one (a dict, as the HTTP API
+        takes it: see ``docs/models.md``), built with river's own constructors.
+        """
+        if isinstance(model, dict):
+            return self.service.create(model, flavor, name)
         return self.service.add_model(model, flavor, name)
 
     def delete_model(self, name: str) -> bool:

@@ -18,8 +18,10 @@ from .encoding import model_params
 from .engine import Engine, meta_key
 from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelFailed, ModelNotFound, UnsafePickle
 from .events import Events
-from .flavors import Scored, get_flavor, metric_values
+from .flavors import Flavor, Scored, get_flavor, metric_values
 from .names import check_name, generate_name
+from .payloads import check_depth
+from .spec import build
 from .storage.base import Writes
 from .unpickle import safe_loads
 
@@ -33,6 +35,7 @@ def _identifier_key(name: str, identifier: str) -> str:
 def _check_features(features: Any) -> dict:
     if not isinstance(features, dict):
         raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
+    check_depth(features, "features")
     return features
 
 
@@ -55,6 +58,7 @@ class Service:
         generate_identifiers: bool,
         identifier_ttl: int,
         unpickle_allowed_modules: list[str],
+        upload_max_bytes: int,
     ) -> None:
         self.engine = engine
         self.events = Events(engine.backend)
@@ -62,6 +66,7 @@ class Service:
         self.generate_identifiers = generate_identifiers
         self.identifier_ttl = identifier_ttl
         self.unpickle_allowed_modules = unpickle_allowed_modules
+        self.upload_max_bytes = upload_max_bytes
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -78,14 +83,16 @@ class Service:
         self.engine.create(check_name(name), model, chosen)
         return name
 
+    def create(self, description: Any, flavor: str, name: str | None = None) -> str:
+        """Build a model from its JSON description with river's constructors and store it;
+        nothing is unpickled. The flavor and name are checked before anything is built."""
+        chosen = self._check_new(flavor, name)
+        return self.add_model(build(description, self.unpickle_allowed_modules), chosen.name, name)
+
     def upload(self, data: bytes, flavor: str, name: str | None = None) -> str:
         """Store an uploaded pickle; the flavor and name are checked before anything is loaded."""
-        chosen = get_flavor(flavor)
-        if name is not None:
-            check_name(name)
-            if self.backend.get(meta_key(name)) is not None:
-                raise ModelExists(f"A model named '{name}' exists already; delete it first.")
-        model = safe_loads(data, self.unpickle_allowed_modules)
+        chosen = self._check_new(flavor, name)
+        model = safe_loads(data, self.unpickle_allowed_modules, self.upload_max_bytes)
         # The server pickles the model again for its snapshots: that pickle must name nothing
         # outside the safe list either, whatever the upload's objects do when pickled.
         try:
@@ -93,6 +100,15 @@ class Service:
         except (pickle.PicklingError, TypeError, AttributeError, UnsafePickle) as error:
             raise UnsafePickle(f"The uploaded model does not pickle back to the safe list: {error}") from None
         return self.add_model(model, chosen.name, name)
+
+    def _check_new(self, flavor: str, name: str | None) -> Flavor:
+        """The flavor of a model about to be added under ``name``, once both are known good."""
+        chosen = get_flavor(flavor)
+        if name is not None:
+            check_name(name)
+            if self.backend.get(meta_key(name)) is not None:
+                raise ModelExists(f"A model named '{name}' exists already; delete it first.")
+        return chosen
 
     def download(self, name: str) -> bytes:
         """A dill pickle of the model, what riverapi's download_model saves."""

@@ -39,6 +39,8 @@ VIEWS = (
     "dashboard",
 )
 _PUBLIC_VIEWS = ("service_info", "auth_token")
+#: The values of RIVER_ML_UPLOAD_PICKLES.
+UPLOAD_PICKLES = ("loopback", "any")
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -144,6 +146,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "API_VIEWS_ENABLED": ([], _names(VIEWS)),
     "UPLOAD_MAX_BYTES": (256 * 1024 * 1024, _integer(1)),
     "UNPICKLE_ALLOWED_MODULES": ([], _names()),
+    # New: who may upload a pickle while authentication is off: "loopback" clients only, or
+    # "any" client (a closed network). With authentication on, users with the manage scope.
+    "UPLOAD_PICKLES": ("loopback", _one_of(UPLOAD_PICKLES)),
     # New: a model's log is folded into a snapshot every this many learn and label records.
     "SNAPSHOT_EVERY": (1000, _integer(1)),
     # New: an idle stream sends a comment this often, which also notices closed clients.

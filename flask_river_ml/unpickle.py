@@ -237,7 +237,7 @@ def _numpy_value_type(obj: Any) -> bool:
     )
 
 
-def safe_loads(data: bytes, allowed_modules: Iterable[str] = ()) -> Any:
+def safe_loads(data: bytes, allowed_modules: Iterable[str] = (), max_bytes: int | None = None) -> Any:
     """Unpickle an uploaded model, resolving only the safe list (see the module docstring)."""
     try:
         return SafeUnpickler(io.BytesIO(data), allowed_modules).load()

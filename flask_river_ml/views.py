@@ -17,11 +17,12 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BuildError
 
-from .access import challenge, require_user, state
+from .access import challenge, check_pickle_upload, require_scope, state
 from .auth import Unauthorized
 from .encoding import jsonable
-from .errors import Busy, InvalidInput, RiverMLError
+from .errors import InvalidInput, RiverMLError
 from .events import EVENTS, METRICS, sse
+from .payloads import parse_json
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
 from .settings import VIEWS
@@ -44,13 +45,10 @@ def _json(data: Any, status: int = 200) -> Response:
 
 def _body() -> dict[str, Any]:
     """The JSON object in the body, ``{}`` for an empty body."""
-    if not request.get_data(cache=True):
+    data = request.get_data(cache=True)
+    if not data:
         return {}
-    try:
-        payload = request.get_json(force=True, silent=True)
-    except RecursionError:
-        # silent=True covers malformed JSON, not JSON nested deeper than the parser goes.
-        payload = None
+    payload = parse_json(data)
     if not isinstance(payload, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return payload
@@ -99,6 +97,13 @@ def auth_token() -> Response:
 
 
 def upload(flavor: str, name: str | None = None) -> Response:
+    """A model from a JSON description (nothing is unpickled), or from a pickle, which only
+    the clients RIVER_ML_UPLOAD_PICKLES names (or users with the manage scope) may send."""
+    # Told apart by content, not Content-Type: riverapi sends pickles with none, other
+    # clients with any. No pickle opcode is "{" or "[".
+    if request.get_data(cache=True).lstrip()[:1] in (b"{", b"["):
+        return _json({"name": _service().create(_body(), flavor, name)}, 201)
+    check_pickle_upload()
     return _json({"name": _service().upload(request.get_data(cache=False), flavor, name)}, 201)
 
 
@@ -216,44 +221,50 @@ def stats() -> Response:
     return _json(_service().stats(_model_name()))
 
 
-#: rule -> (view name, {method: handler}). A view name is what API_VIEWS_ENABLED and
-#: AUTHENTICATED_VIEWS refer to.
-ROUTES: list[tuple[str, str, dict[str, Handler]]] = [
-    ("/", "service_info", {"GET": service_info}),
-    ("/auth/token/", "auth_token", {"GET": auth_token}),
-    ("/models/", "models", {"GET": models}),
-    ("/model/", "model", {"DELETE": delete_model}),
+#: The scopes a user's token may carry: what each lets its holder do.
+PREDICT, LEARN, MANAGE = "predict", "learn", "manage"
+#: rule -> (view name, {method: (handler, scope)}). A view name is what API_VIEWS_ENABLED and
+#: AUTHENTICATED_VIEWS refer to; the scope is what a token needs when the view is protected.
+ROUTES: list[tuple[str, str, dict[str, tuple[Handler, str]]]] = [
+    ("/", "service_info", {"GET": (service_info, PREDICT)}),
+    ("/auth/token/", "auth_token", {"GET": (auth_token, PREDICT)}),
+    ("/models/", "models", {"GET": (models, PREDICT)}),
+    ("/model/", "model", {"DELETE": (delete_model, MANAGE)}),
     (
         "/model/<name>/",
         "model",
-        {"GET": model_json, "DELETE": delete_model, "POST": lambda name: upload(flavor=name)},
+        {
+            "GET": (model_json, PREDICT),
+            "DELETE": (delete_model, MANAGE),
+            "POST": (lambda name: upload(flavor=name), MANAGE),
+        },
     ),
-    ("/model/<flavor>/<name>/", "model", {"POST": upload}),
-    ("/model/download/<name>/", "model_download", {"GET": download}),
-    ("/learn/", "learn", {"POST": learn}),
-    ("/predict/", "predict", {"POST": predict}),
-    ("/label/", "label", {"POST": label}),
-    ("/metrics/", "metrics", {"GET": metrics}),
-    ("/stats/", "stats", {"GET": stats}),
-    ("/stream/events/", "stream_events", {"GET": stream_events}),
-    ("/stream/metrics/", "stream_metrics", {"GET": stream_metrics}),
-    ("/dashboard/", "dashboard", {"GET": dashboard}),
-    ("/dashboard/data/", "dashboard", {"GET": dashboard_data}),
+    ("/model/<flavor>/<name>/", "model", {"POST": (upload, MANAGE)}),
+    ("/model/download/<name>/", "model_download", {"GET": (download, MANAGE)}),
+    ("/learn/", "learn", {"POST": (learn, LEARN)}),
+    ("/predict/", "predict", {"POST": (predict, PREDICT)}),
+    ("/label/", "label", {"POST": (label, LEARN)}),
+    ("/metrics/", "metrics", {"GET": (metrics, PREDICT)}),
+    ("/stats/", "stats", {"GET": (stats, PREDICT)}),
+    ("/stream/events/", "stream_events", {"GET": (stream_events, PREDICT)}),
+    ("/stream/metrics/", "stream_metrics", {"GET": (stream_metrics, PREDICT)}),
+    ("/dashboard/", "dashboard", {"GET": (dashboard, PREDICT)}),
+    ("/dashboard/data/", "dashboard", {"GET": (dashboard_data, PREDICT)}),
 ]
 #: Rules that never need a token: the dashboard's page holds no data and asks for one.
 _OPEN_RULES = ("/dashboard/",)
 
 
-def _dispatch(handlers: dict[str, Handler], protected: bool) -> Handler:
+def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
     def view(**kwargs: Any) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
-        handler = handlers.get(method)
-        if handler is None:
+        if method not in handlers:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
+        handler, scope = handlers[method]
         if protected:
-            require_user()
+            require_scope(scope)
         return handler(**kwargs)
 
     return view
@@ -272,10 +283,9 @@ def _prefix_root() -> str:
 
 def _package_error(error: RiverMLError) -> Response:
     response = _json({"message": error.message}, error.status)
+    response.headers.update(error.headers)
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = challenge()
-    if isinstance(error, Busy):
-        response.headers["Retry-After"] = "1"
     return response
 
 

@@ -1,0 +1,57 @@
+"""Bounds on what a request may carry, whoever sends it (a JSON body or an in-process call).
+
+JSON as Python parses it accepts ``NaN`` and ``Infinity`` and nests as deep as the parser's
+recursion goes; a model fed a NaN may stay broken for good (its metrics at ``nan``), and a
+value nested hundreds deep overflows the stack of whatever walks it next (the record's
+pickler). Both are refused here, with a message that says what to send instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import InvalidInput
+
+#: How deep a payload may nest objects and arrays (a flat ``features`` object is depth 2).
+MAX_DEPTH = 16
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # A literal too large for a float (1e999) reads as infinity.
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number; send null or a finite number")
+
+
+def parse_json(data: bytes) -> Any:
+    """The JSON value in ``data``; :class:`InvalidInput` when it is malformed, holds a
+    non-finite number or nests deeper than :data:`MAX_DEPTH`."""
+    try:
+        value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidInput(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidInput(f"The request body is not valid JSON: {error}.") from None
+    check_depth(value, "The request body")
+    return value
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Raise :class:`InvalidInput` when ``value`` nests dicts, lists or tuples deeper than
+    :data:`MAX_DEPTH`; iterative, so a deep value cannot overflow the stack here."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels; send flatter values.")
+        pending.extend((child, depth + 1) for child in children)
