@@ -7,6 +7,18 @@ HTTP layer and in-process callers see the same failures.
 
 from __future__ import annotations
 
+#: What model code may raise that is the interpreter's, not the model's: a worker asked to
+#: stop. Everything else it raises, a Rust panic (a BaseException) included, is the model's
+#: failure and is caught::
+#:
+#:     try:
+#:         model.learn_one(x, y)
+#:     except INTERPRETER_EXITS:
+#:         raise
+#:     except BaseException as error:
+#:         ...
+INTERPRETER_EXITS = (SystemExit, KeyboardInterrupt, GeneratorExit)
+
 
 class RiverMLError(Exception):
     """The base of every flask-river-ml error."""
