@@ -1,0 +1,119 @@
+"""What a request may carry: no NaN or Infinity in any JSON body, no deep nesting, over HTTP and
+in process; a refused request changes nothing stored."""
+
+from __future__ import annotations
+
+import dill
+import pytest
+from river import datasets, linear_model, preprocessing
+
+from flask_river_ml import FlaskRiverML, InvalidInput
+from flask_river_ml.payloads import MAX_DEPTH
+
+MODEL = "served"
+SAMPLES = list(datasets.TrumpApproval().take(5))
+X, Y = SAMPLES[0]
+_NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]
+
+
+@pytest.fixture
+def client(app):
+    """An app on each embedded backend with a regressor trained on SAMPLES, and a waiting prediction."""
+    client = app.test_client()
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    assert client.post(f"/api/model/regression/{MODEL}/", data=dill.dumps(model)).status_code == 201
+    for x, y in SAMPLES:
+        assert client.post("/api/learn/", json={"model": MODEL, "features": x, "ground_truth": y}).status_code == 201
+    waiting = {"model": MODEL, "features": X, "identifier": "waiting"}
+    assert client.post("/api/predict/", json=waiting).status_code == 201
+    return client
+
+
+def _state(client) -> tuple:
+    """What a refused request must leave as it was: the prediction, the metrics, the stats' counts."""
+    prediction = client.post("/api/predict/", json={"model": MODEL, "features": X}).get_json()["prediction"]
+    stats = client.get("/api/stats/", query_string={"model": MODEL}).get_json()
+    metrics = client.get("/api/metrics/", query_string={"model": MODEL}).get_json()
+    return prediction, metrics, stats["learn"]["n_calls"]
+
+
+#: (method, route, raw body): ``@`` marks each place a number can go.
+_BODIES = [
+    ("POST", "/api/learn/", '{"model": "served", "features": {"ordinal_date": @}, "ground_truth": 1.0}'),
+    ("POST", "/api/learn/", '{"model": "served", "features": {"ordinal_date": 1.0}, "ground_truth": @}'),
+    ("POST", "/api/learn/", '{"model": "served", "features": {"a": 1.0}, "ground_truth": 1, "prediction": @}'),
+    ("POST", "/api/learn/", '{"model": "served", "identifier": "waiting", "ground_truth": @}'),
+    ("POST", "/api/predict/", '{"model": "served", "features": {"ordinal_date": @}}'),
+    ("POST", "/api/predict/", '{"model": "served", "features": {"a": [1, {"b": @}]}}'),
+    ("POST", "/api/label/", '{"model": "served", "identifier": "waiting", "label": @}'),
+    ("GET", "/api/metrics/", '{"model": "served", "x": @}'),
+    ("POST", "/api/model/regression/other/", '{"class": "river.linear_model.LinearRegression", "l2": @}'),
+]
+
+
+@pytest.mark.parametrize("constant", _NON_FINITE)
+def test_non_finite_numbers_are_refused_everywhere(client, constant):
+    """NaN, Infinity, -Infinity and numbers too large for a float answer 400 saying so; nothing changes."""
+    before = _state(client)
+    for method, route, body in _BODIES:
+        body = body.replace("@", constant)
+        response = client.open(route, method=method, data=body, content_type="application/json")
+        assert response.status_code == 400, (route, body, response.data[:300])
+        message = response.get_json()["message"]
+        assert "not valid JSON" in message and ("not a JSON number" in message or "out of range" in message), message
+    assert _state(client) == before
+    assert client.get("/api/models/").get_json() == {"models": [MODEL]}
+    # The waiting prediction is still there for a good label.
+    assert client.post("/api/label/", json={"model": MODEL, "identifier": "waiting", "label": Y}).status_code == 200
+
+
+def _nested(depth: int) -> dict:
+    value: object = 1.0
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH, 900, 100_000])
+def test_features_nested_deeper_than_the_bound_are_refused(client, depth):
+    """Features nested 900 or 100,000 deep answer 400 naming the bound; nothing changes."""
+    before = _state(client)
+    # Built as text: json.dumps itself cannot nest 100,000 deep.
+    features = '{"a": ' * depth + "1.0" + "}" * depth
+    bodies = {
+        "/api/learn/": '{"model": "served", "ground_truth": 1.0, "features": @}',
+        "/api/predict/": '{"model": "served", "features": @}',
+    }
+    for route, body in bodies.items():
+        response = client.post(route, data=body.replace("@", features), content_type="application/json")
+        assert response.status_code == 400, response.data[:300]
+        assert f"deeper than {MAX_DEPTH}" in response.get_json()["message"]
+    assert _state(client) == before
+
+
+def test_nesting_within_the_bound_reaches_the_model(client):
+    """A payload exactly at the bound passes the parser: the model itself answers (it cannot use a dict)."""
+    features = _nested(MAX_DEPTH - 1)
+    response = client.post("/api/predict/", json={"model": MODEL, "features": {"ordinal_date": features}})
+    assert response.status_code in (200, 201, 400), response.data[:300]
+    assert f"deeper than {MAX_DEPTH}" not in (response.get_json() or {}).get("message", "")
+
+
+def test_deep_features_in_process_are_refused(app):
+    """In process, features nested deeper than the bound raise InvalidInput before anything is written."""
+    river_ml = FlaskRiverML()
+    name = river_ml.add_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression")
+    deep = {"a": _nested(MAX_DEPTH + 5)}
+    with pytest.raises(InvalidInput, match=f"deeper than {MAX_DEPTH}"):
+        river_ml.learn(name, ground_truth=1.0, features=deep)
+    with pytest.raises(InvalidInput, match=f"deeper than {MAX_DEPTH}"):
+        river_ml.predict(deep, name)
+    assert river_ml.stats(name)["learn"]["n_calls"] == 0
+
+
+def test_a_json_array_upload_is_400(client):
+    """A body that is JSON but not an object is neither a description nor a pickle: 400."""
+    response = client.post("/api/model/regression/other/", data="[1, 2]")
+    assert response.status_code == 400
+    assert "JSON object" in response.get_json()["message"]
+    assert client.get("/api/models/").get_json() == {"models": [MODEL]}
