@@ -16,7 +16,7 @@ import dill
 from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
-from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelFailed, ModelNotFound, UnsafePickle
+from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelNotFound, UnsafePickle
 from .events import Events
 from .flavors import Flavor, Scored, get_flavor, metric_values
 from .names import check_name, generate_name
@@ -257,8 +257,9 @@ class Service:
         scored = Scored(value, label, proba)
         try:
             self.engine.learn(name, features, y, scored=scored)
-        except ModelFailed:
-            # The model refused the sample: the prediction keeps waiting for a usable label.
+        except BaseException:
+            # A learn answered with an error was not stored (the model refused the sample,
+            # the store was busy or away): the prediction keeps waiting for the retry.
             self.backend.add(key, blob, self.identifier_ttl)
             raise
         return features, scored

@@ -8,6 +8,7 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from werkzeug.routing import BuildError
 from .access import challenge, check_pickle_upload, require_scope, state
 from .auth import Unauthorized
 from .encoding import jsonable
-from .errors import InvalidInput, RiverMLError
+from .errors import Forbidden, InvalidInput, RiverMLError, UnsafePickle
 from .events import EVENTS, METRICS, sse
 from .payloads import parse_json
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
@@ -28,6 +29,7 @@ from .service import Service
 from .settings import VIEWS
 from .version import __version__
 
+logger = logging.getLogger(__name__)
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
 _LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
@@ -103,8 +105,13 @@ def upload(flavor: str, name: str | None = None) -> Response:
     # clients with any. No pickle opcode is "{" or "[".
     if request.get_data(cache=True).lstrip()[:1] in (b"{", b"["):
         return _json({"name": _service().create(_body(), flavor, name)}, 201)
-    check_pickle_upload()
-    return _json({"name": _service().upload(request.get_data(cache=False), flavor, name)}, 201)
+    try:
+        check_pickle_upload()
+        stored = _service().upload(request.get_data(cache=False), flavor, name)
+    except (Forbidden, UnsafePickle) as error:
+        logger.warning("Refused a pickle upload from %s: %s", request.remote_addr, error.message)
+        raise
+    return _json({"name": stored}, 201)
 
 
 def model_json(name: str) -> Response:

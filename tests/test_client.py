@@ -7,11 +7,13 @@ from river import datasets, linear_model, preprocessing
 
 import flask_river_ml
 from flask_river_ml import (
+    Busy,
     IdentifierNotFound,
     InvalidInput,
     ModelExists,
     ModelNotFound,
     RiverMLError,
+    StoreUnavailable,
 )
 from flask_river_ml.names import NAME_PATTERN
 from flask_river_ml.stats import humanize_ns
@@ -186,3 +188,30 @@ def test_supervised_flavors_refuse_a_learn_without_ground_truth(river_ml):
         river_ml.learn(name, features={"x": 1.0})
     assert river_ml.state().backend.read(f"log:{name}") == []
     assert river_ml.stats(name)["learn"]["n_calls"] == 0
+
+
+@pytest.mark.parametrize("failure", [Busy("busy"), StoreUnavailable("away"), RuntimeError("unexpected")])
+def test_a_label_that_fails_keeps_its_prediction_waiting(river_ml, monkeypatch, failure):
+    """A label answered with an error was not learnt: its prediction keeps waiting, so the
+    client's retry finds it and is learnt once."""
+    name = river_ml.add_model(regressor(), "regression")
+    samples = trained(river_ml, name, 5)
+    x, y = samples[0]
+    identifier = river_ml.predict(x, name)["identifier"]
+    service = river_ml.service
+    learn = service.engine.learn
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(service.engine, "learn", learn)
+        raise failure
+
+    monkeypatch.setattr(service.engine, "learn", fail_once)
+    with pytest.raises(type(failure)):
+        river_ml.label(y, identifier, name)
+    assert river_ml.label(y, identifier, name) == "Successful label."
+    with pytest.raises(IdentifierNotFound):
+        river_ml.label(y, identifier, name)
+    local = regressor()
+    for sample_x, sample_y in [*samples, (x, y)]:
+        local.learn_one(sample_x, sample_y)
+    assert river_ml.predict(x, name)["prediction"] == local.predict_one(x)
