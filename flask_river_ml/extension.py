@@ -17,7 +17,6 @@ from .auth import Auth, CredentialsCheck
 from .cli import river_ml_cli
 from .engine import Engine
 from .errors import ConfigurationError
-from .keys import KeyCheck
 from .serialization import Codec
 from .service import Service
 from .settings import EXTENSION_KEY
@@ -36,7 +35,7 @@ class State:
     auth: Auth
     extension: FlaskRiverML
     #: Whether this host's keys agree with the store's; nothing is served until they do.
-    keys: KeyCheck
+    keys: keys.KeyCheck
 
     def close(self) -> None:
         """Snapshot what changed since the last snapshots and release the store."""
@@ -90,7 +89,8 @@ class FlaskRiverML:
         backend = create_backend(values)
         # The token key matters only where tokens are issued: hosts with authentication off may
         # each keep their own.
-        check = KeyCheck(backend, [blob_key] if values["RIVER_ML_DISABLE_AUTHENTICATION"] else [blob_key, token_key])
+        checked = [blob_key] if values["RIVER_ML_DISABLE_AUTHENTICATION"] else [blob_key, token_key]
+        check = keys.KeyCheck(backend, checked)
         try:
             check.start()
         except BaseException:
