@@ -10,7 +10,7 @@ from typing import Any
 import dill
 from flask import Flask
 
-from . import access, limits
+from . import access, keys, limits
 from . import settings as settings_module
 from .access import rate_limit_key
 from .auth import Auth, CredentialsCheck
@@ -34,12 +34,19 @@ class State:
     service: Service
     auth: Auth
     extension: FlaskRiverML
+    #: Whether this host's keys agree with the store's; nothing is served until they do.
+    keys: keys.KeyCheck
 
     def close(self) -> None:
         """Snapshot what changed since the last snapshots and release the store."""
         self.service.events.close()
         self.engine.close()
         self.backend.close()
+
+
+def _keys_checked() -> None:
+    """Before every request of the blueprint: 503 until this host's keys agree with the store."""
+    access.state().keys.ensure()
 
 
 def _close_at_exit(reference: weakref.ReferenceType[State]) -> None:
@@ -77,8 +84,19 @@ class FlaskRiverML:
         for key, value in self.options.items():
             app.config.setdefault(key, value)
         values = settings_module.load(app)
+        blob_key, token_key = keys.host_keys(values, app.config.get("SECRET_KEY"))
+        values[keys.BLOB_KEY], values[keys.TOKEN_KEY] = blob_key.value, token_key.value
         backend = create_backend(values)
-        engine = Engine(backend, Codec(values["RIVER_ML_SHELVE_SECRET_KEY"]), values["RIVER_ML_SNAPSHOT_EVERY"])
+        # The token key matters only where tokens are issued: hosts with authentication off may
+        # each keep their own.
+        checked = [blob_key] if values["RIVER_ML_DISABLE_AUTHENTICATION"] else [blob_key, token_key]
+        check = keys.KeyCheck(backend, checked)
+        try:
+            check.start()
+        except BaseException:
+            backend.close()
+            raise
+        engine = Engine(backend, Codec(values[keys.BLOB_KEY]), values["RIVER_ML_SNAPSHOT_EVERY"])
         service = Service(
             engine,
             generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
@@ -86,10 +104,11 @@ class FlaskRiverML:
             unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
             upload_max_bytes=values["RIVER_ML_UPLOAD_MAX_BYTES"],
         )
-        auth = Auth(backend, values["RIVER_ML_JWT_SECRET_KEY"], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
-        state = State(values, backend, engine, service, auth, self)
+        auth = Auth(backend, values[keys.TOKEN_KEY], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
+        state = State(values, backend, engine, service, auth, self, check)
         app.extensions[EXTENSION_KEY] = state
         blueprint = create_blueprint(values)
+        blueprint.before_request(_keys_checked)
         if not values["RIVER_ML_VIEW_RATE_LIMIT_DISABLE"]:
             limits.install(app, blueprint, values, rate_limit_key)
         app.register_blueprint(blueprint)
@@ -103,10 +122,17 @@ class FlaskRiverML:
         """The registration state of ``app`` (default: the current app)."""
         return access.state(app)  # type: ignore[no-any-return]
 
+    @staticmethod
+    def _checked() -> State:
+        # The in-process client serves nothing either before this host's keys agree with the store.
+        state = access.state()
+        state.keys.ensure()
+        return state  # type: ignore[no-any-return]
+
     @property
     def service(self) -> Service:
         """The service of the current app."""
-        return self.state().service
+        return self._checked().service
 
     def verify_credentials(self, check: CredentialsCheck) -> CredentialsCheck:
         """Decorator: let the host app check ``(username, api_token)`` at the token endpoint.
@@ -125,19 +151,19 @@ class FlaskRiverML:
 
     def create_user(self, name: str, password: str) -> str:
         """Create a user; their API token (for RIVER_ML_TOKEN), shown once."""
-        return self.state().auth.create_user(name, password)
+        return self._checked().auth.create_user(name, password)
 
     def get_token(self, name: str, password: str) -> str:
         """A fresh API token for the user; the old one stops working."""
-        return self.state().auth.get_token(name, password)
+        return self._checked().auth.get_token(name, password)
 
     def delete_user(self, name: str) -> bool:
         """Delete the user; True if they existed."""
-        return self.state().auth.delete_user(name)
+        return self._checked().auth.delete_user(name)
 
     def users(self) -> list[str]:
         """Every user's name, sorted."""
-        return self.state().auth.users()
+        return self._checked().auth.users()
 
     # --- the in-process client (SPEC section 7) -----------------------------------------------
 

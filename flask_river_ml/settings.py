@@ -8,9 +8,7 @@ first bad value, at start-up rather than at the first request.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -73,6 +71,13 @@ def _text(value: Any) -> str:
     return value
 
 
+def _secret(value: Any) -> str:
+    # An empty key signs nothing: an empty environment variable is a mistake, not a choice.
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
 def _rate(value: Any) -> str:
     from .limits import limit_string
 
@@ -118,15 +123,15 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
-#: key (without the prefix) -> (default, check). A default of None for a path or a secret
-#: means "derived" (see load).
+#: key (without the prefix) -> (default, check). A default of None for a path means "derived"
+#: (see load), for a secret key "found" (see flask_river_ml.keys).
 SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "URL_PREFIX": ("api", _text),
     "APP_DIR": (None, _optional(_path)),
     "CACHE_DIR": (None, _optional(_path)),
     "STORAGE_BACKEND": ("shelve", _one_of(BACKENDS)),
     "SHELVE_PATH": (None, _optional(_path)),
-    "SHELVE_SECRET_KEY": (None, _optional(_text)),
+    "SHELVE_SECRET_KEY": (None, _optional(_secret)),
     "REDIS_URL": (None, _optional(_text)),
     "REDIS_HOST": ("localhost", _text),
     "REDIS_PORT": (6379, _integer(1)),
@@ -137,7 +142,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "IDENTIFIER_EXPIRES_SECONDS": (604800, _integer(1)),
     "DISABLE_AUTHENTICATION": (True, _boolean),
     "AUTHENTICATED_VIEWS": ([v for v in VIEWS if v not in _PUBLIC_VIEWS], _names(VIEWS)),
-    "JWT_SECRET_KEY": (None, _optional(_text)),
+    "JWT_SECRET_KEY": (None, _optional(_secret)),
     "TOKEN_EXPIRES_SECONDS": (600, _integer(1)),
     "DOMAIN_URL": (None, _optional(_text)),
     "VIEW_RATE_LIMIT": ("10000/1day", _rate),
@@ -159,8 +164,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 def load(app: Flask) -> dict[str, Any]:
     """The validated settings of ``app``, keyed with the ``RIVER_ML_`` prefix.
 
-    Derived values (folders, paths, generated secrets) are filled in too. Raises
-    :class:`ConfigurationError` naming the key of a bad value.
+    Derived folders and paths are filled in too; the two secret keys stay None when they are not
+    set (:mod:`flask_river_ml.keys` finds them then). Raises :class:`ConfigurationError` naming
+    the key of a bad value.
     """
     values: dict[str, Any] = {}
     for name, (default, check) in SETTINGS.items():
@@ -176,38 +182,4 @@ def load(app: Flask) -> dict[str, Any]:
     values["RIVER_ML_APP_DIR"] = app_dir
     values["RIVER_ML_CACHE_DIR"] = values["RIVER_ML_CACHE_DIR"] or os.path.join(app_dir, "cache")
     values["RIVER_ML_SHELVE_PATH"] = values["RIVER_ML_SHELVE_PATH"] or os.path.join(app_dir, "river_ml.shelve")
-    if values["RIVER_ML_SHELVE_SECRET_KEY"] is None:
-        values["RIVER_ML_SHELVE_SECRET_KEY"] = cached_secret(values["RIVER_ML_CACHE_DIR"], "shelve_secret_key")
-    if values["RIVER_ML_JWT_SECRET_KEY"] is None:
-        values["RIVER_ML_JWT_SECRET_KEY"] = app.config.get("SECRET_KEY") or cached_secret(
-            values["RIVER_ML_CACHE_DIR"], "jwt_secret_key"
-        )
     return values
-
-
-def cached_secret(cache_dir: str, name: str) -> str:
-    """A random secret kept in ``cache_dir/name``, created on first use.
-
-    Every process and every restart that shares the folder gets the same secret: the file is
-    written under a temporary name and linked into place, so of two processes racing to create
-    it, one wins and the other reads the winner's.
-    """
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / name
-    if not target.exists():
-        temporary = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        try:
-            os.link(temporary, target)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    secret = target.read_text().strip()
-    if not secret:
-        raise ConfigurationError(f"The secret file {target} is empty; delete it to have a new one made.")
-    return secret
-
