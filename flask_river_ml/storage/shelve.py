@@ -97,9 +97,10 @@ class ShelveBackend(Backend):
         self._ttl_writes = 0
         self._published = 0
         self._listening = ListenerCheck(self._ask_listeners)
-        #: The device and inode of the file whose schema this process made sure of.
+        #: The device and inode of the file this process opened last.
         self._known: tuple[int, int] | None = None
-        self._db()
+        # Opened now, so that a wrong path fails at start-up (a store call: StoreUnavailable).
+        self.ping()
 
     @property
     def description(self) -> str:
@@ -147,11 +148,12 @@ class ShelveBackend(Backend):
             # NORMAL in WAL mode survives a killed process; only a power cut can lose the tail.
             db.execute("PRAGMA synchronous=NORMAL")
             identity = self._identity()
-            if identity != self._known:
-                if self._known is not None:
-                    logger.warning("The %s was removed or replaced; the file now there is used.", self.description)
+            if identity != self._known and self._known is not None:
+                logger.warning("The %s was removed or replaced; the file now there is used.", self.description)
+            self._known = identity
+            # Asked on every connection, not once: a new file may have the inode of a removed one.
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'listeners'").fetchone() is None:
                 db.executescript(_SCHEMA)
-                self._known = identity
         except BaseException:
             db.close()
             raise
@@ -176,7 +178,7 @@ class ShelveBackend(Backend):
             if code not in _FILE_FAILURES:
                 return None
             reason = f"locked by another writer for over {_BUSY_SECONDS:g} s" if code in _BUSY else str(error)
-        elif isinstance(error, OSError) and error.errno in _OS_FAILURES:
+        elif isinstance(error, OSError) and error.errno in _OS_FAILURES and self._owns(error.filename):
             # Not str(error): it quotes the full path.
             reason = os.strerror(error.errno or 0)
             if not self.path.parent.is_dir():
@@ -185,6 +187,13 @@ class ShelveBackend(Backend):
             return None
         self._drop()
         return StoreUnavailable(f"The {self.description} cannot be used: {reason}; try again shortly.")
+
+    def _owns(self, filename: object) -> bool:
+        """Whether ``filename`` is one of the store's own files (not one a caller's code used)."""
+        if not isinstance(filename, str | os.PathLike):
+            return False
+        path = Path(filename)
+        return path == self.path or path == self.lock_dir or path.parent == self.lock_dir
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -352,13 +361,16 @@ class ShelveBackend(Backend):
         db.execute("INSERT INTO listeners (id, channel, seen) VALUES (?, ?, ?)", (listener, channel, time.time()))
 
         def poll(last: int) -> None:
-            alive, known = 0.0, self._known
+            alive, opened = 0.0, None
             while not stopped.wait(_POLL_SECONDS):
                 try:
                     db = self._db()
-                    if self._known != known:
-                        # A new file: its messages are numbered from 1 again, and all are new.
-                        last, known, alive = 0, self._known, 0.0
+                    if db is not opened:
+                        # Opened again: on a new file (the old one removed), whose messages are
+                        # numbered from 1 again and all new.
+                        opened, alive = db, 0.0
+                        if db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0] < last:
+                            last = 0
                     rows = db.execute(
                         "SELECT id, message FROM messages WHERE channel = ? AND id > ? ORDER BY id", (channel, last)
                     ).fetchall()
