@@ -26,6 +26,8 @@ from limits import parse_many
 _DJANGO_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$", re.IGNORECASE)
 _UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _SCOPE = "river_ml"
+#: How long a request waits for redis to count it before it is counted in memory instead.
+_COUNTER_SECONDS = 0.5
 
 
 def limit_string(rate: str) -> str:
@@ -62,8 +64,15 @@ def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func
         # Imported here: redis is needed only by the apps that chose it.
         from .storage.redis import client_options
 
-        # The store's timeouts: without them a redis that hangs would hang every request here.
-        options = {"key_prefix": prefix + "limits", **client_options()}
+        # Without timeouts a redis that hangs would hang every request here. Shorter ones than
+        # the store's: a counter is one small command, and while redis is away flask-limiter
+        # also pings it now and then to see if it is back, in the request that comes then.
+        options = {
+            "key_prefix": prefix + "limits",
+            **client_options(),
+            "socket_timeout": _COUNTER_SECONDS,
+            "socket_connect_timeout": _COUNTER_SECONDS,
+        }
     limiter = Limiter(
         key_func=key_func,
         app=app,
