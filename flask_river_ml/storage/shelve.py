@@ -90,6 +90,7 @@ class ShelveBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(f"{os.fspath(path)}.sqlite3")
+        self._file = os.fspath(self.path)  # checked on every call: no Path conversion then
         self.lock_dir = Path(f"{os.fspath(path)}.locks")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -111,7 +112,7 @@ class ShelveBackend(Backend):
         """The device and inode of the file at :attr:`path`; (0, 0) when there is none yet.
         FileNotFoundError while its folder is gone."""
         try:
-            found = os.stat(self.path)
+            found = os.stat(self._file)
         except FileNotFoundError:
             if not self.path.parent.is_dir():
                 raise
