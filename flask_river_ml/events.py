@@ -7,18 +7,27 @@ within its process). In
 each process one listener per channel feeds bounded queues, one per open stream: a stream
 whose client reads too slowly overflows its queue and is closed rather than let the server
 buffer without bound.
+
+Events are announcements, not records: when the store cannot carry one (it is down), the
+event is dropped and the request that caused it still succeeds, as a pub/sub message is lost
+for a listener that is away. Opening a stream needs the store, so :meth:`Events.check` raises
+:class:`~flask_river_ml.errors.StoreUnavailable` before a stream starts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .encoding import jsonable
+from .errors import StoreUnavailable
 from .storage import Backend
+
+logger = logging.getLogger("flask_river_ml.events")
 
 EVENTS, METRICS = "events", "metrics"
 #: Messages a stream may have waiting before it is dropped as too slow.
@@ -97,15 +106,28 @@ class Events:
         self.metrics = Hub(backend, METRICS)
 
     def wanted(self) -> bool:
-        """Whether anyone listens to either channel (the payloads are built only then)."""
-        return self.backend.has_listeners(EVENTS) or self.backend.has_listeners(METRICS)
+        """Whether anyone listens to either channel (the payloads are built only then); nobody
+        can while the store is unavailable."""
+        try:
+            return self.backend.has_listeners(EVENTS) or self.backend.has_listeners(METRICS)
+        except StoreUnavailable:
+            return False
 
     def publish(self, event: str, data: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
-        """One event, and the model's metrics after it when they changed."""
+        """One event, and the model's metrics after it when they changed; dropped (and logged)
+        when the store cannot carry them."""
         message = {"event": event, "data": data}
-        self.backend.publish(EVENTS, json.dumps(jsonable(message)).encode())
-        if metrics is not None:
-            self.backend.publish(METRICS, json.dumps(jsonable({**metrics, "model": data["model"]})).encode())
+        try:
+            self.backend.publish(EVENTS, json.dumps(jsonable(message)).encode())
+            if metrics is not None:
+                self.backend.publish(METRICS, json.dumps(jsonable({**metrics, "model": data["model"]})).encode())
+        except StoreUnavailable as error:
+            logger.info("A %s event was not published: %s", event, error.message)
+
+    def check(self) -> None:
+        """Raise :class:`StoreUnavailable` when the store cannot carry events now: a stream
+        asks before it starts, since it cannot answer an error once its body is under way."""
+        self.backend.ping()
 
     def close(self) -> None:
         self.events.close()

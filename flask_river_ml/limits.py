@@ -5,6 +5,12 @@ client: per user when the request carries a valid access token, per address othe
 a proxy, wrap the app in werkzeug's ``ProxyFix`` so the address is the client's). The host
 app's own routes are never limited by it. With RIVER_ML_VIEW_RATE_LIMIT_BLOCK False, requests
 are counted and the ``X-RateLimit-*`` headers tell where a client stands, but none is refused.
+
+With the redis backend the counters live in the same redis. When it cannot be reached, each
+process counts in its own memory meanwhile (flask-limiter's in-memory fallback) and goes back
+to redis once it answers again: an outage neither lifts the limit nor answers 500, and a
+request that gets through finds the store's own 503. Swallowing the limiter's errors instead
+would leave every request unlimited and waiting on the dead redis twice.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from limits import parse_many
 _DJANGO_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$", re.IGNORECASE)
 _UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _SCOPE = "river_ml"
+#: How long a request waits for redis to count it before it is counted in memory instead.
+_COUNTER_SECONDS = 0.5
 
 
 def limit_string(rate: str) -> str:
@@ -39,7 +47,9 @@ def storage_uri(settings: dict[str, Any]) -> str:
     if settings["RIVER_ML_STORAGE_BACKEND"] != "redis":
         return "memory://"
     if settings["RIVER_ML_REDIS_URL"]:
-        return str(settings["RIVER_ML_REDIS_URL"])
+        url = str(settings["RIVER_ML_REDIS_URL"])
+        # redis-py's unix:// is redis+unix:// to the limits library.
+        return "redis+" + url if url.startswith("unix://") else url
     return f"redis://{settings['RIVER_ML_REDIS_HOST']}:{settings['RIVER_ML_REDIS_PORT']}/{settings['RIVER_ML_REDIS_DB']}"
 
 
@@ -49,11 +59,26 @@ def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func
     # and whatever cleans the prefix cleans them.
     prefix = settings["RIVER_ML_REDIS_PREFIX"]
     uri = storage_uri(settings)
+    options: dict[str, Any] = {}
+    if uri.startswith("redis"):
+        # Imported here: redis is needed only by the apps that chose it.
+        from .storage.redis import client_options
+
+        # Without timeouts a redis that hangs would hang every request here. Shorter ones than
+        # the store's: a counter is one small command, and while redis is away flask-limiter
+        # also pings it now and then to see if it is back, in the request that comes then.
+        options = {
+            "key_prefix": prefix + "limits",
+            **client_options(),
+            "socket_timeout": _COUNTER_SECONDS,
+            "socket_connect_timeout": _COUNTER_SECONDS,
+        }
     limiter = Limiter(
         key_func=key_func,
         app=app,
         storage_uri=uri,
-        storage_options={"key_prefix": prefix + "limits"} if uri.startswith("redis") else {},
+        storage_options=options,
+        in_memory_fallback_enabled=True,
         headers_enabled=True,
         key_prefix=prefix,
         default_limits=[],

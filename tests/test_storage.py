@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
+import redis
 from conftest import REDIS_URL
+from redis_server import RedisServer
 
+from flask_river_ml.errors import StoreUnavailable
 from flask_river_ml.storage import Backend, create_backend
 from flask_river_ml.storage.base import Guard, Writes
 
@@ -407,3 +417,278 @@ def test_redis_append_without_its_head_gives_out_no_number(redis_prefix):
     assert backend.read("log") == [(1, b"a"), (2, b"b")]
     client.close()
     backend.close()
+
+
+# --- a store that cannot be reached or written -------------------------------------------------
+#
+# Every backend method raises StoreUnavailable, naming the store and never a password, within
+# a few seconds, when the store is down, hangs or refuses writes; the same backend object works
+# again once the store does. The faults are real: a private redis stopped, filled, made a
+# replica or unable to save; an SQLite file made immutable (chattr +i: as root, chmod would not
+# stop this process), its folder removed, locked by another writer, overwritten with garbage.
+
+#: One call of each store method, on keys and logs of their own.
+STORE_CALLS: dict[str, Callable[[Backend], object]] = {
+    "get": lambda b: b.get("k"),
+    "set": lambda b: b.set("k", b"v"),
+    "add": lambda b: b.add("fresh", b"v"),
+    "pop": lambda b: b.pop("k"),
+    "delete": lambda b: b.delete("k", "gone"),
+    "keys": lambda b: b.keys(""),
+    "incr": lambda b: b.incr("n"),
+    "update": lambda b: b.update("u", lambda old: b"x"),
+    "observe": lambda b: b.observe("t", 5, 0.3),
+    "observed": lambda b: b.observed("t"),
+    "append": lambda b: b.append("log", b"r"),
+    "append_at": lambda b: b.append_at(b"r", Guard("log", None, "k", b"v")),
+    "write": lambda b: b.write(Writes(sets=[("w", b"1", None)], observes=[("t", 1, 0.5)])),
+    "read": lambda b: b.read("log"),
+    "peek": lambda b: b.peek("k", "log"),
+    "trim": lambda b: b.trim("log", 2),
+    "delete_log": lambda b: b.delete_log("other-log"),
+    "publish": lambda b: b.publish("channel", b"m"),
+    "listen": lambda b: b.listen("channel", lambda message: None)(),
+    "has_listeners": lambda b: b.has_listeners(f"channel-{uuid.uuid4().hex}"),
+    "lock": lambda b: b.lock("l", timeout=1).__enter__(),
+    "ping": lambda b: b.ping(),
+}
+#: The calls that write, refused by a store that is up but cannot write.
+WRITE_CALLS = ("set", "add", "incr", "update", "append", "append_at", "write")
+
+
+def assert_unavailable(backend: Backend, names: Sequence[str], *mentions: str, hidden: str = "\0") -> None:
+    """Each call in ``names`` raises StoreUnavailable within 3.5 s, its message saying when to
+    come back and naming ``mentions``, never ``hidden``."""
+    for name in names:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            STORE_CALLS[name](backend)
+        assert time.monotonic() - started < 3.5, name
+        message = caught.value.message
+        assert "try again shortly" in message and hidden not in message, (name, message)
+        assert all(mention in message for mention in mentions), (name, message)
+        assert caught.value.status == 503 and caught.value.headers["Retry-After"]
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """Make files or folders immutable (even to root) for the block."""
+    if shutil.which("chattr") is None:
+        pytest.fail("chattr is not installed (Debian: apt-get install e2fsprogs).")
+    subprocess.run(["chattr", "+i", *map(str, paths)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def test_a_redis_that_is_down_is_unavailable_until_it_is_back(tmp_path):
+    """Stopped: every call is refused fast, naming host and port, not the URL's password.
+    Started again (empty, as it keeps nothing): the same backend serves it, without a restart."""
+    password = "s3cret-of-the-url"
+    with RedisServer(tmp_path / "redis") as server:
+        admin = redis.Redis(port=server.port)
+        admin.config_set("requirepass", password)
+        backend = create_backend(
+            {**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"}
+        )
+        backend.set("k", b"v")
+        assert backend.append("log", b"a") == 1
+        server.stop()
+        assert_unavailable(backend, list(STORE_CALLS), f"127.0.0.1:{server.port}", "cannot be reached", hidden=password)
+        server.start()
+        redis.Redis(port=server.port).config_set("requirepass", password)
+        assert backend.get("k") is None
+        backend.set("k", b"again")
+        assert backend.get("k") == b"again" and backend.append("log", b"b") == 1
+        with backend.lock("l", timeout=1):
+            pass
+        backend.close()
+
+
+def refuse_writes(how: str, server: RedisServer, stack: contextlib.ExitStack) -> Callable[[], None]:
+    """Make ``server`` refuse writes in one of three ways; the function that undoes it."""
+    admin = redis.Redis(port=server.port)
+    stack.callback(admin.close)
+    if how == "out of memory":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        return lambda: admin.config_set("maxmemory", 0)
+    if how == "read-only replica":
+        primary = stack.enter_context(RedisServer(server.folder / "primary"))
+        admin.replicaof("127.0.0.1", primary.port)
+        return lambda: admin.replicaof("NO", "ONE")
+    # A background save that failed (its folder cannot be written) stops writes: MISCONF.
+    admin.config_set("save", "3600 1")
+    stack.enter_context(immutable(server.folder))
+    with contextlib.suppress(redis.ResponseError):
+        admin.bgsave()
+    deadline = time.monotonic() + 5
+    while admin.info("persistence")["rdb_last_bgsave_status"] != "err" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return lambda: admin.config_set("save", "")
+
+
+@pytest.mark.parametrize("how", ["out of memory", "read-only replica", "failed save"])
+def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
+    """Writes are refused as StoreUnavailable; reads go on; once it takes writes again, so does
+    the backend."""
+    with RedisServer(tmp_path / "redis") as server, contextlib.ExitStack() as stack:
+        backend = create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url})
+        stack.callback(backend.close)
+        backend.set("k", b"v")
+        undo = refuse_writes(how, server, stack)
+        assert_unavailable(backend, WRITE_CALLS, f"127.0.0.1:{server.port}", "refuses the request")
+        backend.get("k")
+        backend.read("log")
+        undo()
+        backend.set("k", b"w")
+        assert backend.get("k") == b"w"
+        assert backend.append("log", b"r") >= 1
+
+
+@pytest.fixture
+def shelve_backend(tmp_path) -> Iterator[Backend]:
+    store = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    yield store
+    store.close()
+
+
+def test_an_immutable_sqlite_file_is_unavailable_for_writes(shelve_backend, tmp_path):
+    """The file and its write-ahead log made immutable under open connections: writes are
+    refused, reads go on; writable again, the store keeps its data and numbering."""
+    shelve_backend.set("k", b"v")
+    assert shelve_backend.append("log", b"a") == 1
+    files = [tmp_path / "folder" / "store.sqlite3", tmp_path / "folder" / "store.sqlite3-wal"]
+    with immutable(*files):
+        assert_unavailable(shelve_backend, WRITE_CALLS, "shelve store (store.sqlite3)", hidden=str(tmp_path))
+        assert shelve_backend.get("k") == b"v"
+        assert shelve_backend.read("log") == [(1, b"a")]
+    shelve_backend.set("k", b"w")
+    assert shelve_backend.get("k") == b"w" and shelve_backend.append("log", b"b") == 2
+
+
+def test_a_removed_sqlite_folder_is_unavailable_until_it_is_back(shelve_backend, tmp_path):
+    """Every call is refused while the folder is gone (nothing is written to the removed
+    file); once the folder is made again, the store starts afresh, empty, in it."""
+    shelve_backend.set("k", b"v")
+    shelve_backend.append("log", b"a")
+    shutil.rmtree(tmp_path / "folder")
+    assert_unavailable(shelve_backend, list(STORE_CALLS), "its folder is gone", hidden=str(tmp_path))
+    assert not (tmp_path / "folder").exists()
+    (tmp_path / "folder").mkdir()
+    assert shelve_backend.get("k") is None
+    assert shelve_backend.append("log", b"b") == 1
+    with shelve_backend.lock("l", timeout=1):
+        pass
+    # A second backend on the path (another process) sees the new store.
+    other = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    assert other.read("log") == [(1, b"b")]
+    other.close()
+
+
+def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
+    """A file put in the store's place (a restored copy: its write-ahead log and shared
+    memory removed with the old file, as a restore must) is the one used next, not the
+    removed one its connections had open."""
+    path = tmp_path / "folder" / "store.sqlite3"
+    shelve_backend.set("k", b"old")
+    copy = create_backend(store_settings("shelve", "unused", str(tmp_path / "copy")))
+    copy.set("k", b"restored")
+    copy.close()  # the last connection's close writes its log into the file
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink()
+    os.replace(f"{tmp_path / 'copy'}.sqlite3", path)
+    assert shelve_backend.get("k") == b"restored"
+    shelve_backend.set("k", b"new")
+    reader = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    assert reader.get("k") == b"new"
+    reader.close()
+
+
+def test_a_sqlite_file_locked_too_long_is_unavailable_for_writes(shelve_backend, tmp_path, monkeypatch):
+    """Another writer holds the file's lock longer than a write waits: writes are refused,
+    saying so; reads go on (WAL); once it lets go, writes go through."""
+    from flask_river_ml.storage import shelve as shelve_module
+
+    monkeypatch.setattr(shelve_module, "_BUSY_SECONDS", 0.2)
+    shelve_backend.close()
+    backend = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    backend.set("k", b"v")
+    holder = sqlite3.connect(tmp_path / "folder" / "store.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    assert_unavailable(backend, WRITE_CALLS, "locked by another writer")
+    assert backend.get("k") == b"v"
+    holder.execute("ROLLBACK")
+    holder.close()
+    backend.set("k", b"w")
+    assert backend.get("k") == b"w"
+    backend.close()
+
+
+def test_a_damaged_sqlite_file_is_unavailable(tmp_path):
+    """A file that is not an SQLite database (overwritten) is refused as unavailable, not
+    with a driver error."""
+    path = tmp_path / "folder" / "store"
+    create_backend(store_settings("shelve", "unused", str(path))).close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}.sqlite3{suffix}").unlink(missing_ok=True)
+    Path(f"{path}.sqlite3").write_bytes(b"not a database at all" * 512)
+    with pytest.raises(StoreUnavailable, match="file is not a database"):
+        create_backend(store_settings("shelve", "unused", str(path)))
+
+
+def test_errors_of_callers_pass_unchanged(backend):
+    """What the caller's function or the locked block raises is no store failure, whatever
+    its type: it passes as it is."""
+    with pytest.raises(FileNotFoundError):
+        backend.update("u", lambda old: open("/nonexistent/file").read().encode())  # noqa: SIM115
+    with pytest.raises(PermissionError), backend.lock("l"):
+        raise PermissionError(13, "the block's own")
+    with backend.lock("l", timeout=0.5):
+        pass
+
+
+def test_listeners_survive_an_outage(tmp_path):
+    """A listener of a redis stopped and started again, and one of an SQLite store whose folder
+    was removed and made again, get the messages published after the store is back."""
+    with RedisServer(tmp_path / "redis") as server:
+        stores = [
+            create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url}),
+            create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store"))),
+        ]
+        received: list[list[bytes]] = [[], []]
+        stops = [store.listen("c", got.append) for store, got in zip(stores, received, strict=True)]
+        server.stop()
+        shutil.rmtree(tmp_path / "folder")
+        time.sleep(1.5)
+        server.start()
+        (tmp_path / "folder").mkdir()
+        for store, got in zip(stores, received, strict=True):
+            deadline = time.monotonic() + 10
+            while b"back" not in got and time.monotonic() < deadline:
+                with contextlib.suppress(StoreUnavailable):
+                    store.publish("c", b"back")
+                time.sleep(0.2)
+            assert b"back" in got, store.name
+        for stop, store in zip(stops, stores, strict=True):
+            stop()
+            store.close()
+
+
+def test_redis_lock_outlives_a_failed_renewal(tmp_path, monkeypatch):
+    """The store goes away while a lock is held: its renewals fail without crashing their
+    thread (pytest fails a test whose thread raised), the block ends normally, the lock can be
+    taken again."""
+    from flask_river_ml.storage import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_LOCK_EXPIRY", 0.3)
+    with RedisServer(tmp_path / "redis") as server:
+        backend = create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url})
+        with backend.lock("m"):
+            server.stop()
+            time.sleep(0.5)
+            server.start()
+        with backend.lock("m", timeout=1):
+            pass
+        backend.close()

@@ -4,15 +4,40 @@ A backend stores bytes under string keys and keeps append-only logs; it knows no
 models, pickles or signatures (the engine and :mod:`flask_river_ml.serialization` sit above
 it). Every method is atomic on its own, across threads and, for the shared backends, across
 processes. The same conformance suite (``tests/test_storage.py``) runs against each backend.
+
+A store that cannot be reached or written (a redis server down, a read-only SQLite file)
+raises :class:`~flask_river_ml.errors.StoreUnavailable`, never its driver's exception: each
+backend says once, in :meth:`Backend.unavailable`, which driver errors mean that, and every
+method of the interface it defines is wrapped to apply it (:meth:`Backend.__init_subclass__`).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NoReturn, TypeVar
+
+from ..errors import StoreUnavailable
+
+logger = logging.getLogger("flask_river_ml.storage")
+
+#: The methods of the interface that talk to the store (``lock`` is wrapped on its own).
+_STORE_CALLS = frozenset(
+    {
+        "get", "set", "add", "pop", "delete", "keys", "incr", "update", "observe", "observed", "append",
+        "append_at", "write", "read", "peek", "trim", "delete_log", "publish", "listen", "has_listeners", "ping",
+    }
+)  # fmt: skip
+#: A store failure is logged at most once in this many seconds per backend: an outage under
+#: load would otherwise write a line per request.
+_REPORT_EVERY = 10.0
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 #: Log records with their numbers, in order.
 Records = list[tuple[int, bytes]]
@@ -62,6 +87,39 @@ class Backend(abc.ABC):
 
     #: The name used in ``RIVER_ML_STORAGE_BACKEND`` and reported by ``service_info``.
     name: str = ""
+    #: When the last failure of the store was logged (see :data:`_REPORT_EVERY`).
+    _reported: float = float("-inf")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap the store calls a backend defines so that the driver errors that
+        :meth:`unavailable` recognises leave them as :class:`StoreUnavailable`: one place per
+        backend, however many methods it has, and a third-party backend gets it for free."""
+        super().__init_subclass__(**kwargs)
+        for name in _STORE_CALLS & cls.__dict__.keys():
+            setattr(cls, name, _guarded(cls.__dict__[name]))
+        if "lock" in cls.__dict__:
+            cls.lock = _guarded_lock(cls.__dict__["lock"])  # type: ignore[method-assign]
+
+    def unavailable(self, error: Exception) -> StoreUnavailable | None:
+        """The :class:`StoreUnavailable` that ``error``, raised by a call of this backend,
+        stands for when it means that the store cannot be reached or written, or None for any
+        other error (a bug, a caller's mistake), which then propagates unchanged.
+
+        Its message names the store and says what failed, never a password; a backend may
+        also drop here what the failure broke (a connection), so that the next call starts
+        afresh. The memory store never fails.
+        """
+        return None
+
+    def _fault(self, error: Exception) -> StoreUnavailable | None:
+        """:meth:`unavailable` for ``error``, logged (at most every :data:`_REPORT_EVERY` s)."""
+        if isinstance(error, StoreUnavailable):
+            return None  # already translated by an inner call: let it through
+        unavailable = self.unavailable(error)
+        if unavailable is not None and time.monotonic() - self._reported > _REPORT_EVERY:
+            self._reported = time.monotonic()
+            logger.warning("%s (%s: %s)", unavailable.message, type(error).__name__, error)
+        return unavailable
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes | None:
@@ -172,8 +230,68 @@ class Backend(abc.ABC):
     def has_listeners(self, channel: str) -> bool:
         """Whether anyone may be listening (a publisher skips building messages nobody reads)."""
 
+    def ping(self) -> None:  # noqa: B027 - optional: a memory store is always there
+        """Raise :class:`StoreUnavailable` if the store cannot be reached now (a stream asks
+        before it starts, since it cannot answer an error once its body is under way)."""
+
     def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
         """Release connections and files; the backend must not be used afterwards."""
+
+
+def _reraise(backend: Backend, error: Exception) -> NoReturn:
+    """Raise the :class:`StoreUnavailable` that ``error`` stands for, or ``error`` itself."""
+    unavailable = backend._fault(error)
+    if unavailable is None:
+        raise error
+    raise unavailable from error
+
+
+def _guarded(method: _Method) -> _Method:
+    """``method`` raising :class:`StoreUnavailable` where its backend's store failed."""
+
+    @functools.wraps(method)
+    def guarded(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - re-raised, as StoreUnavailable when it is the store's
+            _reraise(self, error)
+
+    return guarded  # type: ignore[return-value]
+
+
+def _guarded_lock(method: _Method) -> _Method:
+    """``lock`` whose taking and release raise :class:`StoreUnavailable` where the store failed."""
+
+    @functools.wraps(method)
+    def guarded(self: Backend, *args: Any, **kwargs: Any) -> _GuardedLock:
+        return _GuardedLock(self, method(self, *args, **kwargs))
+
+    return guarded  # type: ignore[return-value]
+
+
+class _GuardedLock:
+    """A backend's lock whose own failures are translated; errors of the block it guards pass
+    through unchanged, whatever they are."""
+
+    def __init__(self, backend: Backend, lock: contextlib.AbstractContextManager[None]) -> None:
+        self._backend = backend
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        try:
+            self._lock.__enter__()
+        except Exception as error:  # noqa: BLE001 - re-raised, as StoreUnavailable when it is the store's
+            _reraise(self._backend, error)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> bool | None:
+        try:
+            return self._lock.__exit__(kind, value, traceback)
+        except Exception as error:
+            if error is value:
+                raise
+            _reraise(self._backend, error)
 
 
 

@@ -12,20 +12,40 @@ database. Values, logs, timings and locks each have a namespace of their own und
 Appending to a log (plainly, or only at the head a writer saw) and recording a timing are Lua
 scripts, atomic on the server, one round trip each. Redis 6.2 or newer is needed (GETDEL,
 XTRIM MINID).
+
+A server that is down, hangs, or refuses writes (a read-only replica, out of memory, a failed
+background save) makes every call raise :class:`~flask_river_ml.errors.StoreUnavailable`
+within about two seconds (:func:`client_options`); redis-py reconnects once it is back, and
+the pub/sub listeners subscribe again by themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from redis.exceptions import LockError, WatchError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    LockError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+    WatchError,
+)
+from redis.retry import Retry
 
+from ..errors import StoreUnavailable
 from .base import Backend, Guard, ListenerCheck, Records, Writes
+
+logger = logging.getLogger("flask_river_ml.storage")
 
 # XADD before the head moves: a script that fails halfway keeps what it wrote, and a record
 # number must never be given out without its record.
@@ -84,6 +104,33 @@ _WRITE_AT = _WRITE_FUNCTION + _GUARD + "return write(3, 2)"
 #: crash blocks changes only briefly. A live holder renews it every third of that, however
 #: long its change (the snapshot of a large model) takes.
 _LOCK_EXPIRY = 15.0
+#: Replies of a server that is there but cannot take a command now. redis-py gives some their
+#: own class and leaves the code of the others at the start of the message (after the
+#: command's place when it came from a pipeline): a failed background save (MISCONF), a
+#: script that runs too long (BUSY), too few replicas to write to (NOREPLICAS).
+_REFUSALS = (ReadOnlyError, OutOfMemoryError, NoPermissionError, TryAgainError, ClusterDownError)
+_REFUSAL_CODE = re.compile(r"(?:^|caused error: )(?:MISCONF|BUSY|NOREPLICAS|MASTERDOWN|CLUSTERDOWN|TRYAGAIN)\b")
+#: How long a pub/sub listener waits before it tries a lost server again.
+_RESUBSCRIBE_SECONDS = 0.5
+
+
+def client_options() -> dict[str, Any]:
+    """How every redis client of the extension connects (the store's and the rate limit's).
+
+    A request fails within about two seconds when the server is down or hangs, rather than
+    wait for it: one second to connect, two for a reply. A connection idle for two seconds
+    is checked (PING) before it is used, and a connection the server dropped (a restart, a
+    failover) is opened again and the command sent once more, so the server recovers by
+    itself. Only connection errors are retried, with a short backoff, never timeouts: a
+    command that timed out may still run, and a learn must not be appended twice. Options in
+    the query of ``RIVER_ML_REDIS_URL`` (``?socket_timeout=10``) win over these.
+    """
+    return {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 2.0,
+        "health_check_interval": 2,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 2, supported_errors=(redis.ConnectionError,)),
+    }
 
 
 def _glob_escape(text: str) -> str:
@@ -108,8 +155,30 @@ class RedisBackend(Backend):
     @classmethod
     def from_settings(cls, url: str | None, host: str, port: int, db: int, prefix: str) -> RedisBackend:
         """A backend on ``url``, or on host, port and database number when there is no URL."""
-        client = redis.Redis.from_url(url) if url else redis.Redis(host=host, port=port, db=db)
+        options = client_options()
+        client = redis.Redis.from_url(url, **options) if url else redis.Redis(host=host, port=port, db=db, **options)
         return cls(client, prefix)
+
+    @property
+    def description(self) -> str:
+        """The store as its failures name it: where it is, never the password of its URL."""
+        where = self.client.connection_pool.connection_kwargs
+        if "path" in where:
+            return f"redis store at unix:{where['path']}"
+        return f"redis store at {where.get('host', 'localhost')}:{where.get('port', 6379)}/{where.get('db', 0)}"
+
+    def unavailable(self, error: Exception) -> StoreUnavailable | None:
+        if isinstance(error, redis.ConnectionError | redis.TimeoutError):
+            failure = "cannot be reached"
+        elif isinstance(error, _REFUSALS) or (
+            isinstance(error, redis.ResponseError) and _REFUSAL_CODE.search(str(error))
+        ):
+            failure = "refuses the request"
+        else:
+            return None
+        # What the server said, without the command a pipeline's error quotes (its arguments).
+        reason = (str(error).split("caused error: ")[-1].strip() or type(error).__name__).splitlines()[0][:200]
+        return StoreUnavailable(f"The {self.description} {failure}: {reason}; try again shortly.")
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}k:{key}"
@@ -245,8 +314,15 @@ class RedisBackend(Backend):
         finally:
             released.set()
             renewer.join()
-            with contextlib.suppress(LockError):  # expired meanwhile: someone else may hold it now
+            try:
                 lock.release()
+            except LockError:
+                pass  # expired meanwhile: someone else may hold it now
+            except redis.RedisError as error:
+                if self.unavailable(error) is None:
+                    raise
+                # What the lock guarded is done; the lock itself expires within _LOCK_EXPIRY.
+                logger.warning("Could not release the lock %r on the %s: %s", name, self.description, error)
 
     def _channel(self, channel: str) -> str:
         return f"{self.prefix}c:{channel}"
@@ -257,7 +333,7 @@ class RedisBackend(Backend):
     def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(**{self._channel(channel): lambda message: callback(message["data"])})
-        thread = pubsub.run_in_thread(sleep_time=1.0, daemon=True)
+        thread = pubsub.run_in_thread(sleep_time=1.0, daemon=True, exception_handler=self._keep_listening)
 
         def stop() -> None:
             thread.stop()
@@ -268,8 +344,21 @@ class RedisBackend(Backend):
 
         return stop
 
+    def _keep_listening(self, error: BaseException, pubsub: Any, thread: Any) -> None:
+        """What a listener thread does when a read fails: it lives on. Its next read connects
+        again, and redis-py subscribes the new connection to the channel once the server is
+        back; what was published meanwhile is lost, as pub/sub loses it for anyone away."""
+        if not isinstance(error, Exception):
+            raise error  # the interpreter's own (SystemExit...): not the listener's to keep
+        if self._fault(error) is None:
+            logger.exception("The listener of %s failed; it listens on.", self.description)
+        time.sleep(_RESUBSCRIBE_SECONDS)
+
     def has_listeners(self, channel: str) -> bool:
         return self._listening(channel)
+
+    def ping(self) -> None:
+        self.client.ping()
 
     def _ask_listeners(self, channel: str) -> bool:
         ((_, count),) = self.client.pubsub_numsub(self._channel(channel))
