@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -16,12 +17,14 @@ from .access import rate_limit_key
 from .auth import Auth, CredentialsCheck
 from .cli import river_ml_cli
 from .engine import Engine
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreUnavailable
 from .serialization import Codec
 from .service import Service
 from .settings import EXTENSION_KEY
 from .storage import Backend, create_backend
 from .views import create_blueprint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,7 +43,11 @@ class State:
     def close(self) -> None:
         """Snapshot what changed since the last snapshots and release the store."""
         self.service.events.close()
-        self.engine.close()
+        try:
+            self.engine.close()
+        except StoreUnavailable as error:
+            # The log in the store still holds every change the missing snapshots would have.
+            logger.warning("Snapshots not written at shutdown: %s", error.message)
         self.backend.close()
 
 

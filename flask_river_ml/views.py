@@ -21,7 +21,7 @@ from werkzeug.routing import BuildError
 from .access import challenge, check_pickle_upload, require_scope, state
 from .auth import Unauthorized
 from .encoding import jsonable
-from .errors import Forbidden, InvalidInput, RiverMLError, UnsafePickle
+from .errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
 from .events import EVENTS, METRICS, sse
 from .payloads import parse_json
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
@@ -170,12 +170,18 @@ def _stream(hub_name: str) -> Response:
     events = _service().events
     hub = events.events if hub_name == EVENTS else events.metrics
     keep_alive = state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
+    # A store that cannot carry events answers 503 now: once the body is under way, no error
+    # can be told to the client.
+    events.check()
 
     def generate() -> Iterator[str]:
         # Subscribed only once the body is being sent: a HEAD never starts the generator.
         # A client that went away is noticed when a write fails, at the latest at the next
         # keep-alive; the WSGI server then closes this generator and the queue is released.
-        subscription = hub.subscribe()
+        try:
+            subscription = hub.subscribe()
+        except StoreUnavailable:
+            return  # gone since the check: the stream ends, and an EventSource connects again
         try:
             yield ": keep-alive\n\n"  # the headers go out now: the client knows it is connected
             while not subscription.closed:

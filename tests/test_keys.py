@@ -401,3 +401,25 @@ def test_gunicorn_hosts_sharing_secret_key_serve_the_same_models(tmp_path, redis
             assert predicted.json()["prediction"] == local.predict_one(x)
         for folder in ("a", "b"):
             assert not (tmp_path / folder / "instance" / "cache" / "shelve_secret_key").exists()
+
+
+def test_a_host_starts_while_redis_is_down_and_checks_once_it_is_back(tmp_path):
+    from redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        server.stop()
+        app = Flask("redis_down_at_start", instance_path=str(tmp_path / "a"))
+        app.config.update(
+            RIVER_ML_STORAGE_BACKEND="redis", RIVER_ML_REDIS_URL=server.url, RIVER_ML_SHELVE_SECRET_KEY="k"
+        )
+        FlaskRiverML(app)
+        try:
+            down = app.test_client().get("/api/models/")
+            assert down.status_code == 503 and down.headers["Retry-After"], down.data
+            assert not FlaskRiverML.state(app).keys.done
+            server.start()
+            assert app.test_client().get("/api/models/").get_json() == {"models": []}
+            assert FlaskRiverML.state(app).keys.done
+            assert matches(resolve(BLOB_KEY, "k", None, str(tmp_path)), stored(app, BLOB_KEY))
+        finally:
+            FlaskRiverML.state(app).close()

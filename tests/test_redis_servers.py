@@ -434,7 +434,7 @@ def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix
     SPEC's payloads; a subscriber to the metrics gets one message per learn and label, carrying
     the model's name."""
     name = "watched"
-    state = FlaskRiverML.state(make_app(RIVER_ML_STORAGE_BACKEND="redis"))
+    state = FlaskRiverML.state(make_app(RIVER_ML_STORAGE_BACKEND="redis", RIVER_ML_SHELVE_SECRET_KEY=SECRET))
     events = state.service.events.events.subscribe()
     metrics = state.service.events.metrics.subscribe()
     learnt = make_samples(13, 80)

@@ -411,3 +411,18 @@ def test_a_removed_sqlite_folder_answers_503_until_it_is_back(shelve_app):
     assert send(upload_call("afresh")).status == 201
     ledger.learn(SAMPLES[:8])
     ledger.assert_served_model_is_the_local_one()
+
+
+def test_streams_answer_503_while_the_store_is_away(tmp_path):
+    """A stream cannot answer an error once it has begun: it answers 503 JSON before it
+    starts while the store is away, and streams again once it is back."""
+    with RedisServer(tmp_path / "redis") as server, redis_app(tmp_path / "app", server) as app:
+        client = app.test_client()
+        server.stop()
+        for path in ("/api/stream/events/", "/api/stream/metrics/"):
+            assert_unavailable(client_sender(app)(Call(path, "GET", path)), path, "redis store")
+        server.start()
+        response = client.get("/api/stream/events/", buffered=False)
+        assert response.status_code == 200 and response.mimetype == "text/event-stream"
+        assert next(response.response) == b": keep-alive\n\n"
+        response.close()
