@@ -418,17 +418,15 @@ class Engine:
 
         replica, (_, made), seq = self._guarded(name, decide, append)
         try:
-            failure = self._applied(name, replica, seq, x, y, made)
+            self._applied(name, replica, seq, x, y, made)
         except INTERPRETER_EXITS:
             raise
-        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn succeeded
+        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn stands
             logger.warning(
-                "Model %r: record %d is stored; applying it waits for the next request (%s).",
-                name,
-                seq,
-                describe(error),
+                "Model %r: record %d is stored; applying it waits for a later request (%s).", name, seq, describe(error)
             )
-            return made
+        # The record's own failure, found by this thread or by whichever applied it first.
+        failure = replica.skipped.get(seq)
         if failure is not None or replica.seq - replica.snapshot_seq >= self.snapshot_every:
             # After a failure too: the rebuild's snapshot spares the next one its replay.
             self._try_snapshot(name, replica)
@@ -436,8 +434,8 @@ class Engine:
             raise ModelFailed(failure)
         return made
 
-    def _applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, made: Scored | None) -> str | None:
-        """Bring the replica to record ``seq``, just appended; that record's failure, if any."""
+    def _applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, made: Scored | None) -> None:
+        """Bring the replica to record ``seq``, just appended, and past it."""
         with replica.lock:
             if seq == replica.seq + 1:
                 # Nobody wrote in between: apply the record from memory rather than read it back.
@@ -448,7 +446,6 @@ class Engine:
                     replica.skipped[seq] = error.message
                     self._rebuild(name, replica)
             self._catch_up(name, replica)
-            return replica.skipped.get(seq)
 
     def _guarded(
         self,

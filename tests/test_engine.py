@@ -765,3 +765,30 @@ def test_a_learn_stored_before_its_catch_up_fails_succeeds(river_ml, monkeypatch
         patch.setattr(backend, "read", unavailable)
         assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
     assert river_ml.get_model(name).seen == [1, 2]
+
+
+def test_a_failed_record_whose_rebuild_fails_is_still_refused(river_ml, monkeypatch):
+    """The store fails while a replica is rebuilt after a failed record: the learn still
+    answers ModelFailed, the half-changed replica is discarded, never served nor
+    snapshotted, and the next request, with the store back, reloads it."""
+    from flask_river_ml import StoreUnavailable
+
+    name = river_ml.add_model(Fragile(), "regression")
+    river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+    state = river_ml.state()
+    get = state.backend.get
+
+    def snapshot_unavailable(key):
+        if key.startswith("snapshot:"):
+            raise StoreUnavailable("The store cannot be reached.")
+        return get(key)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state.backend, "get", snapshot_unavailable)
+        with pytest.raises(ModelFailed, match="Panic"):
+            river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
+    state.engine.close()
+    assert state.backend.get(f"snapseq:{name}") == b"0"
+    assert river_ml.get_model(name).seen == [1]
+    assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
+    assert river_ml.predict({"v": 0}, name)["prediction"] == 3.0
