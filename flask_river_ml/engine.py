@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import INTERPRETER_EXITS, Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound
+from .errors import INTERPRETER_EXITS, Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound, TamperedData
 from .flavors import Flavor, Scored, describe, get_flavor, metric_values, model_code
 from .serialization import Codec
 from .storage import Backend
@@ -66,9 +66,10 @@ class Snapshot:
     seq: int
     generation: str
     flavor: str
-    #: Records skipped since the snapshot before this one, by number, with their failure: a
-    #: process that loads this snapshot still tells a sender its record failed.
-    skipped: dict[int, str] = field(default_factory=dict)
+    #: Records skipped since the snapshot before this one, as (number, failure): a process
+    #: that loads this snapshot still tells a sender its record failed. (A class default, so
+    #: snapshots written before failures were kept load too.)
+    skipped: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -316,10 +317,11 @@ class Engine:
         at the record before, when one fails."""
         for seq, blob in records:
             if seq not in replica.skipped:
-                x, y, value, label, proba = self.codec.loads(blob)
                 try:
+                    # A record that cannot be loaded is skipped too, rather than blocking the log.
+                    x, y, value, label, proba = self.codec.loads(blob)
                     self._apply(replica, x, y, Scored(value, label, proba))
-                except ModelFailed as error:
+                except (ModelFailed, TamperedData) as error:
                     replica.skipped[seq] = error.message
                     return False
             replica.seq = seq
@@ -351,7 +353,7 @@ class Engine:
         replica.model, replica.metrics = state.model, state.metrics
         replica.seq = replica.snapshot_seq = state.seq
         replica.generation = state.generation
-        replica.skipped = {**state.skipped, **kept}
+        replica.skipped = {**dict(state.skipped), **kept}
 
     @staticmethod
     def _apply(replica: Replica, x: dict, y: Any, scored: Scored) -> None:
@@ -525,7 +527,9 @@ class Engine:
                 if replica.seq > stored_seq:
                     if not self._log_holds(name, replica):
                         return
-                    previous = {seq: error for seq, error in replica.skipped.items() if seq > replica.snapshot_seq}
+                    previous = tuple(
+                        (seq, error) for seq, error in replica.skipped.items() if seq > replica.snapshot_seq
+                    )
                     state = Snapshot(
                         replica.model, replica.metrics, replica.seq, replica.generation, replica.flavor.name, previous
                     )

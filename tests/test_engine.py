@@ -792,3 +792,37 @@ def test_a_failed_record_whose_rebuild_fails_is_still_refused(river_ml, monkeypa
     assert river_ml.get_model(name).seen == [1]
     assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
     assert river_ml.predict({"v": 0}, name)["prediction"] == 3.0
+
+
+def test_a_log_record_that_fails_its_signature_is_skipped(make_app, tmp_path):
+    """A record written into the log without the key is never unpickled, and does not block
+    the records after it: every process skips it."""
+    first, second = shared_apps(make_app, tmp_path)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(Fragile(), "regression")
+        river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+        marker = tmp_path / "pwned"
+        forged = b"\x00" * 32 + b"p" + pickle.dumps(_Exploit(str(marker)))
+        FlaskRiverML.state(first).backend.append(f"log:{name}", forged)
+        assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
+        assert river_ml.get_model(name).seen == [1, 2]
+    with second.app_context():
+        assert river_ml.get_model(name).seen == [1, 2]
+    assert not marker.exists()
+
+
+def test_a_snapshot_written_before_failures_were_kept_loads(make_app, tmp_path):
+    from flask_river_ml.engine import Snapshot
+
+    first, second = shared_apps(make_app, tmp_path)
+    with first.app_context():
+        name = FlaskRiverML().add_model(Fragile(), "regression")
+        state = FlaskRiverML.state(first)
+        old = Snapshot(Fragile(), [], 0, "1", "regression")
+        del vars(old)["skipped"]
+        state.backend.set(f"snapshot:{name}", state.engine.codec.dumps(old))
+        state.backend.set(f"model:{name}", b'{"flavor": "regression", "generation": "1"}')
+    with second.app_context():
+        FlaskRiverML().learn(name, ground_truth=0.0, features={"v": 3})
+        assert FlaskRiverML().predict({"v": 0}, name)["prediction"] == 3.0
