@@ -15,11 +15,21 @@ written before the request arrived.
 Every ``snapshot_every`` records the model, its metrics and the sequence number are pickled
 into a *snapshot* and the log is trimmed up to it; recovery after a crash is the snapshot
 plus a replay of the log. Upload, replace and delete change the model's *generation*; a
-replica of an older generation reloads from the snapshot. A replacement's snapshot is taken at
+replica of another generation reloads from the snapshot. A replacement's snapshot is taken at
 the head of the log, so a learn that races it is applied to the new model rather than lost.
+
+Generations are unique over the store's whole life, its loss included: each carries the
+store's identity, a random value created with the store's first generation and kept beside
+its counter, so a store that lost its data (a redis restarted without persistence, a deleted
+SQLite file) starts a new identity and never hands out a generation a replica already has.
+
+A record whose learn raises (a Rust panic included) may have changed the model halfway: the
+replica is rebuilt from the snapshot and the log without that record, so every replica, in
+every process, skips it the same way and no snapshot ever holds half a record.
 
 Backend layout, for a model ``name``::
 
+    generation        "<store identity>:<counter>", the last generation handed out
     model:<name>      JSON {"flavor", "generation"}: the model exists
     snapshot:<name>   signed pickle of a Snapshot
     snapseq:<name>    the sequence number of that snapshot
@@ -31,16 +41,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .errors import Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound
-from .flavors import Flavor, Scored, get_flavor, metric_values
+from .errors import INTERPRETER_EXITS, Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound, TamperedData
+from .flavors import Flavor, Scored, describe, get_flavor, metric_values, model_code
 from .serialization import Codec
 from .storage import Backend
 from .storage.base import Guard, Records, Writes
+
+logger = logging.getLogger("flask_river_ml.engine")
 
 
 @dataclass
@@ -50,8 +64,12 @@ class Snapshot:
     model: Any
     metrics: list
     seq: int
-    generation: int
+    generation: str
     flavor: str
+    #: Records skipped since the snapshot before this one, as (number, failure): a process
+    #: that loads this snapshot still tells a sender its record failed. (A class default, so
+    #: snapshots written before failures were kept load too.)
+    skipped: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -62,13 +80,20 @@ class Replica:
     model: Any
     metrics: list
     seq: int
-    generation: int
+    #: The model entry's generation this replica is of; None once discarded.
+    generation: str | None
     snapshot_seq: int
-    # Records that raised when applied, by number, until their sender collects the error
-    # (whichever thread applied them); dropped when a snapshot passes them.
-    failures: dict[int, Exception] = field(default_factory=dict)
+    #: Records that failed when applied, by number, with their failure: a rebuild skips
+    #: them, and their sender reads its error here whichever thread applied them. Kept until
+    #: a second snapshot passes them.
+    skipped: dict[int, str] = field(default_factory=dict)
     # Guards the model: river models are not thread-safe, and records are applied in order.
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def discard(self) -> None:
+        """Mark a replica that may hold half a record and could not be rebuilt: it matches no
+        model entry, so every request reloads it from the store and no snapshot is taken of it."""
+        self.generation = None
 
 
 def meta_key(name: str) -> str:
@@ -91,9 +116,25 @@ def _lock(name: str) -> str:
     return f"model:{name}"
 
 
-def _meta(flavor: str, generation: int) -> bytes:
+def _meta(flavor: str, generation: str | None) -> bytes:
     """The model entry: the same bytes for the same model, so a learn can compare them."""
     return json.dumps({"flavor": flavor, "generation": generation}).encode()
+
+
+_GENERATION_KEY = "generation"
+
+
+def _next_generation(last: bytes | None) -> bytes:
+    """The generation after ``last``: the same store identity, the counter one up.
+
+    A store without a generation (new, or one that lost its data) gets a new random identity:
+    what it hands out then differs from everything handed out before. A bare counter (written
+    before generations carried an identity) gets an identity too.
+    """
+    identity, _, counter = (last or b"").decode().rpartition(":")
+    if not identity:
+        identity = secrets.token_hex(8)
+    return f"{identity}:{int(counter or 0) + 1}".encode()
 
 
 #: How many times a request decides again, after its first try found the log moved on or
@@ -105,6 +146,7 @@ _Decision = TypeVar("_Decision")
 _Written = TypeVar("_Written")
 #: How long a change of a model waits for another one to finish.
 _CHANGE_WAIT = 30.0
+_LEARN_FAILED = "The model could not learn from this sample"
 
 
 class Engine:
@@ -163,20 +205,22 @@ class Engine:
     def copy_model(self, name: str) -> Any:
         """A deep copy of the model as it is now: changing it changes nothing stored."""
         replica = self.replica(name)
-        with replica.lock:
+        with replica.lock, model_code("The model could not be copied"):
             return copy.deepcopy(replica.model)
 
     def current_metrics(self, name: str) -> dict[str, Any]:
         """The metrics of this process's replica as they are, without asking the store."""
         replica = self._held(name)
-        if replica is None:
+        if replica is None or replica.generation is None:
             return {}
         with replica.lock:
             return metric_values(replica.metrics)
 
-    def _next_generation(self) -> int:
-        # One counter for the whole store: a deleted and re-created name never reuses a number.
-        return self.backend.incr("generation")
+    def _next_generation(self) -> str:
+        # One counter and identity for the whole store, read and moved in one atomic step (so
+        # a store emptied in between cannot pair an old identity with a new count): a deleted
+        # and re-created name never reuses a generation, nor does a store that lost its data.
+        return self.backend.update(_GENERATION_KEY, _next_generation).decode()
 
     def _publish(self, name: str, state: Snapshot) -> None:
         # The snapshot is written before the model key, so whoever sees the new generation
@@ -207,19 +251,29 @@ class Engine:
         with self._mutex:
             return self._replicas.get(name)
 
-    def _load(self, name: str) -> Replica:
+    def _snapshot(self, name: str) -> Snapshot:
         blob = self.backend.get(_snapshot_key(name))
         if blob is None:
             raise ModelNotFound(name)
         # The snapshot carries its flavor: the model key may already describe a newer model.
         state: Snapshot = self.codec.loads(blob)
+        return state
+
+    def _load(self, name: str) -> Replica:
+        state = self._snapshot(name)
         replica = Replica(
-            get_flavor(state.flavor), state.model, state.metrics, state.seq, state.generation, state.seq
+            get_flavor(state.flavor),
+            state.model,
+            state.metrics,
+            state.seq,
+            state.generation,
+            state.seq,
+            dict(state.skipped),
         )
         with self._mutex:
             current = self._replicas.get(name)
-            # Another thread may have loaded the same or a newer generation meanwhile.
-            if current is not None and current.generation >= replica.generation:
+            # Another thread may have loaded the same generation meanwhile: one replica each.
+            if current is not None and current.generation == replica.generation:
                 return current
             self._replicas[name] = replica
         return replica
@@ -228,53 +282,93 @@ class Engine:
         """Apply every log record after the replica's position, in order.
 
         ``records`` is a log tail read before the replica's lock was taken, if any: what
-        another thread applied meanwhile is dropped from it. A record that raises is skipped
-        the same way by every replica; its error is kept in ``replica.failures`` for the
-        thread that sent it.
+        another thread applied meanwhile is dropped from it. A record that raises may have
+        changed the model halfway: the replica is rebuilt from the snapshot and the log
+        without it (:meth:`_rebuild`), as every replica that applies it does; its failure is
+        kept in ``replica.skipped`` for the thread that sent it.
         """
         with replica.lock:
-            if records is not None:
-                records = [record for record in records if record[0] > replica.seq]
-            if records is None or (records and records[0][0] != replica.seq + 1):
-                records = self.backend.read(_log(name), replica.seq)
-            reloads = 0
-            while records and records[0][0] != replica.seq + 1:
-                # The log was trimmed past this replica by a snapshot: start from that snapshot.
-                # Again if another snapshot trimmed further while this one was being read.
-                if reloads == _RELOADS:
-                    # A log that does not continue its snapshot (a store restored in part):
-                    # answering beats reloading forever.
-                    raise Busy(f"The log of model '{name}' does not continue from its snapshot yet; try again.")
-                self._reload(name, replica)
-                records = self.backend.read(_log(name), replica.seq)
-                reloads += 1
-            for seq, blob in records:
-                x, y, value, label, proba = self.codec.loads(blob)
+            while not self._apply_all(replica, self._unapplied(name, replica, records)):
+                self._rebuild(name, replica)
+                records = None
+
+    def _unapplied(self, name: str, replica: Replica, records: Records | None) -> Records:
+        """The log records after the replica's position, from ``records`` if they continue it,
+        else read from the store; the replica reloaded if the log was trimmed past it."""
+        if records is not None:
+            records = [record for record in records if record[0] > replica.seq]
+        if records is None or (records and records[0][0] != replica.seq + 1):
+            records = self.backend.read(_log(name), replica.seq)
+        reloads = 0
+        while records and records[0][0] != replica.seq + 1:
+            # The log was trimmed past this replica by a snapshot: start from that snapshot.
+            # Again if another snapshot trimmed further while this one was being read.
+            if reloads == _RELOADS:
+                # A log that does not continue its snapshot (a store restored in part):
+                # answering beats reloading forever.
+                raise Busy(f"The log of model '{name}' does not continue from its snapshot yet; try again.")
+            self._reload(name, replica)
+            records = self.backend.read(_log(name), replica.seq)
+            reloads += 1
+        return records
+
+    def _apply_all(self, replica: Replica, records: Records) -> bool:
+        """Apply ``records`` in order, past those that failed before; False, the replica left
+        at the record before, when one fails."""
+        for seq, blob in records:
+            if seq not in replica.skipped:
                 try:
+                    # A record that cannot be loaded is skipped too, rather than blocking the log.
+                    x, y, value, label, proba = self.codec.loads(blob)
                     self._apply(replica, x, y, Scored(value, label, proba))
-                except Exception as error:  # noqa: BLE001 - a model may raise anything
-                    replica.failures[seq] = error
-                replica.seq = seq
+                except (ModelFailed, TamperedData) as error:
+                    replica.skipped[seq] = error.message
+                    return False
+            replica.seq = seq
+        return True
+
+    def _rebuild(self, name: str, replica: Replica) -> None:
+        """Start ``replica`` again from the snapshot after a record failed halfway into it (its
+        lock is held): the caller then replays the log past ``replica.skipped``.
+
+        The cost is a snapshot load and a replay, paid by failing records only. A replica that
+        cannot be rebuilt (the store is unavailable) is discarded, never kept half-changed.
+        """
+        logger.info("Model %r: a record failed when applied; rebuilding the replica without it.", name)
+        try:
+            self._reload(name, replica)
+        except BaseException:
+            replica.discard()
+            raise
 
     def _reload(self, name: str, replica: Replica) -> None:
         """Reset ``replica`` in place from the current snapshot (its lock is held)."""
-        blob = self.backend.get(_snapshot_key(name))
-        if blob is None:
-            raise ModelNotFound(name)
-        state: Snapshot = self.codec.loads(blob)
+        state = self._snapshot(name)
+        # Failures of this generation after the replica's last snapshot stay, for the replay
+        # to skip (those before the new snapshot only for their senders to read).
+        kept = {}
+        if state.generation == replica.generation:
+            kept = {seq: error for seq, error in replica.skipped.items() if seq > replica.snapshot_seq}
         replica.flavor = get_flavor(state.flavor)
         replica.model, replica.metrics = state.model, state.metrics
         replica.seq = replica.snapshot_seq = state.seq
         replica.generation = state.generation
-        replica.failures.clear()
+        replica.skipped = {**dict(state.skipped), **kept}
 
     @staticmethod
     def _apply(replica: Replica, x: dict, y: Any, scored: Scored) -> None:
-        if y is None:
-            replica.model.learn_one(dict(x))
-            return
-        replica.model.learn_one(dict(x), y)
-        replica.flavor.score(replica.metrics, y, scored)
+        """Learn one record; :class:`ModelFailed` when the model or a metric raises."""
+        try:
+            with model_code(_LEARN_FAILED):
+                if y is None:
+                    replica.model.learn_one(dict(x))
+                    return
+                replica.model.learn_one(dict(x), y)
+                replica.flavor.score(replica.metrics, y, scored)
+        except INTERPRETER_EXITS:
+            # The worker is stopping halfway into the model: its exit snapshot must not save it.
+            replica.discard()
+            raise
 
     # --- requests: O(features), never O(model) -------------------------------------------------
 
@@ -291,23 +385,23 @@ class Engine:
     @staticmethod
     def _predict(replica: Replica, x: dict) -> Scored:
         with replica.lock:
-            try:
-                return replica.flavor.predict(replica.model, dict(x))
-            except Exception as error:  # noqa: BLE001 - a model may raise anything
-                raise ModelFailed(f"The model could not predict from these features: {error!r}") from error
+            return replica.flavor.predict(replica.model, dict(x))
 
-    def learn(
-        self, name: str, x: dict, y: Any, prediction: Any = None, scored: Scored | None = None
-    ) -> Scored | None:
+    def learn(self, name: str, x: dict, y: Any, prediction: Any = None, scored: Scored | None = None) -> Scored | None:
         """Make the model learn ``x`` (and ``y``, unless None) durably; the prediction scored.
 
         ``prediction`` is one the caller made; ``scored`` one this server made and stored.
         With a ground truth and neither, the model predicts first, so the metrics are
-        prequential and features it cannot handle are refused before anything is written.
-        The record is appended with a compare-and-append (:meth:`_guarded`): when nobody
-        wrote in between, the prediction kept for the metrics is the one the model makes at
-        the record's place in the log; a learn racing others keeps one made after it caught
-        up with them.
+        prequential; a model that cannot predict yet still learns, and the metrics skip the
+        sample. The record is appended with a compare-and-append (:meth:`_guarded`): when
+        nobody wrote in between, the prediction kept for the metrics is the one the model
+        makes at the record's place in the log; a learn racing others keeps one made after
+        it caught up with them.
+
+        Once the record is appended the learn has succeeded, whatever happens to the steps
+        after it (applying records of others, the snapshot): those are made again by later
+        requests. Only the record's own failure, which every replica skips, is an error:
+        :class:`ModelFailed`, and the record counts as never stored.
         """
 
         def decide(replica: Replica) -> tuple[bytes, Scored | None]:
@@ -316,7 +410,8 @@ class Engine:
             if made is None and prediction is not None:
                 made = replica.flavor.from_value(prediction)
             if made is None and y is not None:
-                made = self._predict(replica, x)
+                with contextlib.suppress(ModelFailed):
+                    made = self._predict(replica, x)
             parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
             return self.codec.dumps((x, y, *parts)), made
 
@@ -324,22 +419,35 @@ class Engine:
             return self.backend.append_at(decision[0], guard)
 
         replica, (_, made), seq = self._guarded(name, decide, append)
+        try:
+            self._applied(name, replica, seq, x, y, made)
+        except INTERPRETER_EXITS:
+            raise
+        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn stands
+            logger.warning(
+                "Model %r: record %d is stored; applying it waits for a later request (%s).", name, seq, describe(error)
+            )
+        # The record's own failure, found by this thread or by whichever applied it first.
+        failure = replica.skipped.get(seq)
+        if failure is not None or replica.seq - replica.snapshot_seq >= self.snapshot_every:
+            # After a failure too: the rebuild's snapshot spares the next one its replay.
+            self._try_snapshot(name, replica)
+        if failure is not None:
+            raise ModelFailed(failure)
+        return made
+
+    def _applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, made: Scored | None) -> None:
+        """Bring the replica to record ``seq``, just appended, and past it."""
         with replica.lock:
             if seq == replica.seq + 1:
                 # Nobody wrote in between: apply the record from memory rather than read it back.
-                replica.seq = seq
                 try:
                     self._apply(replica, x, y, made or Scored(None))
-                except Exception as error:  # noqa: BLE001 - a model may raise anything
-                    raise ModelFailed(f"The model could not learn from this sample: {error!r}") from error
-            else:
-                self._catch_up(name, replica)
-                failure = replica.failures.pop(seq, None)
-                if failure is not None:
-                    raise ModelFailed(f"The model could not learn from this sample: {failure!r}")
-        if replica.seq - replica.snapshot_seq >= self.snapshot_every:
-            self.snapshot(name, replica, wait=False)
-        return made
+                    replica.seq = seq
+                except ModelFailed as error:
+                    replica.skipped[seq] = error.message
+                    self._rebuild(name, replica)
+            self._catch_up(name, replica)
 
     def _guarded(
         self,
@@ -378,9 +486,24 @@ class Engine:
             if unseen:
                 self._catch_up(name, replica, unseen)
             else:
-                replica = self.replica(name)
+                replica = self._refreshed(name, replica, attempt)
             fresh = True
         raise Busy(f"Model '{name}' was replaced while this request was answered; try again shortly.")
+
+    def _refreshed(self, name: str, replica: Replica, attempt: int) -> Replica:
+        """The replica to decide on after a guarded write found nothing new in the log.
+
+        Either the model entry changed (the replica reloads) or, on the first try, the log
+        ends before the replica: the store lost records it had applied (restored from an
+        older copy). That replica no longer matches the store and starts again from it.
+        """
+        generation, seq = replica.generation, replica.seq
+        fresh = self.replica(name)
+        if attempt == 0 and fresh is replica and replica.generation == generation and replica.seq == seq:
+            logger.warning("Model %r: the log ends before record %d, which this process applied; reloading.", name, seq)
+            replica.discard()
+            fresh = self.replica(name)
+        return fresh
 
     # --- snapshots -----------------------------------------------------------------------------
 
@@ -388,30 +511,67 @@ class Engine:
         """Fold the replica's state into the snapshot and trim the log before it.
 
         Without ``wait``, a snapshot already being written elsewhere is left to finish and
-        this one is skipped: the next learn tries again.
+        this one is skipped: the next learn tries again. The snapshot is written only if the
+        model entry is still the replica's generation (in the same atomic step), and only if
+        the log still holds the last record the replica applied: a replica of another model,
+        of a store that lost its data, or discarded, never overwrites the stored snapshot.
         """
         try:
             with self.backend.lock(_lock(name), timeout=30.0 if wait else 0.0), replica.lock:
-                raw = self.backend.get(meta_key(name))
-                stored_seq = int(self.backend.get(_snapseq_key(name)) or b"0")
-                # Never overwrite a newer snapshot, nor one of a newer generation.
-                if raw is None or json.loads(raw)["generation"] != replica.generation:
+                if replica.generation is None:
                     return
+                meta = _meta(replica.flavor.name, replica.generation)
+                if self.backend.get(meta_key(name)) != meta:
+                    return
+                stored_seq = int(self.backend.get(_snapseq_key(name)) or b"0")
                 if replica.seq > stored_seq:
-                    state = Snapshot(
-                        replica.model, replica.metrics, replica.seq, replica.generation, replica.flavor.name
+                    if not self._log_holds(name, replica):
+                        return
+                    previous = tuple(
+                        (seq, error) for seq, error in replica.skipped.items() if seq > replica.snapshot_seq
                     )
-                    self.backend.set(_snapshot_key(name), self.codec.dumps(state))
-                    self.backend.set(_snapseq_key(name), str(replica.seq).encode())
+                    state = Snapshot(
+                        replica.model, replica.metrics, replica.seq, replica.generation, replica.flavor.name, previous
+                    )
+                    writes = Writes(
+                        sets=[
+                            (_snapshot_key(name), self.codec.dumps(state), None),
+                            (_snapseq_key(name), str(replica.seq).encode(), None),
+                        ]
+                    )
+                    if not self.backend.write(writes, Guard(_log(name), None, meta_key(name), meta))[0]:
+                        return
                     # The snapshot's own record stays: a replica behind it sees the gap.
                     self.backend.trim(_log(name), replica.seq)
-                # Errors of records sent by other processes are never collected here; those
+                # Failures of records sent by other processes are never collected here; those
                 # older than the previous snapshot have had a whole interval to be.
-                previous, replica.snapshot_seq = replica.snapshot_seq, max(stored_seq, replica.seq)
-                replica.failures = {seq: e for seq, e in replica.failures.items() if seq > previous}
+                previous_seq, replica.snapshot_seq = replica.snapshot_seq, max(stored_seq, replica.seq)
+                replica.skipped = {seq: e for seq, e in replica.skipped.items() if seq > previous_seq}
         except TimeoutError:
             if wait:
                 raise
+
+    def _log_holds(self, name: str, replica: Replica) -> bool:
+        """Whether the log still holds the last record the replica applied (a snapshot keeps
+        its own record); a replica past the end of the log is discarded."""
+        records = self.backend.read(_log(name), replica.seq - 1)
+        if records and records[0][0] == replica.seq:
+            return True
+        logger.warning(
+            "Model %r: the log lost record %d, which this process applied; its replica is dropped.", name, replica.seq
+        )
+        replica.discard()
+        return False
+
+    def _try_snapshot(self, name: str, replica: Replica) -> None:
+        """:meth:`snapshot` without waiting, for a request that has already succeeded: a
+        snapshot that fails (the store, the model's pickling) is tried again later."""
+        try:
+            self.snapshot(name, replica, wait=False)
+        except INTERPRETER_EXITS:
+            raise
+        except BaseException as error:  # noqa: BLE001 - the log holds everything; a snapshot can wait
+            logger.warning("Model %r: the snapshot failed and is tried again later (%s).", name, describe(error))
 
     def close(self) -> None:
         """Snapshot every replica that applied records since its last snapshot (clean shutdown)."""
@@ -421,4 +581,4 @@ class Engine:
             if replica.seq > replica.snapshot_seq:
                 # Without waiting: the log is durable, a skipped snapshot only means a longer
                 # replay, and a shutdown must not hang on a lock left by a killed process.
-                self.snapshot(name, replica, wait=False)
+                self._try_snapshot(name, replica)

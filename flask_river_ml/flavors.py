@@ -3,11 +3,16 @@
 A flavor is chosen at upload and checked then, with river's base classes where river has one.
 Predictions are made into a :class:`Scored`, which keeps what the caller gets back and what
 the metrics need (a label, class probabilities) side by side.
+
+Every call into a model or a metric goes through :func:`model_code`: whatever model code
+raises, a Rust panic (a ``BaseException``) included, becomes :class:`ModelFailed`, so no
+request can take its worker down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -15,7 +20,36 @@ from typing import Any
 from river import base, compose, metrics
 
 from .encoding import jsonable
-from .errors import IncompatibleModel, InvalidFlavor, InvalidInput
+from .errors import INTERPRETER_EXITS, IncompatibleModel, InvalidFlavor, InvalidInput, ModelFailed, RiverMLError
+
+#: How much of a model's error message a failure quotes: enough to say what went wrong, not
+#: a dump of whatever the model put in it.
+_MESSAGE_CHARS = 300
+
+
+def describe(error: BaseException) -> str:
+    """``"PanicException: called `Option::unwrap()` on a `None` value"``, shortened."""
+    try:
+        text = str(error)
+    except INTERPRETER_EXITS:
+        raise
+    except BaseException:  # noqa: BLE001 - an exception whose __str__ raises is still described
+        text = ""
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+@contextlib.contextmanager
+def model_code(failure: str) -> Iterator[None]:
+    """Run a call into a model, a metric or their pickles: whatever it raises becomes
+    :class:`ModelFailed` with ``failure`` and the error, except the interpreter's own exits
+    (a worker asked to stop) and the package's errors, which pass as they are."""
+    try:
+        yield
+    except (*INTERPRETER_EXITS, RiverMLError):
+        raise
+    except BaseException as error:  # noqa: BLE001 - model code may raise anything, a panic included
+        raise ModelFailed(f"{failure}: {describe(error)}") from error
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,11 @@ class Flavor:
 
     def check(self, model: Any) -> None:
         """Raise :class:`IncompatibleModel` saying what ``model`` lacks for this flavor."""
+        # Looking up attributes runs the model's own __getattr__ and properties, if any.
+        with model_code("The model could not be inspected"):
+            self._check(model)
+
+    def _check(self, model: Any) -> None:
         for method in self.methods:
             if not callable(getattr(model, method, None)):
                 raise IncompatibleModel(f"The model does not implement {method}, which the {self.name} flavor needs.")
@@ -83,7 +122,12 @@ class Flavor:
             raise InvalidInput(f"A {self.name} ground truth must be a number, not {y!r}.")
 
     def predict(self, model: Any, x: dict) -> Scored:
-        """Ask ``model`` for its prediction on ``x``, with what the metrics need."""
+        """Ask ``model`` for its prediction on ``x``, with what the metrics need;
+        :class:`ModelFailed` when it raises."""
+        with model_code("The model could not predict from these features"):
+            return self._predict(model, x)
+
+    def _predict(self, model: Any, x: dict) -> Scored:
         if self.name == "binary":
             proba = model.predict_proba_one(x)
             return Scored(proba, _argmax(proba), proba)
@@ -145,7 +189,12 @@ def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:
 
 def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
     """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
-    return {type(metric).__name__: jsonable(metric.get()) for metric in metric_list}
+    values = {}
+    for metric in metric_list:
+        name = type(metric).__name__
+        with model_code(f"The metric {name} could not be computed"):
+            values[name] = jsonable(metric.get())
+    return values
 
 
 FLAVORS: dict[str, Flavor] = {

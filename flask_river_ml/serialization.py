@@ -4,6 +4,9 @@ Every pickled blob is prefixed with an HMAC-SHA256 of its content, keyed by
 ``RIVER_ML_SHELVE_SECRET_KEY``. A blob whose signature does not match is refused before
 unpickling, so whoever can write to the store but does not hold the key cannot make the
 server run code.
+
+Pickling and unpickling run the code of the objects pickled (a model's ``__reduce__`` and
+``__setstate__``, Rust state included): whatever that raises is :class:`ModelFailed`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import dill
 
 from .errors import TamperedData
+from .flavors import model_code
 
 _DIGEST = hashlib.sha256
 _MAC_SIZE = _DIGEST().digest_size
@@ -47,14 +51,16 @@ class Codec:
 
     def dumps(self, obj: Any) -> bytes:
         """A signed pickle of ``obj``."""
-        try:
-            payload = _PICKLE + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            payload = _DILL + dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        with model_code("The model's state could not be pickled"):
+            try:
+                payload = _PICKLE + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError):
+                payload = _DILL + dill.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         return self.sign(payload)
 
     def loads(self, blob: bytes) -> Any:
         """The object in a blob written by :meth:`dumps` with the same key."""
         payload = self.verify(blob)
         kind, body = payload[:1], payload[1:]
-        return dill.loads(body) if kind == _DILL else pickle.loads(body)
+        with model_code("A stored model could not be unpickled"):
+            return dill.loads(body) if kind == _DILL else pickle.loads(body)

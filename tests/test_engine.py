@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from river import datasets, feature_extraction, linear_model, naive_bayes, preprocessing
+from river import base, datasets, feature_extraction, linear_model, naive_bayes, preprocessing
 
 from flask_river_ml import FlaskRiverML, IdentifierNotFound, ModelFailed, ModelNotFound, TamperedData
+from flask_river_ml.storage.base import Guard
 
 WORDS = "apple banana cherry date elder fig grape honey iris jade kiwi lime mango nut olive pear".split()
 
@@ -514,3 +516,313 @@ def test_a_log_that_skips_past_its_snapshot_answers_busy(make_app, tmp_path):
     second = make_app(instance_path=instance)
     with second.app_context(), pytest.raises(Busy):
         river_ml.predict(samples[0][0], name)
+
+
+# --- model code that raises: no request kills a worker, no half-applied model ---------------------
+
+
+class Panic(BaseException):
+    """What river's Rust code raises on a panic: a BaseException that passes ``except Exception``."""
+
+
+#: How many more times a :class:`Fragile` model stops the interpreter when asked to (a worker
+#: stopped once in the middle of a learn, not at every replay of the record).
+EXITS_LEFT = [0]
+
+
+class Fragile(base.Regressor):
+    """A regressor that changes its state, then raises, when a sample asks it to: a model
+    left half-changed by its failure. It predicts the sum of the values it has learnt."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        self.seen.append(x["v"])
+        if x.get("fail") == "panic":
+            raise Panic("called `Option::unwrap()` on a `None` value")
+        if x.get("fail") == "exit" and EXITS_LEFT[0] > 0:
+            EXITS_LEFT[0] -= 1
+            raise SystemExit(1)
+
+    def predict_one(self, x: dict) -> float:
+        if x.get("fail") == "predict":
+            raise Panic("cannot predict")
+        return float(sum(self.seen))
+
+
+def shared_apps(make_app, tmp_path, store: str = "shelve", **config: Any) -> tuple[Any, Any]:
+    """Two apps on one store: two server processes."""
+    instance = tmp_path / "shared"
+    options = {"RIVER_ML_STORAGE_BACKEND": store, **config}
+    return make_app(instance_path=instance, **options), make_app(instance_path=instance, **options)
+
+
+def served(app, name: str) -> float:
+    with app.app_context():
+        return FlaskRiverML().predict({"v": 0}, name)["prediction"]
+
+
+@pytest.mark.parametrize("store", ["shelve", "redis"])
+@pytest.mark.parametrize("snapshot_every", [1000, 2])
+def test_a_record_that_fails_halfway_is_skipped_by_every_replica(make_app, tmp_path, store, snapshot_every):
+    """A learn whose model raises a BaseException halfway: ModelFailed, the replica rebuilt
+    without the record, and another process (behind it, or a snapshot past it) skips it too."""
+    first, second = shared_apps(make_app, tmp_path, store, RIVER_ML_SNAPSHOT_EVERY=snapshot_every)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(Fragile(), "regression")
+        for v in (1, 2):
+            river_ml.learn(name, ground_truth=0.0, features={"v": v})
+    assert served(second, name) == 3.0  # the second process holds a replica at record 2
+    with first.app_context():
+        with pytest.raises(ModelFailed, match="Panic: called `Option::unwrap"):
+            river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
+        assert river_ml.predict({"v": 0}, name)["prediction"] == 3.0
+        assert river_ml.stats(name)["learn"]["n_calls"] == 2
+    with second.app_context():
+        # Its catch-up meets the record, fails the same way, rebuilds and applies the next.
+        river_ml.learn(name, ground_truth=0.0, features={"v": 4})
+        assert river_ml.predict({"v": 0}, name)["prediction"] == 7.0
+        assert river_ml.get_model(name).seen == [1, 2, 4]
+    assert served(first, name) == 7.0
+    # A process starting afresh from the store agrees, and the exit snapshots keep it so.
+    for app in (first, second):
+        FlaskRiverML.state(app).engine.close()
+    third = make_app(instance_path=tmp_path / "shared", RIVER_ML_STORAGE_BACKEND=store)
+    with third.app_context():
+        assert river_ml.get_model(name).seen == [1, 2, 4]
+
+
+def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_path, monkeypatch):
+    """Another process applied (and skipped) a record and snapshotted past it before its
+    sender caught up: the sender still answers ModelFailed, from the snapshot."""
+    first, second = shared_apps(make_app, tmp_path, RIVER_ML_SNAPSHOT_EVERY=1)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(Fragile(), "regression")
+        river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+    backend = FlaskRiverML.state(first).backend
+    codec = FlaskRiverML.state(first).engine.codec
+    append_at = backend.append_at
+
+    def racing_writers(record, guard):
+        # A writer lands first, this record after it; the other process applies both and
+        # snapshots past them before this one reads them back.
+        backend.append(guard.log, codec.dumps(({"v": 2}, 0.0, None, None, None)))
+        appended = append_at(record, Guard(guard.log, None, guard.key, guard.value))
+        with second.app_context():
+            river_ml.learn(name, ground_truth=0.0, features={"v": 3})
+        assert backend.get(f"snapseq:{name}") == b"4"
+        assert [seq for seq, _ in backend.read(f"log:{name}")] == [4]
+        return appended
+
+    monkeypatch.setattr(backend, "append_at", racing_writers)
+    with first.app_context(), pytest.raises(ModelFailed, match="Panic"):
+        river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
+    monkeypatch.setattr(backend, "append_at", append_at)
+    assert served(first, name) == served(second, name) == 6.0
+
+
+@pytest.mark.parametrize("failing", ["predict", "metric"])
+def test_base_exceptions_of_predictions_and_metrics_are_model_failures(river_ml, monkeypatch, failing):
+    name = river_ml.add_model(Fragile(), "regression")
+    river_ml.learn(name, ground_truth=1.0, features={"v": 1})
+    if failing == "predict":
+        with pytest.raises(ModelFailed, match="could not predict from these features: Panic: cannot predict"):
+            river_ml.predict({"v": 0, "fail": "predict"}, name)
+    else:
+        from river import metrics
+
+        def panic(self):
+            raise Panic("metric state")
+
+        monkeypatch.setattr(metrics.MAE, "get", panic)
+        with pytest.raises(ModelFailed, match="The metric MAE could not be computed: Panic: metric state"):
+            river_ml.metrics(name)
+        monkeypatch.undo()
+    assert river_ml.predict({"v": 0}, name)["prediction"] == 1.0
+    assert river_ml.metrics(name)["MAE"] == 1.0  # the first prediction, 0.0, against 1.0
+
+
+def test_a_failure_over_http_is_400_json(app):
+    """The same failures through the HTTP API: a 400 naming them, and the server answers on."""
+    river_ml = FlaskRiverML()
+    name = river_ml.add_model(Fragile(), "regression")
+    client = app.test_client()
+    response = client.post(
+        "/api/learn/", json={"model": name, "features": {"v": 5, "fail": "panic"}, "ground_truth": 1}
+    )
+    assert response.status_code == 400
+    assert "Panic" in response.get_json()["message"]
+    response = client.post("/api/predict/", json={"model": name, "features": {"v": 0, "fail": "predict"}})
+    assert response.status_code == 400
+    assert "cannot predict" in response.get_json()["message"]
+    response = client.post("/api/predict/", json={"model": name, "features": {"v": 0}})
+    assert response.status_code == 201
+    assert response.get_json()["prediction"] == 0.0
+
+
+def test_an_interpreter_exit_halfway_discards_the_replica(make_app, tmp_path):
+    """A worker stopped in the middle of a learn (gunicorn's timeout raises SystemExit) lets
+    the exit through, and its exit snapshot does not save the half-changed model."""
+    first, second = shared_apps(make_app, tmp_path)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(Fragile(), "regression")
+        river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+        EXITS_LEFT[0] = 1
+        with pytest.raises(SystemExit):
+            river_ml.learn(name, ground_truth=0.0, features={"v": 10, "fail": "exit"})
+        engine = FlaskRiverML.state(first).engine
+        engine.close()
+        assert engine.backend.get(f"snapseq:{name}") == b"0"
+    # The record was stored before the exit: it is applied, once, by whoever comes next.
+    with second.app_context():
+        assert river_ml.get_model(name).seen == [1, 10]
+    with first.app_context():
+        assert river_ml.get_model(name).seen == [1, 10]
+
+
+def test_a_learn_whose_prediction_fails_still_learns(river_ml):
+    """MultinomialNB after an empty first sample cannot predict (ZeroDivisionError): the
+    learns go on, and the metrics skip the samples it could not predict."""
+    from river import metrics
+
+    name = river_ml.add_model(naive_bayes.MultinomialNB(), "multiclass")
+    samples = [({}, "a"), ({"x": 1}, "b"), ({"x": 1}, "b"), ({"x": 2, "y": 1}, "a"), ({"y": 3}, "a")]
+    local, accuracy = naive_bayes.MultinomialNB(), metrics.Accuracy()
+    failed = 0
+    for x, y in samples:
+        assert river_ml.learn(name, ground_truth=y, features=x) == "Successful learn."
+        try:
+            label = local.predict_one(x)
+        except ZeroDivisionError:
+            failed += 1
+        else:
+            if label is not None:
+                accuracy.update(y, label)
+        local.learn_one(x, y)
+    assert failed >= 1
+    assert river_ml.metrics(name)["Accuracy"] == pytest.approx(accuracy.get())
+    assert river_ml.stats(name)["learn"]["n_calls"] == len(samples)
+    for x in ({"x": 1}, {"y": 2}, {"x": 3, "y": 1}):
+        assert river_ml.predict(x, name)["prediction"] == local.predict_one(x)
+
+
+def test_a_learn_stored_before_its_snapshot_fails_succeeds(make_app, backend_name, monkeypatch):
+    """The snapshot due after an append fails (its lock, the store): the learn still
+    succeeds, its record is in the log, and the next learn takes the snapshot."""
+    from flask_river_ml import StoreUnavailable
+
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_SNAPSHOT_EVERY=2)
+    river_ml = FlaskRiverML()
+    samples = list(datasets.TrumpApproval().take(3))
+    with app.app_context():
+        name = river_ml.add_model(linear_model_pipeline(), "regression")
+        backend = FlaskRiverML.state(app).backend
+        river_ml.learn(name, ground_truth=samples[0][1], features=samples[0][0])
+
+        @contextlib.contextmanager
+        def unavailable(*args, **kwargs):
+            raise StoreUnavailable("The redis store cannot be reached.")
+            yield
+
+        with monkeypatch.context() as patch:
+            patch.setattr(backend, "lock", unavailable)
+            assert river_ml.learn(name, ground_truth=samples[1][1], features=samples[1][0]) == "Successful learn."
+        assert [seq for seq, _ in backend.read(f"log:{name}")] == [1, 2]
+        assert backend.get(f"snapseq:{name}") == b"0"
+        river_ml.learn(name, ground_truth=samples[2][1], features=samples[2][0])
+        assert backend.get(f"snapseq:{name}") == b"3"
+    local = linear_model_pipeline()
+    for x, y in samples:
+        local.learn_one(x, y)
+    with app.app_context():
+        assert_same_predictions(river_ml, name, local, [x for x, _ in samples])
+
+
+def test_a_learn_stored_before_its_catch_up_fails_succeeds(river_ml, monkeypatch):
+    """A learn whose record is appended behind another process's, and whose read of that
+    record then fails, answers success: its record is applied by the next request."""
+    from flask_river_ml import StoreUnavailable
+
+    name = river_ml.add_model(Fragile(), "regression")
+    assert river_ml.predict({"v": 0}, name)["prediction"] == 0.0  # the replica is held: no read first
+    backend = river_ml.state().backend
+    append_at = backend.append_at
+    codec = river_ml.state().engine.codec
+
+    def another_writer_first(record, guard):
+        backend.append(guard.log, codec.dumps(({"v": 1}, 0.0, None, None, None)))
+        return append_at(record, Guard(guard.log, None, guard.key, guard.value))
+
+    def unavailable(*args):
+        raise StoreUnavailable("The store cannot be reached.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "append_at", another_writer_first)
+        patch.setattr(backend, "read", unavailable)
+        assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
+    assert river_ml.get_model(name).seen == [1, 2]
+
+
+def test_a_failed_record_whose_rebuild_fails_is_still_refused(river_ml, monkeypatch):
+    """The store fails while a replica is rebuilt after a failed record: the learn still
+    answers ModelFailed, the half-changed replica is discarded, never served nor
+    snapshotted, and the next request, with the store back, reloads it."""
+    from flask_river_ml import StoreUnavailable
+
+    name = river_ml.add_model(Fragile(), "regression")
+    river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+    state = river_ml.state()
+    get = state.backend.get
+
+    def snapshot_unavailable(key):
+        if key.startswith("snapshot:"):
+            raise StoreUnavailable("The store cannot be reached.")
+        return get(key)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state.backend, "get", snapshot_unavailable)
+        with pytest.raises(ModelFailed, match="Panic"):
+            river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
+    state.engine.close()
+    assert state.backend.get(f"snapseq:{name}") == b"0"
+    assert river_ml.get_model(name).seen == [1]
+    assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
+    assert river_ml.predict({"v": 0}, name)["prediction"] == 3.0
+
+
+def test_a_log_record_that_fails_its_signature_is_skipped(make_app, tmp_path):
+    """A record written into the log without the key is never unpickled, and does not block
+    the records after it: every process skips it."""
+    first, second = shared_apps(make_app, tmp_path)
+    river_ml = FlaskRiverML()
+    with first.app_context():
+        name = river_ml.add_model(Fragile(), "regression")
+        river_ml.learn(name, ground_truth=0.0, features={"v": 1})
+        marker = tmp_path / "pwned"
+        forged = b"\x00" * 32 + b"p" + pickle.dumps(_Exploit(str(marker)))
+        FlaskRiverML.state(first).backend.append(f"log:{name}", forged)
+        assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
+        assert river_ml.get_model(name).seen == [1, 2]
+    with second.app_context():
+        assert river_ml.get_model(name).seen == [1, 2]
+    assert not marker.exists()
+
+
+def test_a_snapshot_written_before_failures_were_kept_loads(make_app, tmp_path):
+    from flask_river_ml.engine import Snapshot
+
+    first, second = shared_apps(make_app, tmp_path)
+    with first.app_context():
+        name = FlaskRiverML().add_model(Fragile(), "regression")
+        state = FlaskRiverML.state(first)
+        old = Snapshot(Fragile(), [], 0, "1", "regression")
+        del vars(old)["skipped"]
+        state.backend.set(f"snapshot:{name}", state.engine.codec.dumps(old))
+        state.backend.set(f"model:{name}", b'{"flavor": "regression", "generation": "1"}')
+    with second.app_context():
+        FlaskRiverML().learn(name, ground_truth=0.0, features={"v": 3})
+        assert FlaskRiverML().predict({"v": 0}, name)["prediction"] == 3.0

@@ -19,7 +19,7 @@ from river import base, cluster, datasets, linear_model, metrics, naive_bayes, n
 
 import flask_river_ml
 from flask_river_ml import IncompatibleModel, InvalidFlavor, InvalidInput, RiverMLError
-from flask_river_ml.flavors import metric_values
+from flask_river_ml.flavors import describe, metric_values, model_code
 
 N_TRAIN = 250
 N_HELD_OUT = 25
@@ -596,3 +596,58 @@ def test_binary_refuses_a_classifier_without_probabilities(river_ml):
         with pytest.raises(IncompatibleModel, match="predict_proba_one"):
             river_ml.add_model(model, "binary")
     assert river_ml.add_model(multiclass.OneVsOneClassifier(linear_model.LogisticRegression()), "multiclass")
+
+
+# --- model code that raises -------------------------------------------------------------------------
+
+
+class _Panic(BaseException):
+    """Raised as river's Rust code raises a panic: past every ``except Exception``."""
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise _Panic("no message either")
+
+
+class _Shifty(base.Regressor):
+    """A model whose attribute lookups run code that panics."""
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        pass
+
+    def predict_one(self, x: dict) -> float:
+        return 0.0
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "predict_one":
+            raise _Panic("looked up")
+        return super().__getattribute__(name)
+
+
+@pytest.mark.parametrize("raised", [_Panic("called `Option::unwrap()`"), MemoryError(), RecursionError("deep")])
+def test_model_code_turns_any_failure_into_model_failed(raised):
+    with pytest.raises(flask_river_ml.ModelFailed) as caught, model_code("The model could not learn"):
+        raise raised
+    assert caught.value.message.startswith(f"The model could not learn: {type(raised).__name__}")
+    assert caught.value.status == 400
+    assert caught.value.__cause__ is raised
+
+
+@pytest.mark.parametrize("raised", [SystemExit(1), KeyboardInterrupt(), GeneratorExit(), InvalidInput("mine")])
+def test_model_code_lets_the_interpreter_exits_and_the_package_errors_through(raised):
+    with pytest.raises(type(raised)), model_code("The model could not learn"):
+        raise raised
+
+
+def test_failures_are_described_briefly_whatever_their_message():
+    assert describe(_Panic("x" * 5000)) == "_Panic: " + "x" * 291 + "…"
+    assert len(describe(_Panic("x" * 5000))) == 300
+    assert describe(_Unprintable()) == "_Unprintable"
+    assert describe(KeyError("v")) == "KeyError: 'v'"
+
+
+def test_a_model_whose_lookups_panic_is_refused_at_upload(river_ml):
+    with pytest.raises(flask_river_ml.ModelFailed, match="could not be inspected: _Panic: looked up"):
+        river_ml.add_model(_Shifty(), "regression")
+    assert river_ml.models() == []
