@@ -39,16 +39,21 @@ def parse_json(data: bytes) -> Any:
         raise InvalidInput(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
     except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInput(f"The request body is not valid JSON: {error}.") from None
-    check_depth(value, "The request body")
+    check_values(value, "The request body")
     return value
 
 
-def check_depth(value: Any, what: str) -> None:
-    """Raise :class:`InvalidInput` when ``value`` nests dicts, lists or tuples deeper than
-    :data:`MAX_DEPTH`; iterative, so a deep value cannot overflow the stack here."""
+def check_values(value: Any, what: str) -> None:
+    """Raise :class:`InvalidInput` when ``value`` holds a non-finite float or nests dicts,
+    lists or tuples deeper than :data:`MAX_DEPTH`: what an in-process call is held to, as a
+    JSON body is by :func:`parse_json`. Iterative, so a deep value cannot overflow the stack."""
     pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidInput(f"{what} holds {item!r}; send finite numbers (leave a missing value out).")
+            continue
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
         if children is None:
             continue

@@ -6,6 +6,7 @@ predictions that wait for their label, and leaves the models themselves to the e
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 import uuid
@@ -16,16 +17,25 @@ import dill
 from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
-from .errors import IdentifierNotFound, InvalidInput, ModelExists, ModelNotFound, UnsafePickle
+from .errors import (
+    IdentifierNotFound,
+    InvalidInput,
+    ModelExists,
+    ModelFailed,
+    ModelNotFound,
+    StoreUnavailable,
+    UnsafePickle,
+)
 from .events import Events
-from .flavors import Flavor, Scored, get_flavor, metric_values
+from .flavors import Flavor, Scored, get_flavor, metric_values, model_code
 from .names import check_name, generate_name
-from .payloads import check_depth
+from .payloads import check_values
 from .spec import build
 from .storage.base import Writes
 from .unpickle import safe_loads
 
 _MAX_IDENTIFIER = 256
+logger = logging.getLogger(__name__)
 
 
 def _identifier_key(name: str, identifier: str) -> str:
@@ -35,7 +45,7 @@ def _identifier_key(name: str, identifier: str) -> str:
 def _check_features(features: Any) -> dict:
     if not isinstance(features, dict):
         raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
-    check_depth(features, "features")
+    check_values(features, "features")
     return features
 
 
@@ -96,9 +106,11 @@ class Service:
         # The server pickles the model again for its snapshots: that pickle must name nothing
         # outside the safe list either, whatever the upload's objects do when pickled.
         try:
-            safe_loads(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL), self.unpickle_allowed_modules)
-        except (pickle.PicklingError, TypeError, AttributeError, UnsafePickle) as error:
-            raise UnsafePickle(f"The uploaded model does not pickle back to the safe list: {error}") from None
+            with model_code("The uploaded model cannot be pickled"):
+                again = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+            safe_loads(again, self.unpickle_allowed_modules, self.upload_max_bytes)
+        except (ModelFailed, UnsafePickle) as error:
+            raise UnsafePickle(f"The uploaded model does not pickle back to the safe list: {error.message}") from None
         return self.add_model(model, chosen.name, name)
 
     def _check_new(self, flavor: str, name: str | None) -> Flavor:
@@ -113,13 +125,13 @@ class Service:
     def download(self, name: str) -> bytes:
         """A dill pickle of the model, what riverapi's download_model saves."""
         replica = self.engine.replica(check_name(name))
-        with replica.lock:
+        with replica.lock, model_code("The model could not be pickled"):
             return dill.dumps(replica.model)
 
     def params(self, name: str) -> dict[str, Any]:
         """The model's parameters as JSON."""
         replica = self.engine.replica(check_name(name))
-        with replica.lock:
+        with replica.lock, model_code("The model's parameters could not be read"):
             return model_params(replica.model)
 
     def delete_model(self, name: str) -> bool:
@@ -187,13 +199,20 @@ class Service:
         """
         started = time.perf_counter_ns()
         check_name(name)
+        check_values(ground_truth, "ground_truth")
+        check_values(prediction, "prediction")
         scored: Scored | None
         if identifier is not None:
             features, scored = self._learn_stored(name, _check_identifier(identifier), ground_truth)
         else:
             features = _check_features(features)
             scored = self.engine.learn(name, features, ground_truth, prediction)
-        self.backend.observe(*self._timing(name, "learn", started))
+        # The record is stored: the learn has succeeded, whatever its timing does (events are
+        # dropped, never raised, when the store is away).
+        try:
+            self.backend.observe(*self._timing(name, "learn", started))
+        except StoreUnavailable as error:
+            logger.warning("Model %r: a stored learn was not timed (%s).", name, error.message)
         self._announce("learn", name, features, scored, ground_truth)
         return "Successful learn."
 
@@ -228,6 +247,7 @@ class Service:
         check_name(name)
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
+        check_values(label, "label")
         features, scored = self._learn_stored(name, _check_identifier(identifier), label)
         self._announce("label", name, features, scored, label)
         return "Successful label."

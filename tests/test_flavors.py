@@ -444,9 +444,10 @@ def test_metric_values_renders_non_finite_values_as_strings():
 
 
 def test_non_finite_metrics_through_the_client(river_ml):
-    """An infinite ground truth makes MAE and RMSE infinite and SMAPE nan; all come back as strings."""
-    name = river_ml.add_model(ConstantRegressor(0.0), "regression")
-    river_ml.learn(name, ground_truth=float("inf"), features={"a": 1.0})
+    """Finite numbers whose difference overflows make MAE and RMSE infinite and SMAPE nan; all
+    come back as strings (an infinite ground truth itself is refused)."""
+    name = river_ml.add_model(ConstantRegressor(-1e308), "regression")
+    river_ml.learn(name, ground_truth=1e308, features={"a": 1.0})
     served = river_ml.metrics(name)
     assert served == {"MAE": "inf", "RMSE": "inf", "SMAPE": "nan"}
     json.dumps(served, allow_nan=False)

@@ -117,3 +117,27 @@ def test_a_json_array_upload_is_400(client):
     assert response.status_code == 400
     assert "JSON object" in response.get_json()["message"]
     assert client.get("/api/models/").get_json() == {"models": [MODEL]}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_values_in_process_are_refused(app, bad):
+    """In process, a NaN or an infinity in features, ground truth, prediction or label raises
+    InvalidInput before anything is written, as the JSON parser refuses them over HTTP."""
+    river_ml = FlaskRiverML()
+    name = river_ml.add_model(preprocessing.StandardScaler() | linear_model.LinearRegression(), "regression")
+    river_ml.learn(name, ground_truth=Y, features=X)
+    identifier = river_ml.predict(X, name)["identifier"]
+    calls = [
+        lambda: river_ml.learn(name, ground_truth=1.0, features={"ordinal_date": bad}),
+        lambda: river_ml.learn(name, ground_truth=1.0, features={"a": [1.0, {"b": bad}]}),
+        lambda: river_ml.learn(name, ground_truth=bad, features=X),
+        lambda: river_ml.learn(name, ground_truth=1.0, prediction=bad, features=X),
+        lambda: river_ml.learn(name, ground_truth=bad, identifier=identifier),
+        lambda: river_ml.predict({"ordinal_date": bad}, name),
+        lambda: river_ml.label(bad, identifier, name),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInput, match="finite"):
+            call()
+    assert river_ml.stats(name)["learn"]["n_calls"] == 1
+    assert river_ml.label(Y, identifier, name) == "Successful label."
