@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import contextlib
 import copy
 import datetime
 import decimal
@@ -41,6 +42,7 @@ import functools
 import importlib
 import inspect
 import io
+import itertools
 import math
 import operator
 import pickle
@@ -48,7 +50,7 @@ import random
 import statistics
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from .errors import INTERPRETER_EXITS, UnsafePickle
@@ -98,6 +100,21 @@ _BUDGET_FACTOR = 8
 _BUDGET_MARGIN = 32 * 1024 * 1024
 #: The most dimensions an uploaded array may have (numpy's own limit is 64).
 _MAX_DIMENSIONS = 32
+
+
+def _describe(value: Any) -> str:
+    """``value`` for a message, without running any of its code: the repr of an upload's object
+    is its class's code (river's runs attribute lookups that may fail or never end)."""
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, types.FunctionType | types.BuiltinFunctionType):
+        return f"the function {getattr(value, '__qualname__', '?')}"
+    if type(value) in (type(None), bool, int, float, str, bytes):
+        text = repr(value)
+        return text if len(text) <= 200 else text[:200] + "..."
+    if type(value) in (tuple, list) and len(value) <= 8:
+        return "(" + ", ".join(_describe(item) for item in value) + ")"
+    return f"a {type(value).__qualname__}"
 
 
 def _refuse(what: str) -> UnsafePickle:
@@ -272,7 +289,7 @@ def _plain(value: Any) -> bool:
 def _shape(value: Any) -> tuple[int, ...]:
     shape = value if isinstance(value, tuple | list) else (value,)
     if len(shape) > _MAX_DIMENSIONS or not all(type(size) is int and size >= 0 for size in shape):
-        raise _refuse(f"asks for an array of shape {value!r}")
+        raise _refuse(f"asks for an array of shape {_describe(value)}")
     return tuple(shape)
 
 
@@ -286,7 +303,7 @@ def _dtype(value: Any) -> Any:
     allowed = isinstance(value, str | bytes) and len(value) <= 64
     allowed = allowed or (isinstance(value, type) and (issubclass(value, numpy.generic) or value in _PLAIN[1:5]))
     if not allowed:
-        raise _refuse(f"describes an array type with {value!r}")
+        raise _refuse(f"describes an array type with {_describe(value)}")
     return numpy.dtype(value)
 
 
@@ -312,7 +329,7 @@ class _Checks:
         from numpy._core.multiarray import _reconstruct
 
         if subtype is not numpy.ndarray:
-            raise _refuse(f"rebuilds an array as {subtype!r}")
+            raise _refuse(f"rebuilds an array as {_describe(subtype)}")
         checked_shape, checked_dtype = _shape(shape), _dtype(dtype)
         self.budget.charge(_array_bytes(checked_shape, checked_dtype), "an array")
         return _reconstruct(numpy.ndarray, checked_shape, checked_dtype)
@@ -344,7 +361,7 @@ class _Checks:
         checked_shape, checked_dtype = _shape(shape), _dtype(dtype)
         size = _array_bytes(checked_shape, checked_dtype)
         if order not in (None, "C", "F"):
-            raise _refuse(f"asks for an array order {order!r}")
+            raise _refuse(f"asks for an array order {_describe(order)}")
         if buffer is None:
             if offset != 0 or strides is not None:
                 raise _refuse("gives an array an offset or strides without a buffer")
@@ -353,7 +370,7 @@ class _Checks:
         if type(buffer) not in (bytes, bytearray) or checked_dtype.hasobject:
             raise _refuse("builds an array over something other than plain bytes")
         if type(offset) is not int or offset < 0:
-            raise _refuse(f"gives an array the offset {offset!r}")
+            raise _refuse(f"gives an array the offset {_describe(offset)}")
         if strides is None:
             low, high = offset, offset + size
         else:
@@ -371,7 +388,7 @@ class _Checks:
         from numpy._core.multiarray import scalar
 
         if not isinstance(dtype, numpy.dtype):
-            raise _refuse(f"builds a numpy scalar of {dtype!r}")
+            raise _refuse(f"builds a numpy scalar of {_describe(dtype)}")
         if not dtype.hasobject and (type(data) is not bytes or len(data) != dtype.itemsize):
             raise _refuse(f"builds a numpy scalar of {dtype} from {type(data).__name__}")
         self.budget.charge(dtype.itemsize, "a numpy scalar")
@@ -394,7 +411,7 @@ class _Checks:
         kinds = {cls.__name__: cls for cls in _allow_list().classes if _is_bit_generator(cls)}
         chosen = kinds.get(kind) if isinstance(kind, str) else kind if kind in kinds.values() else None
         if chosen is None:
-            raise _refuse(f"asks for the random bit generator {kind!r}")
+            raise _refuse(f"asks for the random bit generator {_describe(kind)}")
         assert issubclass(chosen, numpy.random.BitGenerator)
         return chosen()
 
@@ -418,7 +435,7 @@ class _Checks:
         import numpy.random
 
         if cls is not numpy.random.SeedSequence or type(checksum) is not int:
-            raise _refuse(f"rebuilds {cls!r} as a seed sequence")
+            raise _refuse(f"rebuilds {_describe(cls)} as a seed sequence")
         # Looked up by name: written here, the double underscore would be mangled.
         unpickle = vars(sys.modules["numpy.random.bit_generator"])["__pyx_unpickle_SeedSequence"]
         return unpickle(cls, checksum, state)
@@ -430,7 +447,7 @@ class _Checks:
         base's constructor on a plain state."""
         self.loader.check_class(cls)
         if not (isinstance(base, type) and issubclass(cls, base)) or (base is not object and base not in _PLAIN_BASES):
-            raise _refuse(f"rebuilds {cls!r} on the base {base!r}")
+            raise _refuse(f"rebuilds {_describe(cls)} on the base {_describe(base)}")
         if base is object:
             return object.__new__(cls)
         self.loader.check_plain_call(base, (state,))
@@ -451,16 +468,16 @@ class _Checks:
             raise _refuse("encodes text with something other than latin1")
         return text.encode("latin1")
 
-    def iter(self, iterable: Any) -> Any:
+    def iter(self, iterable: Any, *sentinel: Any) -> Any:
         # The one-argument form only, over a built-in container: iter(callable, sentinel)
         # would call a callable until it stops.
-        if type(iterable) not in (list, tuple):
+        if sentinel or type(iterable) not in (list, tuple):
             raise _refuse(f"iterates over {type(iterable).__name__}")
         return iter(iterable)
 
     def load_type(self, name: Any) -> Any:
         if name not in _DILL_TYPES:
-            raise _refuse(f"asks dill for the type {name!r}")
+            raise _refuse(f"asks dill for the type {_describe(name)}")
         from dill._dill import _reverse_typemap
 
         return _reverse_typemap[name]
@@ -469,7 +486,7 @@ class _Checks:
         # dill's numpy array helper, rebuilt: ``factory`` must be numpy's _reconstruct as this
         # list offers it, the state is checked like any array's, and no __dict__ is set.
         if factory is not self.loader.wrappers["reconstruct"]:
-            raise _refuse(f"builds an array with {factory!r}")
+            raise _refuse(f"builds an array with {_describe(factory)}")
         if npdict is not None:
             raise _refuse("sets attributes of an array")
         array = self.reconstruct(*args)
@@ -481,7 +498,7 @@ class _Checks:
         instance of it, a nested class on the list, or one of the named functions. dill passes
         a third argument (a repr it would eval): never read."""
         if type(name) is not str or name.startswith("__") or len(rest) > 1:
-            raise _refuse(f"asks for the attribute {name!r}")
+            raise _refuse(f"asks for the attribute {_describe(name)}")
         if isinstance(owner, type):
             self.loader.check_class(owner)
             found = inspect.getattr_static(owner, name, None)
@@ -498,7 +515,7 @@ class _Checks:
         cls = type(instance)
         self.loader.check_class(cls)
         if not isinstance(function, types.FunctionType) or function.__name__.startswith("__"):
-            raise _refuse(f"binds {function!r} to {cls.__qualname__}")
+            raise _refuse(f"binds {_describe(function)} to {cls.__qualname__}")
         defined_by = function.__module__.split(".", 1)[0]
         if inspect.getattr_static(cls, function.__name__, None) is not function or not (
             defined_by == "river"
@@ -520,7 +537,7 @@ _PLAIN_BASES = (int, float, complex, str, bytes, tuple, list, dict, set, frozens
 def _shape_steps(strides: Any, dimensions: int) -> tuple[int, ...]:
     steps = tuple(strides) if isinstance(strides, tuple | list) else ()
     if len(steps) != dimensions or not all(type(step) is int for step in steps):
-        raise _refuse(f"gives an array the strides {strides!r}")
+        raise _refuse(f"gives an array the strides {_describe(strides)}")
     return steps
 
 
@@ -629,16 +646,17 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
             module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in self.reconstructors:
             return self.reconstructors[(module, name)]
+        where = f"{module}.{name}"[:200]
         top = module.split(".", 1)[0]
         if top not in _TOPS and top not in self.allowed_modules:
             raise UnsafePickle(
-                f"The upload refers to {module}.{name}, outside the modules a model may use (river, numpy, scipy, "
+                f"The upload refers to {where}, outside the modules a model may use (river, numpy, scipy, "
                 "the standard containers, and those named in RIVER_ML_UNPICKLE_ALLOWED_MODULES); nothing of it was run."
             )
         loaded = sys.modules.get(module)
         if loaded is None:
             raise UnsafePickle(
-                f"The upload refers to {module}.{name}, and {module} is not imported by the server; nothing of it "
+                f"The upload refers to {where}, and {module[:100]} is not imported by the server; nothing of it "
                 "was run. The server never imports a module to load a pickle: the app must import the modules of "
                 "its custom models, and name them in RIVER_ML_UNPICKLE_ALLOWED_MODULES."
             )
@@ -646,7 +664,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if found is not None:
             return found
         raise UnsafePickle(
-            f"The upload refers to {module}.{name}, which is outside the safe list; nothing of it was run. "
+            f"The upload refers to {where}, which is outside the safe list; nothing of it was run. "
             "Models of your own load when the app imports their module and names it in "
             "RIVER_ML_UNPICKLE_ALLOWED_MODULES."
         )
@@ -684,7 +702,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     def check_class(self, cls: Any) -> None:
         if not (isinstance(cls, type) and self.allowed(cls)):
-            raise _refuse(f"uses {cls!r} as a class")
+            raise _refuse(f"uses {_describe(cls)} as a class")
 
     # calls ------------------------------------------------------------------------------------------
 
@@ -758,7 +776,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         elif id(value) in self.allow.values:
             return
         elif id(value) in self.callable_ids or not (callable(value) and self.allowed(type(value))):
-            raise _refuse(f"keeps {value!r} as a function")
+            raise _refuse(f"keeps {_describe(value)} as a function")
 
     def check_partial(self, function: Any, args: tuple, keywords: dict) -> None:
         import numpy
@@ -815,7 +833,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         target = self.stack[-1]
         cls = type(target)
         if isinstance(target, _NOT_INSTANCES):
-            raise _refuse(f"sets attributes of {target!r}")
+            raise _refuse(f"sets attributes of {_describe(target)}")
         self.check_class(cls)
         import numpy
 
@@ -885,7 +903,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if not (isinstance(state, tuple) and len(state) in (8, 9) and state[2:5] == (None, None, None)):
             raise _refuse("gives a dtype a structured or malformed state")
         if type(state[5]) is not int or state[5] > self.budget.limit:
-            raise _refuse(f"gives a dtype the itemsize {state[5]!r}")
+            raise _refuse(f"gives a dtype the itemsize {_describe(state[5])}")
         dtype.__setstate__(state)
 
     # containers -------------------------------------------------------------------------------------
@@ -976,12 +994,12 @@ def _check_random_state(state: Any) -> None:
                 if value[3] != value[2].size or value[2].dtype != numpy.uint32 or not 0 < value[3] <= 1024:
                     raise _refuse("gives a seed sequence a pool size that is not its pool's")
             if len(value) == 5 and value[0] == "MT19937" and not (type(value[2]) is int and 0 <= value[2] <= 624):
-                raise _refuse(f"gives a random generator the position {value[2]!r}")
+                raise _refuse(f"gives a random generator the position {_describe(value[2])}")
             pending.extend(value)
         elif isinstance(value, dict):
             for key, limit in (("pos", 624), ("buffer_pos", 4)):
                 if key in value and not (type(value[key]) is int and 0 <= value[key] <= limit):
-                    raise _refuse(f"gives a random generator the {key} {value[key]!r}")
+                    raise _refuse(f"gives a random generator the {key} {_describe(value[key])}")
             pending.extend(value.values())
 
 
@@ -996,6 +1014,83 @@ def _no_dunders(state: Any) -> None:
         )
 
 
+#: How deep an uploaded model may nest: the server pickles it again (its snapshots), and
+#: pickling recurses once or twice a level, within Python's limit of 1000 frames.
+_MAX_DEPTH = 400
+_LEAVES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, str, bytes, bytearray)
+
+
+def _parts(value: Any) -> Iterator[Any] | None:
+    """What ``value`` holds, read without running any of its code; None for a leaf."""
+    import numpy
+
+    if isinstance(value, _LEAVES):
+        return None
+    if isinstance(value, dict):
+        return itertools.chain.from_iterable(dict.items(value))
+    if isinstance(value, list | tuple | set | frozenset | collections.deque):
+        return iter(value)
+    if isinstance(value, numpy.ndarray):
+        return iter(value.flat) if value.dtype.hasobject else None
+    if isinstance(value, functools.partial):
+        return iter((value.func, *value.args, *value.keywords.values()))
+    parts: list[Any] = []
+    try:
+        parts.extend(object.__getattribute__(value, "__dict__").values())
+    except (AttributeError, TypeError):
+        pass
+    for cls in type(value).__mro__:
+        for name in vars(cls).get("__slots__", ()):
+            slot = vars(cls).get(name)
+            if isinstance(slot, types.MemberDescriptorType):
+                with contextlib.suppress(AttributeError):
+                    parts.append(slot.__get__(value))
+    return iter(parts) if parts else None
+
+
+def _check_shape(root: Any, max_leaves: int) -> None:
+    """Refuse a model nested deeper than _MAX_DEPTH, or one that expands to more than
+    ``max_leaves`` values when its shared references are followed (what its JSON and deep
+    copies walk): a few hundred bytes of memo references double at each level.
+
+    One iterative depth-first walk; each object's expanded size is computed once."""
+    sizes: dict[int, int] = {}
+    path: set[int] = {id(root)}
+    parts = _parts(root)
+    if parts is None:
+        return
+    frames: list[list[Any]] = [[root, parts, 1]]
+    while frames:
+        frame = frames[-1]
+        part = next(frame[1], _END)
+        if part is _END:
+            frames.pop()
+            path.discard(id(frame[0]))
+            sizes[id(frame[0])] = frame[2]
+            if frames:
+                frames[-1][2] += frame[2]
+                if frames[-1][2] > max_leaves:
+                    raise _refuse(f"expands to more than {max_leaves} values through shared references")
+            continue
+        known = sizes.get(id(part))
+        if known is not None or id(part) in path:
+            frame[2] += known or 1
+        else:
+            inner = _parts(part)
+            if inner is None:
+                frame[2] += 1
+            elif len(frames) >= _MAX_DEPTH:
+                raise _refuse(f"nests objects more than {_MAX_DEPTH} levels deep")
+            else:
+                path.add(id(part))
+                frames.append([part, inner, 1])
+        if frame[2] > max_leaves:
+            raise _refuse(f"expands to more than {max_leaves} values through shared references")
+
+
+_END = object()
+
+
 def safe_loads(data: bytes, allowed_modules: Iterable[str] = (), max_bytes: int | None = None) -> Any:
     """Unpickle an uploaded model under the allow-list (see the module docstring).
 
@@ -1007,13 +1102,16 @@ def safe_loads(data: bytes, allowed_modules: Iterable[str] = (), max_bytes: int 
     budget = _budget(len(data), max_bytes)
     budget.charge(len(data), "the pickle's own strings and bytes")
     try:
-        return _Loader(bytes(data), allowed_modules, budget).load()
+        model = _Loader(bytes(data), allowed_modules, budget).load()
+        _check_shape(model, budget.limit // _SLOT_COST)
+        return model
     except UnsafePickle:
         raise
     except INTERPRETER_EXITS:
         raise
     except BaseException as error:  # noqa: BLE001 - a Rust panic is a BaseException; any failure is the upload's
-        description = repr(error)
-        if len(description) > 300:
-            description = description[:300] + "..."
-        raise UnsafePickle(f"The upload is not a loadable pickle of a model: {description}") from None
+        # Never repr(error): its arguments may be the upload's objects, whose repr is their code.
+        description = ", ".join(_describe(arg) for arg in error.args[:3])
+        raise UnsafePickle(
+            f"The upload is not a loadable pickle of a model: {type(error).__name__}({description})"
+        ) from None
