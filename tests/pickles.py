@@ -352,6 +352,11 @@ def _array(shape: Any, dtype: Any, *rest: Any) -> Call:
     return Call(Global("numpy", "ndarray"), shape, dtype, *rest)
 
 
+def _empty_array() -> Call:
+    """What numpy's pickles start an array from, before BUILD gives it its shape and data."""
+    return Call(Global("numpy._core.multiarray", "_reconstruct"), Global("numpy", "ndarray"), (0,), b"b")
+
+
 def _dtype(text: str) -> Call:
     return Call(Global("numpy", "dtype"), text, False, True)
 
@@ -512,7 +517,7 @@ ATTACKS: list[Attack] = [
         "array memory",
         "setstate short data",
         lambda m: Build(
-            Call(Global("numpy._core.multiarray", "_reconstruct"), Global("numpy", "ndarray"), (0,), b"b"),
+            _empty_array(),
             (1, (1000000,), _dtype("f8"), False, b"\x00" * 8),
         ),
     ),  # fmt: skip
@@ -520,7 +525,7 @@ ATTACKS: list[Attack] = [
         "array memory",
         "setstate object data as bytes",
         lambda m: Build(
-            Call(Global("numpy._core.multiarray", "_reconstruct"), Global("numpy", "ndarray"), (0,), b"b"),
+            _empty_array(),
             (1, (1,), _dtype("O"), False, b"\x41" * 8),
         ),
     ),  # fmt: skip

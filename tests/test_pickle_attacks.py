@@ -135,3 +135,14 @@ def test_one_sync_worker_refuses_every_case_and_survives(tmp_path):
         assert peak - baseline < 100 * 1024, (baseline, peak)
         assert "Traceback" not in server.log_text()
     assert not marker.exists()
+
+
+def test_the_table_of_docs_security_matches_the_corpus():
+    """docs/security.md lists, per attack class, the cases tried and refused: the corpus's."""
+    table = {}
+    for line in (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text().splitlines():
+        cells = [cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].isdigit():
+            table[cells[0]] = (int(cells[2]), int(cells[3]))
+    tried = counts(Path("/m"))
+    assert table == {**{kind: (count, count) for kind, count in tried.items()}, "all": (len(CASES), len(CASES))}
