@@ -706,16 +706,16 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     # calls ------------------------------------------------------------------------------------------
 
-    def call(self, function: Any, args: tuple, kwargs: dict | None = None) -> Any:
+    def call(self, function: Any, args: tuple) -> Any:
         """REDUCE, and INST / OBJ with arguments: a listed reconstructor, or a class call."""
         if not isinstance(args, tuple):
             raise _refuse("calls something with arguments that are not a tuple")
         self.budget.charge(_OBJECT_COST + _SLOT_COST * len(args), "a call")
-        if id(function) in self.callable_ids and not kwargs:
+        if id(function) in self.callable_ids:
             return function(*args)
         self.check_class(function)
         cls: type = function
-        if cls is types.MethodType and len(args) == 2:
+        if cls is types.MethodType:
             return self.checks.method(*args)
         import numpy
 
@@ -746,8 +746,8 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if issubclass(cls, numpy.generic) and any(type(arg) is int for arg in args):
             # numpy.void(400000000) allocates that many bytes; river's scalars come from scalar().
             raise _refuse(f"sizes a numpy {cls.__name__} with a number")
-        if cls is functools.partial or cls is collections.defaultdict or cls is types.MethodType:
-            return
+        if cls is functools.partial or cls is collections.defaultdict:
+            return  # their callables are checked by call() and load_build()
         if not all(_plain(arg) for arg in args):
             raise _refuse(f"calls {cls.__qualname__} on {[type(arg).__name__ for arg in args]}")
         if issubclass(cls, bytes | bytearray) and args and type(args[0]) is int:
