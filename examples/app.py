@@ -10,12 +10,13 @@ from pathlib import Path
 
 from flask import Flask
 
+import examples.custom.model  # noqa: F401 - the unpickler resolves classes only in modules the app imported
 from flask_river_ml import FlaskRiverML
 
 app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
 app.config["RIVER_ML_STORAGE_BACKEND"] = "shelve"
 # The custom example uploads a model whose class lives in examples.custom.model: the server
-# unpickles classes of that module only because it is named here.
+# unpickles classes of that module only because it is named here and imported above.
 app.config["RIVER_ML_UNPICKLE_ALLOWED_MODULES"] = ["examples"]
 app.config.from_prefixed_env()
 

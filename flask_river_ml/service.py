@@ -108,7 +108,7 @@ class Service:
         try:
             with model_code("The uploaded model cannot be pickled"):
                 again = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
-            safe_loads(again, self.unpickle_allowed_modules, self.upload_max_bytes)
+            safe_loads(again, self.unpickle_allowed_modules)
         except (ModelFailed, UnsafePickle) as error:
             raise UnsafePickle(f"The uploaded model does not pickle back to the safe list: {error.message}") from None
         return self.add_model(model, chosen.name, name)

@@ -5,8 +5,9 @@ Start the server first (`make run`), then, from the repository root:
     python examples/custom/run.py
 
 The model's class lives in an importable module, examples/custom/model.py, so the pickle
-refers to it by name (examples.custom.model.EWMeanRegressor); the server imports it, because
-it runs from the repository root and its RIVER_ML_UNPICKLE_ALLOWED_MODULES names "examples".
+refers to it by name (examples.custom.model.EWMeanRegressor); the server resolves it because
+the app (examples/app.py) imports that module and its RIVER_ML_UNPICKLE_ALLOWED_MODULES names
+"examples": the unpickler never imports a module itself.
 A class defined in this script (in __main__) would be pickled by value, which the server
 refuses.
 
