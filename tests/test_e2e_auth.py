@@ -1,5 +1,5 @@
 """End to end with authentication on: users made with the real ``flask river-ml`` CLI, the
-example server under gunicorn, and riverapi going through the Bearer challenge (SPEC section 4)."""
+example server under gunicorn, and riverapi going through the Bearer challenge."""
 
 from __future__ import annotations
 
