@@ -8,18 +8,16 @@ loopback rule, ProxyFix) and on.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import dill
 import pytest
 from flask import Flask
 from itsdangerous import URLSafeTimedSerializer
-from river import datasets, linear_model, preprocessing
 from riverapi.auth import parse_auth_header
+from test_auth import MODEL, PASSWORD, X, Y, access_token, basic, bearer, regressor
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_river_ml import FlaskRiverML
@@ -27,11 +25,7 @@ from flask_river_ml.auth import SCOPES, scopes_from
 from flask_river_ml.errors import InvalidInput
 from flask_river_ml.views import ROUTES
 
-MODEL = "served"
-PASSWORD = "correct horse battery staple"
-X, Y = next(iter(datasets.TrumpApproval().take(1)))
 REMOTE = "203.0.113.7"
-ALL = ",".join(SCOPES)
 
 #: What each route needs, as the documentation states it: (rule, method) -> scope, or None for
 #: the routes that never need a token.
@@ -59,24 +53,6 @@ PROTECTED = sorted(key for key, scope in EXPECTED_SCOPES.items() if scope is not
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def regressor():
-    return preprocessing.StandardScaler() | linear_model.LinearRegression()
-
-
-def basic(user: str, token: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def access_token(client, user: str, api_token: str) -> str:
-    response = client.get("/api/auth/token/", headers=basic(user, api_token))
-    assert response.status_code == 200, response.data[:500]
-    return response.get_json()["token"]  # type: ignore[no-any-return]
 
 
 def new_user(app: Flask, name: str, scopes: Any = SCOPES) -> str:
@@ -485,16 +461,9 @@ def test_cli_get_token_keeps_the_scopes(scoped_app):
 
 
 @pytest.fixture
-def host_app(tmp_path) -> Iterator[tuple[Flask, FlaskRiverML]]:
-    """Authentication on, built the init_app way, the model MODEL stored."""
-    river_ml = FlaskRiverML()
-    app = Flask("host_app", instance_path=str(tmp_path / "host"))
-    app.config.update(TESTING=True, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_DISABLE_AUTHENTICATION=False)
-    river_ml.init_app(app)
-    with app.app_context():
-        river_ml.add_model(regressor(), "regression", name=MODEL)
-    yield app, river_ml
-    FlaskRiverML.state(app).close()
+def host_app(scoped_app) -> tuple[Flask, FlaskRiverML]:
+    """The app of ``scoped_app`` and its extension object, for a host app's check."""
+    return scoped_app, FlaskRiverML.state(scoped_app).extension
 
 
 def test_verify_credentials_may_grant_scopes(host_app):
