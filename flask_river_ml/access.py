@@ -1,4 +1,5 @@
-"""Who may call the blueprint: access tokens on requests, the challenge, the rate-limit key.
+"""Who may call the blueprint: access tokens and their scopes, who may upload a pickle, the
+challenge, the rate-limit key.
 
 Flask-side glue of :mod:`flask_river_ml.auth`: it reads the request, remembers the result in
 ``g`` for the rest of the request, and builds the ``WWW-Authenticate`` challenge riverapi
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Flask, current_app, g, request, url_for
 
-from .auth import Unauthorized
+from .auth import MANAGE, Principal, Unauthorized
 from .errors import Forbidden
 from .settings import EXTENSION_KEY
 
@@ -48,54 +49,79 @@ def _view_name() -> str:
     return re.sub(r"_\d+$", "", endpoint)
 
 
-def current_user() -> str | None:
-    """The user named by a valid access token on this request, or None (checked once)."""
-    if "river_ml_user" not in g:
+def current_principal() -> Principal | None:
+    """Who a valid access token on this request speaks for, or None (checked once a request)."""
+    if "river_ml_principal" not in g:
         token = _access_token(_view_name())
         registration = state()
         host_checked = registration.extension.credentials_check is not None
         try:
-            g.river_ml_user = None if token is None else registration.auth.verify(token, host_checked)
+            g.river_ml_principal = None if token is None else registration.auth.verify(token, host_checked)
         except Unauthorized as error:
-            g.river_ml_user, g.river_ml_auth_error = None, error
-    return g.river_ml_user  # type: ignore[no-any-return]
+            g.river_ml_principal, g.river_ml_auth_error = None, error
+    return g.river_ml_principal  # type: ignore[no-any-return]
 
 
-def require_user() -> None:
-    """Raise :class:`Unauthorized` (why, if a token was refused) unless a user is known."""
-    if current_user() is None:
+def current_user() -> str | None:
+    """The user named by a valid access token on this request, or None."""
+    principal = current_principal()
+    return None if principal is None else principal.name
+
+
+def require_user() -> Principal:
+    """Who a valid access token speaks for; :class:`Unauthorized` (why, if a token was refused)
+    when there is none."""
+    principal = current_principal()
+    if principal is None:
         raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+    return principal
 
 
 def require_scope(scope: str) -> None:
-    """Raise :class:`Unauthorized` unless a user is known (see :func:`require_user`)."""
-    require_user()
+    """:class:`Unauthorized` without a valid access token, :class:`Forbidden` naming ``scope``
+    when the token does not grant it."""
+    principal = require_user()
+    if scope not in principal.scopes:
+        held = ", ".join(principal.scopes) or "none"
+        error = Forbidden(f"This view needs the '{scope}' scope; the user '{principal.name}' has {held}.")
+        # RFC 6750's answer to a token that is valid but not enough; clients that do not read
+        # it (riverapi reads the header on a 401 only) lose nothing.
+        error.headers = {"WWW-Authenticate": f'{challenge()},error="insufficient_scope",scope="{scope}"'}
+        raise error
 
 
 def check_pickle_upload() -> None:
     """Raise :class:`Forbidden` unless this request may upload a pickle.
 
-    A protected upload view has checked the manage scope already. Otherwise
-    RIVER_ML_UPLOAD_PICKLES decides: loopback clients only (the address is the one werkzeug
-    sees: behind a reverse proxy, wrap the app in ``ProxyFix``), or any client.
+    With authentication on and the model view protected, a user needs the manage scope (the
+    route checks it; this check does not rely on that). Otherwise RIVER_ML_UPLOAD_PICKLES
+    decides: loopback clients only, or any client. The address is the one werkzeug sees:
+    behind a reverse proxy it is the proxy's, unless the app is wrapped in ``ProxyFix``.
     """
     settings = state().settings
     if not settings["RIVER_ML_DISABLE_AUTHENTICATION"] and "model" in settings["RIVER_ML_AUTHENTICATED_VIEWS"]:
+        require_scope(MANAGE)
         return
     if settings["RIVER_ML_UPLOAD_PICKLES"] == "any" or _is_loopback(request.remote_addr):
         return
     raise Forbidden(
-        f"Pickle uploads are accepted from loopback clients only, and {request.remote_addr} is not one "
-        "(RIVER_ML_UPLOAD_PICKLES = 'loopback'). Create the model from a JSON description instead, "
-        "or set RIVER_ML_UPLOAD_PICKLES = 'any' on a closed network."
+        f"Pickle uploads are accepted from loopback clients only, and {request.remote_addr or 'this client'} "
+        "is not one (RIVER_ML_UPLOAD_PICKLES = 'loopback'). Create the model from a JSON description "
+        "instead, or set RIVER_ML_UPLOAD_PICKLES = 'any' on a closed network; behind a reverse proxy, "
+        "wrap the app in werkzeug's ProxyFix so that the client's own address is seen."
     )
 
 
 def _is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
+    if not address:
         return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # a unix socket's peer, or anything else that is not an IP address
+        return False
+    # ::ffff:127.0.0.1 is the IPv4 loopback seen through a dual-stack socket.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 def rate_limit_key() -> str:

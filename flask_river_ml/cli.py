@@ -1,4 +1,4 @@
-"""``flask river-ml ...``: manage the users of the HTTP API."""
+"""``flask river-ml ...``: manage the users of the HTTP API and their scopes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import click
 from flask.cli import AppGroup
 
 from .access import state
-from .auth import Auth
-from .errors import RiverMLError
+from .auth import SCOPES, Auth, UserNotFound, scopes_from
+from .errors import InvalidInput, RiverMLError
 
 T = TypeVar("T")
 
@@ -29,6 +29,28 @@ def _run(action: Callable[..., T], *args: Any) -> T:
         raise click.ClickException(error.message) from None
 
 
+def _scopes(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    # Repeated options and comma lists alike: --scope predict --scope learn, --scope predict,learn.
+    if not values:
+        return SCOPES
+    try:
+        return scopes_from(",".join(values))
+    except InvalidInput as error:
+        raise click.BadParameter(error.message, context, parameter) from None
+
+
+def _scope_option(purpose: str, required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--scope",
+        "scopes",
+        multiple=True,
+        required=required,
+        metavar="SCOPE[,SCOPE]",
+        callback=_scopes,
+        help=f"{purpose} One of {', '.join(SCOPES)}; repeat the option or give a comma list.",
+    )
+
+
 _password = click.option(
     "--password", prompt=True, hide_input=True, help="The user's password (asked for when not given)."
 )
@@ -43,11 +65,22 @@ _password = click.option(
     confirmation_prompt=True,
     help="The user's password (asked for, twice, when not given).",
 )
-def create_user(name: str, password: str) -> None:
+@_scope_option("What the user may do (default: every scope).")
+def create_user(name: str, password: str, scopes: tuple[str, ...]) -> None:
     """Create a user and print their API token (the last line, alone)."""
-    token = _run(_auth().create_user, name, password)
-    click.echo(f"Created user {name}. Their API token, for RIVER_ML_TOKEN (shown once):")
+    token = _run(_auth().create_user, name, password, scopes)
+    click.echo(f"Created user {name} with the scopes {', '.join(scopes)}.")
+    click.echo("Their API token, for RIVER_ML_TOKEN (shown once):")
     click.echo(token)
+
+
+@river_ml_cli.command("set-scopes")
+@click.argument("name")
+@_scope_option("What the user may do from now on.", required=True)
+def set_scopes(name: str, scopes: tuple[str, ...]) -> None:
+    """Give a user exactly the scopes named; access tokens already issued lose the others at once."""
+    held = _run(_auth().set_scopes, name, scopes)
+    click.echo(f"User {name} now has the scopes {', '.join(held)}.")
 
 
 @river_ml_cli.command("get-token")
@@ -71,6 +104,11 @@ def delete_user(name: str) -> None:
 
 @river_ml_cli.command("list-users")
 def list_users() -> None:
-    """List the users, one a line."""
-    for name in _auth().users():
-        click.echo(name)
+    """List the users, one a line: the name, a tab, the scopes (comma-separated)."""
+    auth = _auth()
+    for name in auth.users():
+        try:
+            held = auth.scopes(name)
+        except UserNotFound:  # deleted since the names were read
+            continue
+        click.echo(f"{name}\t{','.join(held)}")

@@ -1,4 +1,4 @@
-"""Authentication (SPEC section 4) through Flask's test client, the CLI runner and in-process calls.
+"""Authentication through Flask's test client, the CLI runner and in-process calls.
 
 Sections: the challenge of every protected view; riverapi's token flow by hand; every way a
 credential can be wrong; the secret that signs access tokens; a host app's own credentials
@@ -746,6 +746,11 @@ def last_line(output: str) -> str:
     return output.strip().splitlines()[-1]
 
 
+def listed_users(output: str) -> list[str]:
+    """The names list-users printed: the first column of its lines."""
+    return [line.split("\t")[0] for line in output.splitlines()]
+
+
 def assert_failed(result, *fragments: str) -> None:
     """A non-zero exit with a message and no traceback."""
     assert result.exit_code != 0, result.output
@@ -817,15 +822,16 @@ def test_cli_get_token_unknown_user_fails(user_app):
 
 
 def test_cli_delete_user_then_list_users(user_app):
-    """list-users prints one sorted name a line; delete-user removes one; deleting it again fails."""
+    """list-users prints one sorted name a line (then their scopes); delete-user removes one; deleting it
+    again fails."""
     for name in ("carol", "alice", "bob"):
         assert run(user_app, "create-user", name, "--password", PASSWORD).exit_code == 0
     listed = run(user_app, "list-users")
     assert listed.exit_code == 0
-    assert listed.output.split() == ["alice", "bob", "carol"]
+    assert listed_users(listed.output) == ["alice", "bob", "carol"]
     deleted = run(user_app, "delete-user", "bob")
     assert deleted.exit_code == 0, deleted.output
-    assert run(user_app, "list-users").output.split() == ["alice", "carol"]
+    assert listed_users(run(user_app, "list-users").output) == ["alice", "carol"]
     assert_failed(run(user_app, "delete-user", "bob"), "bob")
 
 
@@ -845,6 +851,6 @@ def test_cli_and_http_see_the_same_users(user_app):
     """A user created in-process is listed by the CLI, and one deleted by the CLI loses its tokens."""
     client = user_app.test_client()
     token = access_token(client, "alice", new_user(user_app))
-    assert run(user_app, "list-users").output.split() == ["alice"]
+    assert listed_users(run(user_app, "list-users").output) == ["alice"]
     assert run(user_app, "delete-user", "alice").exit_code == 0
     assert_challenge(client.get("/api/models/", headers=bearer(token)))

@@ -1,5 +1,5 @@
 """End to end with authentication on: users made with the real ``flask river-ml`` CLI, the
-example server under gunicorn, and riverapi going through the Bearer challenge (SPEC section 4)."""
+example server under gunicorn, and riverapi going through the Bearer challenge."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dill
 import pytest
 import requests
 from river import datasets, linear_model, preprocessing
@@ -19,8 +20,11 @@ from servers import FLASK, ROOT, Server, predict_and_download, serve, server_env
 
 #: The server's settings, from its environment: authentication on.
 AUTH_ON = {"FLASK_RIVER_ML_DISABLE_AUTHENTICATION": "false"}
-#: name -> password; alice runs the whole riverapi flow, bob gets a new API token.
-PASSWORDS = {"alice": "secret", "bob": "b0b-s3cret"}
+#: name -> password; alice runs the whole riverapi flow, bob gets a new API token, carol may
+#: only read (the predict scope).
+PASSWORDS = {"alice": "secret", "bob": "b0b-s3cret", "carol": "c4r0l"}
+#: name -> the create-user options beyond the password (every scope without --scope).
+SCOPE_OPTIONS = {"carol": ("--scope", "predict")}
 
 
 def river_ml_cli(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +68,9 @@ def auth(tmp_path_factory) -> Iterator[AuthServer]:
     """The example server with authentication on, its users made by the CLI beforehand."""
     folder = tmp_path_factory.mktemp("e2e_auth_server")
     tokens = {
-        name: printed_token(river_ml_cli(folder, "create-user", name, "--password", password))
+        name: printed_token(
+            river_ml_cli(folder, "create-user", name, "--password", password, *SCOPE_OPTIONS.get(name, ()))
+        )
         for name, password in PASSWORDS.items()
     }
     with serve(folder, env=AUTH_ON, workers=2, access_log=True) as server:
@@ -289,4 +295,61 @@ def test_get_token_replaces_the_api_token(auth, monkeypatch):
     # alice is untouched.
     with access_token(auth, "alice", auth.tokens["alice"]) as response:
         assert response.status_code == 200, response.text
+    assert_clean_log(auth.server)
+
+
+# --- scopes ------------------------------------------------------------------------------------
+
+
+def test_a_predict_only_user_predicts_but_cannot_upload(auth, monkeypatch):
+    """carol, made by the real CLI with --scope predict, follows riverapi's flow: she reads models
+    and predicts like the model's owner, and her upload, learn and delete are refused with 403."""
+    listed = river_ml_cli(auth.folder, "list-users")
+    assert listed.returncode == 0, listed.stderr
+    assert "carol\tpredict" in listed.stdout.splitlines()
+
+    monkeypatch.setenv("RIVER_ML_USER", "alice")
+    monkeypatch.setenv("RIVER_ML_TOKEN", auth.tokens["alice"])
+    owner = Client(auth.url, quiet=True)
+    model = preprocessing.StandardScaler() | linear_model.LinearRegression()
+    name = owner.upload_model(model, "regression", "e2e-scopes")
+    samples = list(datasets.TrumpApproval().take(30))
+    for x, y in samples[:20]:
+        owner.learn(name, x, y)
+        model.learn_one(x, y)
+
+    monkeypatch.setenv("RIVER_ML_USER", "carol")
+    monkeypatch.setenv("RIVER_ML_TOKEN", auth.tokens["carol"])
+    before = auth.server.requests()
+    reader = Client(auth.url, quiet=True)
+    assert name in reader.models()["models"]
+    for x, _ in samples[20:]:
+        assert reader.predict(name, x)["prediction"] == model.predict_one(x)
+    # riverapi exits on any answer but 200 and 201.
+    with pytest.raises(SystemExit):
+        reader.upload_model(linear_model.LinearRegression(), "regression", "by-carol")
+    with pytest.raises(SystemExit):
+        reader.learn(name, samples[0][0], samples[0][1])
+    with pytest.raises(SystemExit):
+        reader.delete_model(name)
+    answered = auth.server.requests()[len(before) :]
+    assert [(entry.method, entry.path, entry.status) for entry in answered if entry.status == 403] == [
+        ("POST", "/api/model/regression/by-carol/", 403),
+        ("POST", "/api/learn/", 403),
+        ("DELETE", "/api/model/", 403),  # riverapi names the model in the body
+    ]
+
+    # The same upload by hand: a JSON 403 naming the scope carol lacks.
+    with access_token(auth, "carol", auth.tokens["carol"]) as response:
+        assert response.status_code == 200, response.text
+        bearer = {"Authorization": f"Bearer {response.json()['token']}"}
+    with requests.post(
+        auth.url + "/api/model/regression/by-carol/", data=dill.dumps(model), headers=bearer, timeout=10
+    ) as response:
+        assert response.status_code == 403, response.text
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.json()["message"] == "This view needs the 'manage' scope; the user 'carol' has predict."
+    assert "by-carol" not in owner.models()["models"]
+    assert owner.stats(name)["learn"]["n_calls"] == 20
+    owner.delete_model(name)
     assert_clean_log(auth.server)
