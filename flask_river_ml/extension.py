@@ -14,7 +14,7 @@ from flask import Flask
 from . import access, keys, limits
 from . import settings as settings_module
 from .access import rate_limit_key
-from .auth import Auth, CredentialsCheck
+from .auth import SCOPES, Auth, CredentialsCheck, ScopeNames
 from .cli import river_ml_cli
 from .engine import Engine
 from .errors import ConfigurationError, StoreUnavailable
@@ -145,20 +145,27 @@ class FlaskRiverML:
         """Decorator: let the host app check ``(username, api_token)`` at the token endpoint.
 
         For apps that already have users: the check replaces the users kept by the extension,
-        and the access tokens it leads to are valid until they expire::
+        and the access tokens it leads to are valid until they expire. It returns True (every
+        scope), False or None (refused), or the scope names it grants::
 
             @river_ml.verify_credentials
-            def check(username: str, token: str) -> bool:
-                return my_users.token_is_valid(username, token)
+            def check(username: str, token: str) -> bool | list[str]:
+                user = my_users.by_api_token(username, token)
+                return user is not None and (["predict"] if user.is_viewer else True)
         """
         self.credentials_check = check
         return check
 
-    # --- users (SPEC section 4) ---------------------------------------------------------------
+    # --- users --------------------------------------------------------------------------------
 
-    def create_user(self, name: str, password: str) -> str:
-        """Create a user; their API token (for RIVER_ML_TOKEN), shown once."""
-        return self._checked().auth.create_user(name, password)
+    def create_user(self, name: str, password: str, scopes: ScopeNames = SCOPES) -> str:
+        """Create a user with ``scopes`` (predict, learn and manage by default); their API token
+        (for RIVER_ML_TOKEN), shown once."""
+        return self.state().auth.create_user(name, password, scopes)
+
+    def set_scopes(self, name: str, scopes: ScopeNames) -> tuple[str, ...]:
+        """Give the user exactly ``scopes``; access tokens already issued lose the others at once."""
+        return self.state().auth.set_scopes(name, scopes)
 
     def get_token(self, name: str, password: str) -> str:
         """A fresh API token for the user; the old one stops working."""
@@ -172,7 +179,7 @@ class FlaskRiverML:
         """Every user's name, sorted."""
         return self._checked().auth.users()
 
-    # --- the in-process client (SPEC section 7) -----------------------------------------------
+    # --- the in-process client -----------------------------------------------------------------
 
     def models(self) -> list[str]:
         """The names of every stored model, sorted."""

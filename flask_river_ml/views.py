@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import BuildError
 
 from .access import challenge, check_pickle_upload, require_scope, state
-from .auth import Unauthorized
+from .auth import LEARN, MANAGE, PREDICT, Unauthorized
 from .encoding import jsonable
 from .errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
 from .events import EVENTS, METRICS, sse
@@ -234,8 +234,6 @@ def stats() -> Response:
     return _json(_service().stats(_model_name()))
 
 
-#: The scopes a user's token may carry: what each lets its holder do.
-PREDICT, LEARN, MANAGE = "predict", "learn", "manage"
 #: rule -> (view name, {method: (handler, scope)}). A view name is what API_VIEWS_ENABLED and
 #: AUTHENTICATED_VIEWS refer to; the scope is what a token needs when the view is protected.
 ROUTES: list[tuple[str, str, dict[str, tuple[Handler, str]]]] = [

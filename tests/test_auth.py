@@ -24,7 +24,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from river import datasets, linear_model, preprocessing
 from riverapi.auth import parse_auth_header
 
-from flask_river_ml import FlaskRiverML, RiverMLError
+from flask_river_ml import ConfigurationError, FlaskRiverML, RiverMLError
 from flask_river_ml.auth import Unauthorized, UserExists
 
 MODEL = "served"
@@ -519,13 +519,14 @@ def test_query_token_is_not_accepted_outside_streams(auth_app):
 
 
 def shared_app(make_app, instance: Path, **config: Any) -> Flask:
-    """An app with authentication on, on the shelve store of ``instance`` (shared like two processes)."""
+    """An app with authentication on, on the shelve store of ``instance`` (shared like two processes),
+    with one blob key for every app (hosts sharing a store must share it)."""
     return make_app(
         instance_path=instance,
         RIVER_ML_STORAGE_BACKEND="shelve",
         RIVER_ML_DISABLE_AUTHENTICATION=False,
         RIVER_ML_SHELVE_PATH=str(instance.parent / "shared.shelve"),
-        **config,
+        **{"RIVER_ML_SHELVE_SECRET_KEY": "one blob key for every app", **config},
     )
 
 
@@ -539,35 +540,42 @@ def accepts(app: Flask, token: str) -> bool:
 
 
 def test_jwt_secret_key_wins_over_secret_key(make_app, tmp_path):
-    """RIVER_ML_JWT_SECRET_KEY signs the tokens when set, whatever the app's SECRET_KEY."""
+    """RIVER_ML_JWT_SECRET_KEY signs the tokens when set, whatever the app's SECRET_KEY; an app
+    sharing the store with another token key refuses to start."""
     issuer = shared_app(make_app, tmp_path / "a", RIVER_ML_JWT_SECRET_KEY="jwt-one", SECRET_KEY="flask-one")
     token = access_token(issuer.test_client(), "alice", new_user(issuer))
     assert accepts(issuer, token)
     assert accepts(shared_app(make_app, tmp_path / "b", RIVER_ML_JWT_SECRET_KEY="jwt-one", SECRET_KEY="other"), token)
-    assert not accepts(shared_app(make_app, tmp_path / "c", SECRET_KEY="flask-one"), token)
-    assert not accepts(shared_app(make_app, tmp_path / "d", RIVER_ML_JWT_SECRET_KEY="jwt-two"), token)
+    for config in ({"SECRET_KEY": "flask-one"}, {"RIVER_ML_JWT_SECRET_KEY": "jwt-two"}):
+        with pytest.raises(ConfigurationError, match="RIVER_ML_JWT_SECRET_KEY"):
+            shared_app(make_app, tmp_path / "c", **config)
 
 
 def test_secret_key_signs_when_there_is_no_jwt_secret_key(make_app, tmp_path):
-    """Without RIVER_ML_JWT_SECRET_KEY the app's SECRET_KEY signs the tokens."""
+    """Without RIVER_ML_JWT_SECRET_KEY a key derived from the app's SECRET_KEY signs the tokens
+    (not SECRET_KEY itself)."""
     issuer = shared_app(make_app, tmp_path / "a", SECRET_KEY="flask-one")
     token = access_token(issuer.test_client(), "alice", new_user(issuer))
     assert accepts(shared_app(make_app, tmp_path / "b", SECRET_KEY="flask-one"), token)
-    assert accepts(shared_app(make_app, tmp_path / "c", RIVER_ML_JWT_SECRET_KEY="flask-one"), token)
-    assert not accepts(shared_app(make_app, tmp_path / "d", SECRET_KEY="flask-two"), token)
-    assert not accepts(shared_app(make_app, tmp_path / "e"), token)
+    # Not SECRET_KEY itself: a token signed with it, as before keys were derived, is refused.
+    valid, payload = URLSafeTimedSerializer("flask-one").loads_unsafe(token, salt="flask-river-ml access token")
+    assert not valid and payload["user"] == "alice"
+    for config in ({"RIVER_ML_JWT_SECRET_KEY": "flask-one"}, {"SECRET_KEY": "flask-two"}, {}):
+        with pytest.raises(ConfigurationError, match="RIVER_ML_JWT_SECRET_KEY"):
+            shared_app(make_app, tmp_path / "c", **config)
 
 
 def test_generated_secret_is_kept_in_the_cache_dir(make_app, tmp_path):
     """Without either key a secret is generated in RIVER_ML_CACHE_DIR: apps sharing that folder accept each
-    other's tokens, an app with another cache folder refuses them."""
+    other's tokens, an app on the same store with another cache folder refuses to start."""
     cache = tmp_path / "cache"
     issuer = shared_app(make_app, tmp_path / "a", RIVER_ML_CACHE_DIR=str(cache))
     assert cache.is_dir() and any(cache.iterdir())
     token = access_token(issuer.test_client(), "alice", new_user(issuer))
     assert accepts(shared_app(make_app, tmp_path / "b", RIVER_ML_CACHE_DIR=str(cache)), token)
-    assert not accepts(shared_app(make_app, tmp_path / "c", RIVER_ML_CACHE_DIR=str(tmp_path / "other")), token)
-    assert not accepts(shared_app(make_app, tmp_path / "d"), token)
+    for config in ({"RIVER_ML_CACHE_DIR": str(tmp_path / "other")}, {}):
+        with pytest.raises(ConfigurationError, match="RIVER_ML_JWT_SECRET_KEY"):
+            shared_app(make_app, tmp_path / "c", **config)
 
 
 def test_generated_secret_is_the_same_after_a_restart(make_app, tmp_path):
