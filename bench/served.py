@@ -20,7 +20,7 @@ A short warm-up run with the same command precedes each measured run.
 
 In the same run, django-river-ml 0.0.21 (``bench/django_app.py``, its default shelve store,
 one sync worker) serves the same two models under the same load: the server this project
-replaces, and the reference of DESIGN.md's targets (2x on the small model, 50x for learns and
+replaces, and the reference of the project's targets (2x on the small model, 50x for learns and
 20x for predicts on the forest). It runs in its own virtual environment, built on first use in
 ``bench/.django-venv`` (``--django-venv``) with pip from the package index.
 
@@ -78,9 +78,9 @@ BARE_APP = "bench.bare_app:app"
 DJANGO_APP = "bench.django_app:application"
 #: What bench/django_app.py needs: 0.0.21 imports ``ratelimit``, renamed in django-ratelimit 4.
 DJANGO_REQUIREMENTS = ("django-river-ml==0.0.21", "django-ratelimit<4", "pyjwt", "gunicorn")
-#: DESIGN.md: the extension's req/s at least these multiples of django-river-ml's.
+#: The targets: the extension's req/s at least these multiples of django-river-ml's.
 DJANGO_TARGETS = {("small", "learn"): 2, ("small", "predict"): 2, ("forest", "learn"): 50, ("forest", "predict"): 20}
-#: DESIGN.md: small-model learns through the extension at least this share of bare Flask's.
+#: The target: small-model learns through the extension at least this share of bare Flask's.
 BARE_TARGET = 0.6
 #: Every answer the benchmark accepts: learn and predict (with its generated identifier).
 EXPECTED_STATUS = 201

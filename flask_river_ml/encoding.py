@@ -2,7 +2,7 @@
 
 Predictions and parameters come from models: dictionaries keyed by booleans or numbers,
 numpy scalars, infinities. These helpers make them JSON without losing what they say, the way
-``json.dumps`` names keys (``True`` -> ``"true"``) and the SPEC names non-finite numbers.
+``json.dumps`` names keys (``True`` -> ``"true"``) and the API names non-finite numbers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Timing statistics of learn and predict calls, in the format of SPEC section 3.
+"""Timing statistics of learn and predict calls, in the format of the stats route.
 
 Each kind of call of each model has a count, a total and an exponentially weighted mean,
 updated by one atomic backend operation per call, so calls from every process are counted

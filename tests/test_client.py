@@ -1,4 +1,4 @@
-"""The in-process client (SPEC section 7): model management, errors, stats."""
+"""The in-process client: model management, errors, stats."""
 
 from __future__ import annotations
 

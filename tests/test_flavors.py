@@ -1,4 +1,4 @@
-"""Flavors (SPEC section 6) through the in-process client (SPEC section 7).
+"""Flavors through the in-process client.
 
 Every served model is checked against an identical river model trained locally on the same
 samples: predictions must match, and the served metrics must equal river metrics computed
@@ -25,8 +25,8 @@ N_TRAIN = 250
 N_HELD_OUT = 25
 TOLERANCE = 1e-9
 
-#: The metrics SPEC section 6 names for each flavor that has metrics.
-SPEC_METRICS = {
+#: The metrics docs/flavors.md names for each flavor that has metrics.
+FLAVOR_METRICS = {
     "regression": ["MAE", "RMSE", "SMAPE"],
     "binary": ["Accuracy", "LogLoss", "Precision", "Recall", "F1"],
     "multiclass": [
@@ -143,7 +143,7 @@ def _prequential(model: Any, flavor: str, rows: list) -> dict[str, metrics.base.
     (for a binary classifier the argmax of ``predict_proba_one``), probability metrics get
     ``predict_proba_one``; a ``None`` or ``{}`` prediction is not scored.
     """
-    local = {name: getattr(metrics, name)() for name in SPEC_METRICS[flavor]}
+    local = {name: getattr(metrics, name)() for name in FLAVOR_METRICS[flavor]}
     for x, y in rows:
         label = model.predict_one(x)
         proba = model.predict_proba_one(x) if flavor != "regression" else None
@@ -195,7 +195,7 @@ def test_binary_predictions_match_river(river_ml):
 
 
 def test_binary_prediction_is_empty_before_training(river_ml):
-    """An untrained classifier without probabilities predicts ``{}`` (SPEC: ``{}`` before training)."""
+    """An untrained classifier without probabilities predicts ``{}`` (``{}`` before training)."""
     name = river_ml.add_model(scaled_gaussian_nb(), "binary")
     x, _ = next(iter(datasets.Phishing()))
     assert river_ml.predict(x, name)["prediction"] == {}
@@ -278,7 +278,7 @@ def test_custom_predictions_match_local_model(river_ml):
     ids=["regression", "binary", "multiclass"],
 )
 def test_metrics_equal_river_prequential_metrics(river_ml, flavor, make_model, dataset):
-    """Every SPEC metric is reported, has moved, and equals river's metric computed prequentially.
+    """Every documented metric is reported, has moved, and equals river's metric computed prequentially.
 
     For binary models the label metrics get the argmax of ``predict_proba_one`` and LogLoss the
     probabilities; for multiclass models the label metrics get ``predict_one`` and CrossEntropy
@@ -287,14 +287,14 @@ def test_metrics_equal_river_prequential_metrics(river_ml, flavor, make_model, d
     train, _ = _samples(dataset(), N_TRAIN)
     name = river_ml.add_model(make_model(), flavor)
     initial = river_ml.metrics(name)
-    assert sorted(initial) == sorted(SPEC_METRICS[flavor])
+    assert sorted(initial) == sorted(FLAVOR_METRICS[flavor])
     for x, y in train:
         river_ml.learn(name, ground_truth=y, features=x)
     local = _prequential(make_model(), flavor, train)
 
     served = river_ml.metrics(name)
     _assert_metrics_equal(served, local)
-    for metric_name in SPEC_METRICS[flavor]:
+    for metric_name in FLAVOR_METRICS[flavor]:
         fresh = getattr(metrics, metric_name)().get()
         assert initial[metric_name] == fresh
         assert served[metric_name] != fresh, f"{metric_name} did not move off its initial value"
@@ -302,7 +302,7 @@ def test_metrics_equal_river_prequential_metrics(river_ml, flavor, make_model, d
 
 
 def test_multiclass_cross_entropy_moves(river_ml):
-    """CrossEntropy is fed the probabilities of a multiclass model, so it moves (SPEC section 6)."""
+    """CrossEntropy is fed the probabilities of a multiclass model, so it moves."""
     train, _ = _samples(datasets.ImageSegments(), 30)
     name = river_ml.add_model(scaled_gaussian_nb(), "multiclass")
     for x, y in train:
@@ -336,7 +336,7 @@ def test_zero_prediction_with_zero_ground_truth_is_scored(river_ml, zero):
     river_ml.learn(name, ground_truth=zero, features=x)
     river_ml.learn(name, ground_truth=0.0, prediction=2.0, features=x)
 
-    local = {metric_name: getattr(metrics, metric_name)() for metric_name in SPEC_METRICS["regression"]}
+    local = {metric_name: getattr(metrics, metric_name)() for metric_name in FLAVOR_METRICS["regression"]}
     for metric in local.values():
         metric.update(zero, 0.0)
         metric.update(0.0, 2.0)
@@ -356,7 +356,7 @@ def test_falsy_label_is_scored(river_ml, flavor, falsy):
     if flavor == "regression":
         model = ConstantRegressor(5.0)
         name = river_ml.add_model(ConstantRegressor(5.0), flavor)
-        local = {m: getattr(metrics, m)() for m in SPEC_METRICS[flavor]}
+        local = {m: getattr(metrics, m)() for m in FLAVOR_METRICS[flavor]}
         for metric in local.values():
             metric.update(falsy, model.predict_one(x))
     else:
@@ -391,7 +391,7 @@ def test_falsy_caller_prediction_is_scored(river_ml, flavor, falsy, ground_truth
     after = river_ml.metrics(name)
     assert after != before
 
-    local = {m: getattr(metrics, m)() for m in SPEC_METRICS[flavor]}
+    local = {m: getattr(metrics, m)() for m in FLAVOR_METRICS[flavor]}
     for metric in local.values():
         # A bare label carries no probabilities: LogLoss has nothing to score.
         if getattr(metric, "requires_labels", True):
@@ -422,7 +422,7 @@ def test_falsy_ground_truth_is_scored_by_learn(river_ml, ground_truth):
 
 
 class _MinusInfinity(metrics.MAE):
-    """A metric whose value is -inf (no metric of SPEC section 6 can go below zero)."""
+    """A metric whose value is -inf (no metric of the flavors can go below zero)."""
 
     def get(self) -> float:
         return float("-inf")
@@ -532,7 +532,7 @@ def test_flavors_without_metrics_report_empty_metrics(river_ml, flavor, make_mod
 
 
 def test_every_flavor_accepts_a_suitable_model(river_ml):
-    """Each flavor of SPEC section 6 takes the kind of model it is meant for."""
+    """Each flavor takes the kind of model it is meant for."""
     uploads = {
         "regression": linear_model.LinearRegression(),
         "binary": linear_model.LogisticRegression(),

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC section 3) through Flask's test client, the way riverapi 0.0.21 calls it.
+"""The HTTP API through Flask's test client, the way riverapi 0.0.21 calls it.
 
 Sections: the routes and their payloads; every status code and error path; the settings that
 shape the blueprint; malicious uploads; odd payloads that must never give a 500.

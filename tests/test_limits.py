@@ -1,4 +1,4 @@
-"""Rate limiting (SPEC section 5) through Flask's test client, and the rate strings it accepts.
+"""Rate limiting through Flask's test client, and the rate strings it accepts.
 
 Sections: refusing over the limit; what is and is not limited; the accepted rate forms;
 counting without blocking; per-client counters; the default (off).

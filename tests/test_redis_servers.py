@@ -1,4 +1,4 @@
-"""The redis backend behind real servers (DESIGN.md, "The state engine"; docs/deploy.md):
+"""The redis backend behind real servers (docs/engine.md, docs/deploy.md):
 gunicorn workers learning into one model, two servers ("hosts") sharing one redis, a crash of a
 whole server under load, upload, replace and delete seen by every worker, events fanned out
 from every worker, and a rate limit that holds across processes.
@@ -48,7 +48,7 @@ VOCABULARY = (
 )  # fmt: skip
 #: Texts with more of these words than of the others are labelled True.
 POSITIVE = frozenset(VOCABULARY[::2])
-#: The metrics of the binary flavor (SPEC section 6).
+#: The metrics of the binary flavor.
 BINARY_METRICS = {"Accuracy", "LogLoss", "Precision", "Recall", "F1"}
 #: Requests a round sends at once on fresh connections (see :func:`on_every_worker`).
 ROUND = 40
@@ -431,7 +431,7 @@ def drain(subscription: Any, count: int) -> list[bytes]:
 def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix, make_app):
     """A subscriber in this process, on the server's redis as a stream would subscribe, gets every
     learn, predict and label handled by any of 4 workers exactly once, as {"event", "data"} with
-    SPEC's payloads; a subscriber to the metrics gets one message per learn and label, carrying
+    the documented payloads; a subscriber to the metrics gets one message per learn and label, carrying
     the model's name."""
     name = "watched"
     state = FlaskRiverML.state(make_app(RIVER_ML_STORAGE_BACKEND="redis", RIVER_ML_SHELVE_SECRET_KEY=SECRET))

@@ -1,4 +1,4 @@
-"""Registration and settings (SPEC sections 1 and 2)."""
+"""Registration and settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The event and metric streams (SPEC sections 3 and 4): riverapi's stream_events() and
+"""The event and metric streams: riverapi's stream_events() and
 stream_metrics() against a real gunicorn server, keep-alives, in-process calls, dropped and
 slow clients, tokens, and the redis fan-out between processes."""
 
@@ -230,7 +230,7 @@ def test_idle_streams_get_keepalive_comments(server):
 
 def test_streams_see_the_events_of_every_worker(tmp_path):
     """With several gunicorn workers on the shelve store, a stream sees every event, whichever
-    worker handled the request (SPEC section 3: "every stream sees every event")."""
+    worker handled the request (every stream sees every event)."""
     env = {"FLASK_RIVER_ML_STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE)}
     with serve(tmp_path, env=env, workers=2, threads=4, access_log=True) as running:
         cli = Client(running.url, quiet=True)
