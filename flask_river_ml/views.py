@@ -15,7 +15,7 @@ from typing import Any
 import river
 from flask import Blueprint, Response, current_app, render_template, request, url_for
 from marshmallow import Schema, ValidationError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from .access import challenge, check_pickle_upload, require_scope, state
@@ -101,13 +101,22 @@ def auth_token() -> Response:
 def upload(flavor: str, name: str | None = None) -> Response:
     """A model from a JSON description (nothing is unpickled), or from a pickle, which only
     the clients RIVER_ML_UPLOAD_PICKLES names (or users with the manage scope) may send."""
-    # Told apart by content, not Content-Type: riverapi sends pickles with none, other
-    # clients with any. No pickle opcode is "{" or "[".
-    if request.get_data(cache=True).lstrip()[:1] in (b"{", b"["):
+    settings = state().settings
+    # A pickle may be as large as RIVER_ML_UPLOAD_MAX_BYTES; a description, like every JSON
+    # body, RIVER_ML_JSON_MAX_BYTES. Told apart by content, not Content-Type: riverapi sends
+    # pickles with none, other clients with any. No pickle opcode is "{" or "[".
+    request.max_content_length = settings["RIVER_ML_UPLOAD_MAX_BYTES"]
+    data = request.get_data(cache=True)
+    if data.lstrip()[:1] in (b"{", b"["):
+        if len(data) > settings["RIVER_ML_JSON_MAX_BYTES"]:
+            raise RequestEntityTooLarge(
+                f"A model's JSON description may be {settings['RIVER_ML_JSON_MAX_BYTES']} bytes long at most "
+                "(RIVER_ML_JSON_MAX_BYTES)."
+            )
         return _json({"name": _service().create(_body(), flavor, name)}, 201)
     try:
         check_pickle_upload()
-        stored = _service().upload(request.get_data(cache=False), flavor, name)
+        stored = _service().upload(data, flavor, name)
     except (Forbidden, UnsafePickle) as error:
         logger.warning("Refused a pickle upload from %s: %s", request.remote_addr, error.message)
         raise
@@ -349,8 +358,8 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
 
     @blueprint.before_request
     def _limit_body() -> None:
-        # Uploads and payloads alike: a larger body is refused with 413 before it is read.
-        request.max_content_length = settings["RIVER_ML_UPLOAD_MAX_BYTES"]
+        # A larger body is refused with 413 before it is read; the upload view allows pickles more.
+        request.max_content_length = settings["RIVER_ML_JSON_MAX_BYTES"]
 
     blueprint.register_error_handler(RiverMLError, _package_error)
     blueprint.register_error_handler(ValidationError, _invalid_payload)

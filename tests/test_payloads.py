@@ -141,3 +141,25 @@ def test_non_finite_values_in_process_are_refused(app, bad):
             call()
     assert river_ml.stats(name)["learn"]["n_calls"] == 1
     assert river_ml.label(Y, identifier, name) == "Successful label."
+
+
+def test_json_bodies_over_their_limit_are_413_while_pickles_have_their_own(make_app, backend_name):
+    """RIVER_ML_JSON_MAX_BYTES bounds every JSON body, a model's description included; a pickle
+    upload is bounded by RIVER_ML_UPLOAD_MAX_BYTES alone."""
+    client = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_JSON_MAX_BYTES=200).test_client()
+    pickled = dill.dumps(preprocessing.StandardScaler() | linear_model.LinearRegression())
+    assert len(pickled) > 200
+    assert client.post(f"/api/model/regression/{MODEL}/", data=pickled).status_code == 201
+    padding = "x" * 200
+    for route, body in [
+        ("/api/learn/", {"model": MODEL, "features": {"ordinal_date": 1.0, padding: 1.0}, "ground_truth": 1.0}),
+        ("/api/predict/", {"model": MODEL, "features": {"ordinal_date": 1.0, padding: 1.0}}),
+        ("/api/model/regression/other/", {"class": "river.linear_model.LinearRegression", "note": padding}),
+    ]:
+        response = client.post(route, json=body)
+        assert response.status_code == 413, (route, response.data[:300])
+        assert response.mimetype == "application/json" and response.get_json()["message"]
+    assert client.get("/api/stats/", query_string={"model": MODEL}).get_json()["learn"]["n_calls"] == 0
+    assert client.get("/api/models/").get_json() == {"models": [MODEL]}
+    small = {"model": MODEL, "features": {"ordinal_date": 1.0}, "ground_truth": 1.0}
+    assert client.post("/api/learn/", json=small).status_code == 201
