@@ -71,11 +71,22 @@ COUNT_CAPS = {
 EXPONENT_CAPS = {"height": 20}
 #: The most allocation units a description may ask for: the product of its counts and of 2 to
 #: the power of its exponents, along every path of nested descriptions.
-MAX_UNITS = 2**20
+MAX_UNITS = 2**18
 #: The most seconds a construction may take; a slower one is refused once it has finished.
 MAX_SECONDS = 5.0
 #: The largest pickle a built model may have (RIVER_ML_UPLOAD_MAX_BYTES bounds it further).
 MAX_MODEL_BYTES = 16 * 2**20
+
+#: Parameters whose values are ensemble members, each a model built at construction.
+MEMBER_COUNTS = ("n_models", "n_estimators", "n_trees", "code_size")
+#: The most ensemble members a description may ask for, multiplied along nested ensembles
+#: (about a millisecond each to build for river's forests).
+MAX_MEMBERS = 1000
+#: Float parameters whose small values size an allocation (sketch.Counter keeps e/epsilon
+#: counters per row, sketch.Set -ln(fp_rate) bits per item, ln(1/delta) rows), with floors.
+FLOAT_FLOORS = {"epsilon": 1e-5, "fp_rate": 1e-6, "delta": 1e-12}
+#: Ensemble members and allocation units asked for so far along a path of descriptions.
+_Sizes = tuple[int, int]
 
 _SEED = re.compile(r"(^|_)seed$|^random_state$")
 _KEYS = {"class", "args", "params"}
@@ -192,7 +203,7 @@ class _Builder:
 
     # --- the description form ----------------------------------------------------------------
 
-    def describe(self, description: dict, where: str, units: int, hint: str = "") -> Any:
+    def describe(self, description: dict, where: str, units: _Sizes, hint: str = "") -> Any:
         unknown = set(description) - _KEYS
         if unknown or "class" not in description:
             raise InvalidSpec(
@@ -205,11 +216,36 @@ class _Builder:
             raise InvalidSpec(f'{where}: "args" must be a list of positional arguments.')
         if not isinstance(params, dict):
             raise InvalidSpec(f'{where}: "params" must be an object of parameter names and values.')
+        return self.call(cls, args, params, where, units)
+
+    def call(self, cls: type, args: list, params: dict, where: str, units: _Sizes) -> Any:
+        """``cls`` built from ``args`` and ``params``, which may be what GET shows of it: a
+        pipeline's or union's steps keyed by step name (river names a step after its class),
+        ``*args`` under ``_POSITIONAL_ARGS``, a function-valued parameter as its repr (which
+        cannot be built: the parameter keeps its default)."""
+        if _is_composite(cls) and params:
+            if args:
+                raise InvalidSpec(f'{where}: give the steps of {cls.__name__} either as "args" or as "params".')
+            steps = []
+            for step, value in params.items():
+                if not isinstance(value, dict):
+                    raise InvalidSpec(f"{where}.{step}: the parameters of a step must be an object.")
+                steps.append(self.call(self.resolve(step, f"{where}.{step}"), [], value, f"{where}.{step}", units))
+            return self.construct(cls, steps, {}, where, units, built=True)
+        if "_POSITIONAL_ARGS" in params:
+            args, params = params["_POSITIONAL_ARGS"], {k: v for k, v in params.items() if k != "_POSITIONAL_ARGS"}
+            if not isinstance(args, list):
+                raise InvalidSpec(f"{where}._POSITIONAL_ARGS must be a list.")
+        params = {key: value for key, value in params.items() if not _is_function(value)}
         return self.construct(cls, args, params, where, units)
 
-    def value(self, value: Any, where: str, name: str, units: int, hint: str = "", default: Any = None) -> Any:
-        """The Python value of a parameter written in the description form."""
+    def value(self, value: Any, where: str, name: str, units: _Sizes, hint: str = "", default: Any = None) -> Any:
+        """The Python value of a parameter: JSON values, nested descriptions, tuples, and the
+        ``[ClassName, {params}]`` pairs GET shows nested estimators as."""
         if isinstance(value, list):
+            cls = self.pair_class(value, where, hint)
+            if cls is not None:
+                return self.call(cls, [], value[1], where, units)
             return [self.value(item, f"{where}[{i}]", name, units, hint) for i, item in enumerate(value)]
         if isinstance(value, dict):
             if "class" in value:
@@ -220,32 +256,15 @@ class _Builder:
             return {key: self.value(item, f"{where}.{key}", name, units) for key, item in value.items()}
         return _scalar(value, where, name, default)
 
-    # --- the parameters form (what GET /api/model/<name>/ returns) ---------------------------
-
-    def pair(self, name: Any, params: Any, where: str, units: int, hint: str = "") -> Any:
-        cls = self.resolve(name, where, hint)
-        if not isinstance(params, dict):
-            raise InvalidSpec(f"{where}: the parameters of {cls.__name__} must be an object.")
-        if _is_composite(cls):
-            # A pipeline's or union's parameters are its steps keyed by step name, which river
-            # infers from the step's class.
-            steps = [self.pair(step, value, f"{where}.{step}", units) for step, value in params.items()]
-            return self.construct(cls, [], {}, where, units, built_args=steps)
-        args = params.get("_POSITIONAL_ARGS", [])
-        if not isinstance(args, list):
-            raise InvalidSpec(f"{where}._POSITIONAL_ARGS must be a list.")
-        rest = {key: value for key, value in params.items() if key != "_POSITIONAL_ARGS" and not _is_function(value)}
-        return self.construct(cls, args, rest, where, units, parameters_form=True)
-
-    def param_value(self, value: Any, where: str, name: str, units: int, hint: str = "", default: Any = None) -> Any:
-        """The Python value of a parameter written as GET returns it: nested [Class, {...}]."""
-        if isinstance(value, list):
-            if len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], dict):
-                return self.pair(value[0], value[1], where, units, hint)
-            return [self.param_value(item, f"{where}[{i}]", name, units, hint) for i, item in enumerate(value)]
-        if isinstance(value, dict):
-            return {key: self.param_value(item, f"{where}.{key}", name, units) for key, item in value.items()}
-        return _scalar(value, where, name, default)
+    def pair_class(self, value: list, where: str, hint: str) -> type | None:
+        """The class of a ``[ClassName, {params}]`` pair; None for a list that is not one (a
+        name that resolves to no class it may build is data, never code)."""
+        if len(value) != 2 or not isinstance(value[0], str) or not isinstance(value[1], dict):
+            return None
+        try:
+            return self.resolve(value[0], where, hint)
+        except InvalidSpec:
+            return None
 
     # --- construction ------------------------------------------------------------------------
 
@@ -255,23 +274,31 @@ class _Builder:
         args: list,
         params: dict,
         where: str,
-        units: int,
-        built_args: list | None = None,
-        parameters_form: bool = False,
+        units: _Sizes,
+        built: bool = False,
     ) -> Any:
         label = f"{where} ({cls.__name__})"
         signature = _signature(cls, label)
         _check_names(cls, signature, params, args, label)
-        units *= _units(signature, params, label)
-        if units > MAX_UNITS:
+        members, more = _units(signature, params, label)
+        units = (units[0] * members, units[1] * more)
+        if units[0] > MAX_MEMBERS:
             raise InvalidSpec(
-                f"{label}: the sizes asked for (ensemble members, trees, components...) multiply to {units} "
-                f"units, more than {MAX_UNITS}; use fewer or smaller ones."
+                f"{label}: the ensemble sizes asked for (n_models, n_estimators, n_trees, code_size) multiply to "
+                f"{units[0]} members along the description, more than {MAX_MEMBERS}; use fewer."
             )
-        convert = self.param_value if parameters_form else self.value
+        if units[1] > MAX_UNITS:
+            raise InvalidSpec(
+                f"{label}: the sizes asked for (ensemble members, tree heights, components...) multiply to "
+                f"{units[1]} units, more than {MAX_UNITS}; use fewer or smaller ones."
+            )
+        for name, floor in FLOAT_FLOORS.items():
+            value = params.get(name)
+            if isinstance(value, float) and value != _default(signature, name) and 0 < value < floor:
+                raise InvalidSpec(f"{label}: {name}={value} is below {floor}, which would allocate too much.")
         kwargs = {
             key: _typed(
-                convert(value, f"{where}.{key}", key, units, _hint(signature, key), _default(signature, key)),
+                self.value(value, f"{where}.{key}", key, units, _hint(signature, key), _default(signature, key)),
                 signature,
                 key,
                 f"{where}.{key}",
@@ -279,9 +306,7 @@ class _Builder:
             for key, value in params.items()
         }
         positional = (
-            built_args
-            if built_args is not None
-            else [convert(item, f"{where}.args[{i}]", "", units) for i, item in enumerate(args)]
+            args if built else [self.value(item, f"{where}.args[{i}]", "", units) for i, item in enumerate(args)]
         )
         try:
             return cls(*positional, **kwargs)
@@ -378,7 +403,7 @@ def _typed(value: Any, signature: inspect.Signature, name: str, where: str) -> A
         default = parameter.default
         if isinstance(default, bool):
             members = ["bool"]
-        elif isinstance(default, int | float | str):
+        elif isinstance(default, int | float | str | tuple | set | frozenset | list | dict):
             members = [type(default).__name__]
         else:
             return value
@@ -429,8 +454,9 @@ def _hint(signature: inspect.Signature, name: str) -> str:
     return str(parameter.annotation)
 
 
-def _units(signature: inspect.Signature, params: dict, label: str) -> int:
-    """The allocation units one constructor call asks for; refuses counts over their caps."""
+def _units(signature: inspect.Signature, params: dict, label: str) -> _Sizes:
+    """The ensemble members and allocation units one constructor call asks for; refuses counts
+    over their caps."""
     units = 1
     for name, value in params.items():
         cap = COUNT_CAPS.get(name, EXPONENT_CAPS.get(name))
@@ -447,7 +473,17 @@ def _units(signature: inspect.Signature, params: dict, label: str) -> int:
         default = signature.parameters.get(name)
         if name not in params and default is not None and _is_int(default.default):
             units *= max(default.default, 1)
-    return units
+    return _member_count(signature, params), units
+
+
+def _member_count(signature: inspect.Signature, params: dict) -> int:
+    members = 1
+    for name in MEMBER_COUNTS:
+        parameter = signature.parameters.get(name)
+        value: Any = params.get(name, None if parameter is None else parameter.default)
+        if _is_int(value):
+            members *= max(value, 1)
+    return members
 
 
 def _is_int(value: Any) -> bool:
@@ -522,22 +558,19 @@ def _check_built(model: Any, seconds: float, max_bytes: int) -> None:
 def build(description: Any, allowed_modules: Iterable[str] = (), max_bytes: int = MAX_MODEL_BYTES) -> Any:
     """The estimator that ``description`` describes, built with river's constructors.
 
-    ``description`` is the description form (an object with ``class``, ``args``, ``params``)
-    or the parameters form that ``GET /api/model/<name>/`` returns, wrapped with its class
-    (``[class, parameters]``). Raises :class:`InvalidSpec` naming the path in the description
-    and what to change for anything that cannot or may not be built.
+    ``description`` is an object with ``class`` and optional ``args`` and ``params``; its
+    ``params`` may be what ``GET /api/model/<name>/`` shows of a model of that class, which
+    builds an untrained copy. Raises :class:`InvalidSpec` naming the path in the description
+    and what to change for anything that cannot or may not be built; the built model's pickle
+    is bounded by ``max_bytes`` (and :data:`MAX_MODEL_BYTES`).
     """
-    _check_size(description)
-    builder = _Builder(allowed_modules)
-    started = time.monotonic()
-    if isinstance(description, dict):
-        model = builder.describe(description, "model", 1)
-    elif isinstance(description, list) and len(description) == 2 and isinstance(description[1], dict):
-        model = builder.pair(description[0], description[1], "model", 1)
-    else:
+    if not isinstance(description, dict):
         raise InvalidSpec(
             'A model description is an object such as {"class": "river.linear_model.LinearRegression", '
-            '"params": {"l2": 0.01}}, or [class, parameters] as GET /api/model/<name>/ shows them.'
+            '"params": {"l2": 0.01}}.'
         )
+    _check_size(description)
+    started = time.monotonic()
+    model = _Builder(allowed_modules).describe(description, "model", (1, 1))
     _check_built(model, time.monotonic() - started, min(max_bytes, MAX_MODEL_BYTES))
     return model
