@@ -7,8 +7,10 @@ A description names a class and the arguments of its constructor::
 
 ``args`` holds positional arguments (a pipeline's steps, a union's transformers, the keys of
 ``compose.Select``); a JSON list as a pipeline step is a ``TransformerUnion`` of its items, as
-in river; ``{"tuple": [...]}`` is a tuple (a named step ``("scale", estimator)``). The JSON of
-``GET /api/model/<name>/`` builds too, wrapped with its class: ``["LogisticRegression", {...}]``.
+in river; ``{"tuple": [...]}`` is a tuple (a named step ``("scale", estimator)``), and a list
+becomes the tuple or set a parameter's annotation asks for. What ``GET /api/model/<name>/``
+shows of a model is valid ``params`` for its class: ``{"class": "LogisticRegression",
+"params": <that JSON>}`` builds an untrained copy.
 
 What resolves: river's public classes (those its packages export, all subclasses of
 ``river.base.Base``) outside the modules that read files, import or forward attribute access,
