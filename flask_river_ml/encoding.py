@@ -11,6 +11,8 @@ import inspect
 import math
 from typing import Any
 
+from .errors import INTERPRETER_EXITS, InvalidInput, RiverMLError
+
 
 def _key(key: Any) -> str:
     if isinstance(key, str):
@@ -38,19 +40,79 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _params(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {_key(key): _params(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_params(item) for item in value]
-    if inspect.isclass(value):
-        return value.__name__
-    return jsonable(value)
+#: The most values (containers and scalars) the JSON of a model's parameters may hold.
+MAX_PARAM_ITEMS = 100_000
+#: The most characters its strings may hold together.
+MAX_PARAM_CHARS = 4_000_000
+#: How deep its containers may nest.
+MAX_PARAM_DEPTH = 64
+
+
+class _Walk:
+    """Turns ``_get_params`` output into JSON within a budget of items, characters and depth:
+    an uploaded model may hold a list that refers to itself, or shares one list a million
+    times over, which a plain walk would expand for minutes or forever."""
+
+    def __init__(self) -> None:
+        self.items = self.chars = 0
+
+    def spend(self, items: int, chars: int = 0) -> None:
+        self.items += items
+        self.chars += chars
+        if self.items > MAX_PARAM_ITEMS or self.chars > MAX_PARAM_CHARS:
+            raise InvalidInput(
+                f"The model's parameters are too large to show as JSON (more than {MAX_PARAM_ITEMS} values "
+                f"or {MAX_PARAM_CHARS} characters); download the model instead."
+            )
+
+    def value(self, value: Any, depth: int) -> Any:
+        if depth > MAX_PARAM_DEPTH:
+            raise InvalidInput(
+                f"The model's parameters nest deeper than {MAX_PARAM_DEPTH} levels (or refer to themselves); "
+                "download the model instead."
+            )
+        self.spend(1)
+        if isinstance(value, dict):
+            return {self.key(key): self.value(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(item, depth + 1) for item in value]
+        if inspect.isclass(value):
+            return value.__name__
+        if isinstance(value, set | frozenset):
+            return [self.value(item, depth + 1) for item in value]
+        size = getattr(value, "size", None)
+        if isinstance(size, int) and callable(getattr(value, "tolist", None)):
+            self.spend(size)  # a numpy array: counted before it is expanded
+            return self.value(value.tolist(), depth + 1)
+        plain = jsonable(value)
+        if isinstance(plain, str):
+            self.spend(0, len(plain))
+        return plain
+
+    def key(self, key: Any) -> str:
+        text = _key(key)
+        self.spend(0, len(text))
+        return text
 
 
 def model_params(model: Any) -> dict[str, Any]:
     """The model's river parameters (``_get_params``) as JSON, nested estimators as
     ``[ClassName, {params}]``; a pipeline's top-level keys are its step names. ``{}`` for
-    an object that is not a river estimator."""
-    get_params = getattr(model, "_get_params", None)
-    return _params(get_params()) if callable(get_params) else {}
+    an object that is not a river estimator.
+
+    Raises :class:`InvalidInput` when the model's code fails (``_get_params`` of an uploaded
+    model may raise anything) or its parameters exceed :data:`MAX_PARAM_ITEMS`,
+    :data:`MAX_PARAM_CHARS` or :data:`MAX_PARAM_DEPTH`.
+    """
+    try:
+        get_params = getattr(model, "_get_params", None)
+        if not callable(get_params):
+            return {}
+        params = _Walk().value(get_params(), 0)
+    except INTERPRETER_EXITS:
+        raise
+    except RiverMLError:
+        raise
+    except BaseException as error:  # noqa: BLE001 - model code may raise anything, a Rust panic too
+        raise InvalidInput(f"The model's parameters cannot be read: {type(error).__name__}: {error}") from None
+    return params if isinstance(params, dict) else {}
