@@ -30,7 +30,7 @@ from .events import Events
 from .flavors import Flavor, Scored, get_flavor, metric_values, model_code
 from .names import check_name, generate_name
 from .payloads import check_values
-from .spec import build
+from .spec import MAX_MODEL_BYTES, build
 from .storage.base import Writes
 from .unpickle import safe_loads
 
@@ -97,7 +97,9 @@ class Service:
         """Build a model from its JSON description with river's constructors and store it;
         nothing is unpickled. The flavor and name are checked before anything is built."""
         chosen = self._check_new(flavor, name)
-        return self.add_model(build(description, self.unpickle_allowed_modules), chosen.name, name)
+        # No larger than a pickle upload could be, nor than what a description may build.
+        model = build(description, self.unpickle_allowed_modules, min(MAX_MODEL_BYTES, self.upload_max_bytes))
+        return self.add_model(model, chosen.name, name)
 
     def upload(self, data: bytes, flavor: str, name: str | None = None) -> str:
         """Store an uploaded pickle; the flavor and name are checked before anything is loaded."""

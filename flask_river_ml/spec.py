@@ -40,7 +40,7 @@ from typing import Any
 import dill
 
 from .errors import INTERPRETER_EXITS, InvalidSpec, RiverMLError
-from .payloads import check_depth
+from .payloads import check_values
 
 #: river's packages whose public classes may be built; imported once, from this list only.
 RIVER_PACKAGES = (
@@ -493,7 +493,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_size(description: Any) -> None:
-    check_depth(description, "The model description")
+    check_values(description, "The model description")
     values = chars = 0
     pending = [description]
     while pending:

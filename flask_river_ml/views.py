@@ -124,7 +124,9 @@ def upload(flavor: str, name: str | None = None) -> Response:
 
 
 def model_json(name: str) -> Response:
-    return _json(_service().params(name))
+    # A pipeline's steps come in order: the keys must not be sorted.
+    body = current_app.json.dumps(_service().params(name), sort_keys=False)
+    return current_app.response_class(body, status=200, mimetype="application/json")
 
 
 def delete_model(name: str | None = None) -> Response:
