@@ -782,9 +782,13 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         import numpy
 
         self.check_callable_value(function)
-        if function is numpy.ones and args:
+        if function is numpy.ones:
             # LDA keeps partial(numpy.ones, 1): the shape is allocated whenever it is called.
-            self.budget.charge(_array_bytes(_shape(args[0]), numpy.dtype(float)), "a partial's array")
+            # Only that form: a shape or dtype given any other way would escape the charge.
+            if keywords or len(args) > 1:
+                raise _refuse("keeps a partial of numpy.ones with arguments other than a shape")
+            if args:
+                self.budget.charge(_array_bytes(_shape(args[0]), numpy.dtype(float)), "a partial's array")
 
     def new(self, cls: Any, args: tuple, kwargs: dict) -> Any:
         """NEWOBJ: ``cls.__new__(cls, *args)``, which runs no __init__; arguments only where
@@ -904,6 +908,10 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
             raise _refuse("gives a dtype a structured or malformed state")
         if type(state[5]) is not int or state[5] > self.budget.limit:
             raise _refuse(f"gives a dtype the itemsize {_describe(state[5])}")
+        # Alignment and flags as numpy gives this type itself: numpy trusts them (a void dtype
+        # flagged as holding a pickled list makes numpy's scalar read raw process memory).
+        if tuple(state[6:8]) != tuple(dtype.__reduce__()[2][6:8]):
+            raise _refuse("gives a dtype an alignment or flags of another type")
         dtype.__setstate__(state)
 
     # containers -------------------------------------------------------------------------------------

@@ -359,3 +359,57 @@ def test_preprocessing_state_with_own_setstate_loads():
     loaded = safe_loads(pickle.dumps(scaler))
     x = next(iter(datasets.TrumpApproval().take(1)))[0]
     assert loaded.transform_one(x) == scaler.transform_one(x)
+
+
+def _flagged_void_scalar(flags: int) -> Any:
+    """A model holding numpy's scalar(dtype, data) of a void dtype whose BUILD state sets
+    ``flags``: with 4 (the flag of a dtype holding pickled lists) numpy reads the scalar's
+    bytes from raw process memory instead of ``data``."""
+    from pickles import Build, Call, Global, New
+
+    dtype = Build(Call(Global("numpy", "dtype"), "V512", False, True), (3, "|", None, None, None, 512, 1, flags))
+    leak = Call(Global("numpy._core.multiarray", "scalar"), dtype, b"\x00" * 512)
+    return Build(New(Global("river.linear_model", "LinearRegression")), {"junk": leak})
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("flags", [4, 5, 61, 8])
+def test_a_dtype_state_with_flags_of_another_type_is_refused(protocol, flags):
+    """Alignment and flags of a dtype's state must be the ones numpy gives that type: numpy
+    trusts them, and a void scalar flagged as holding objects returns the server's memory."""
+    from pickles import assemble
+
+    with pytest.raises(UnsafePickle, match="alignment or flags"):
+        safe_loads(assemble(_flagged_void_scalar(flags), protocol))
+    # The same program with the type's own flags loads: the check refuses only the tampering.
+    loaded = safe_loads(assemble(_flagged_void_scalar(0), protocol))
+    assert bytes(loaded.junk) == b"\x00" * 512
+
+
+def test_dtypes_whose_own_flags_are_set_still_load():
+    """Unicode dtypes carry flags of their own (numpy's needs-init); their arrays round-trip."""
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        values = numpy.array(["ab", "cde"], dtype="U5")
+        assert (safe_loads(pickle.dumps(values, protocol=protocol)) == values).all()
+
+
+def _partial_of_ones(how: str) -> Any:
+    from pickles import Build, Call, Global
+
+    ones = Global("numpy", "ones")
+    if how == "sub-array dtype":
+        return Call(Global("functools", "partial"), ones, 1, "(100000000,)f8")
+    # As pickle writes a partial: the function first, then its arguments through BUILD.
+    return Build(Call(Global("functools", "partial"), ones), (ones, (), {"shape": (100000000,)}, None))
+
+
+@pytest.mark.parametrize("how", ["sub-array dtype", "shape keyword"])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_partial_of_numpy_ones_takes_a_shape_only(how, protocol):
+    """LDA's partial(numpy.ones, 1) is charged for its shape; a dtype or a keyword would escape
+    that charge (a defaultdict factory allocating 800 MB per new key) and is refused."""
+    from pickles import Call, Global, assemble
+
+    model = Call(Global("collections", "defaultdict"), _partial_of_ones(how))
+    with pytest.raises(UnsafePickle, match="partial of numpy.ones"):
+        safe_loads(assemble(model, protocol))
