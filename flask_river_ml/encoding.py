@@ -79,7 +79,9 @@ class _Walk:
         if inspect.isclass(value):
             return value.__name__
         if isinstance(value, set | frozenset):
-            return [self.value(item, depth + 1) for item in value]
+            # In a set's order, which changes with the process's string hashing: sorted, the
+            # same model shows the same JSON on every worker.
+            return sorted((self.value(item, depth + 1) for item in value), key=repr)
         size = getattr(value, "size", None)
         if isinstance(size, int) and callable(getattr(value, "tolist", None)):
             self.spend(size)  # a numpy array: counted before it is expanded

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -370,3 +372,21 @@ def test_model_json_of_a_failing_model_is_400(app, river_ml):
     name = river_ml.add_model(BrokenParams(), "custom")
     assert_error(app.test_client().get(f"/api/model/{name}/"), 400, "cannot be read", "Panicking")
     assert app.test_client().get("/api/").status_code == 200
+
+
+def test_a_models_json_is_the_same_in_every_process():
+    """A set among the parameters (``Select``'s keys) is shown sorted, not in the order of the
+    process's string hashing: every worker shows one JSON, and posting it back builds the same."""
+    code = (
+        "import json; from river import compose; from flask_river_ml.encoding import model_params; "
+        "print(json.dumps(model_params(compose.Select('ordinal_date', 'gallup', 'approve', 'disapprove'))))"
+    )
+    shown = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True,
+            text=True, check=True,
+        ).stdout
+        for seed in range(6)
+    }  # fmt: skip
+    assert len(shown) == 1
+    assert json.loads(shown.pop())["_POSITIONAL_ARGS"] == ["approve", "disapprove", "gallup", "ordinal_date"]
