@@ -39,6 +39,7 @@ from typing import Any
 
 import dill
 
+from .bounds import OutOfBounds, Sizes, check_integer, check_parameters
 from .errors import INTERPRETER_EXITS, InvalidSpec, RiverMLError
 from .payloads import check_values
 
@@ -59,38 +60,11 @@ RIVER_FORBIDDEN = (
 MAX_VALUES = 1000
 #: The most characters its strings may hold together.
 MAX_CHARS = 65_536
-#: The largest integer a parameter may be given, unless it is the parameter's default or a seed.
-MAX_INTEGER = 1_000_000
-#: Parameters that multiply what a model allocates (ensemble members, components, clusters,
-#: orders of a time series, thresholds), with their own caps.
-COUNT_CAPS = {
-    "n_models": 100, "n_estimators": 100, "n_trees": 100, "code_size": 100, "degree": 10,
-    "n_components": 10_000, "n_clusters": 10_000, "n_thresholds": 10_000,
-    "p": 100, "d": 100, "q": 100, "sp": 100, "sd": 100, "sq": 100,
-}  # fmt: skip
-#: Parameters that double what a model allocates per unit (a tree of height h has 2**(h+1) - 1
-#: nodes), with their caps.
-EXPONENT_CAPS = {"height": 20}
-#: The most allocation units a description may ask for: the product of its counts and of 2 to
-#: the power of its exponents, along every path of nested descriptions.
-MAX_UNITS = 2**18
 #: The most seconds a construction may take; a slower one is refused once it has finished.
 MAX_SECONDS = 5.0
 #: The largest pickle a built model may have (RIVER_ML_UPLOAD_MAX_BYTES bounds it further).
 MAX_MODEL_BYTES = 16 * 2**20
 
-#: Parameters whose values are ensemble members, each a model built at construction.
-MEMBER_COUNTS = ("n_models", "n_estimators", "n_trees", "code_size")
-#: The most ensemble members a description may ask for, multiplied along nested ensembles
-#: (about a millisecond each to build for river's forests).
-MAX_MEMBERS = 1000
-#: Float parameters whose small values size an allocation (sketch.Counter keeps e/epsilon
-#: counters per row, sketch.Set -ln(fp_rate) bits per item, ln(1/delta) rows), with floors.
-FLOAT_FLOORS = {"epsilon": 1e-5, "fp_rate": 1e-6, "delta": 1e-12}
-#: Ensemble members and allocation units asked for so far along a path of descriptions.
-_Sizes = tuple[int, int]
-
-_SEED = re.compile(r"(^|_)seed$|^random_state$")
 _KEYS = {"class", "args", "params"}
 
 
@@ -205,7 +179,7 @@ class _Builder:
 
     # --- the description form ----------------------------------------------------------------
 
-    def describe(self, description: dict, where: str, units: _Sizes, hint: str = "") -> Any:
+    def describe(self, description: dict, where: str, units: Sizes, hint: str = "") -> Any:
         unknown = set(description) - _KEYS
         if unknown or "class" not in description:
             raise InvalidSpec(
@@ -220,7 +194,7 @@ class _Builder:
             raise InvalidSpec(f'{where}: "params" must be an object of parameter names and values.')
         return self.call(cls, args, params, where, units)
 
-    def call(self, cls: type, args: list, params: dict, where: str, units: _Sizes) -> Any:
+    def call(self, cls: type, args: list, params: dict, where: str, units: Sizes) -> Any:
         """``cls`` built from ``args`` and ``params``, which may be what GET shows of it: a
         pipeline's or union's steps keyed by step name (river names a step after its class),
         ``*args`` under ``_POSITIONAL_ARGS``, a function-valued parameter as its repr (which
@@ -241,7 +215,7 @@ class _Builder:
         params = {key: value for key, value in params.items() if not _is_function(value)}
         return self.construct(cls, args, params, where, units)
 
-    def value(self, value: Any, where: str, name: str, units: _Sizes, hint: str = "", default: Any = None) -> Any:
+    def value(self, value: Any, where: str, name: str, units: Sizes, hint: str = "", default: Any = None) -> Any:
         """The Python value of a parameter: JSON values, nested descriptions, tuples, and the
         ``[ClassName, {params}]`` pairs GET shows nested estimators as."""
         if isinstance(value, list):
@@ -276,28 +250,16 @@ class _Builder:
         args: list,
         params: dict,
         where: str,
-        units: _Sizes,
+        units: Sizes,
         built: bool = False,
     ) -> Any:
         label = f"{where} ({cls.__name__})"
         signature = _signature(cls, label)
         _check_names(cls, signature, params, args, label)
-        members, more = _units(signature, params, label)
-        units = (units[0] * members, units[1] * more)
-        if units[0] > MAX_MEMBERS:
-            raise InvalidSpec(
-                f"{label}: the ensemble sizes asked for (n_models, n_estimators, n_trees, code_size) multiply to "
-                f"{units[0]} members along the description, more than {MAX_MEMBERS}; use fewer."
-            )
-        if units[1] > MAX_UNITS:
-            raise InvalidSpec(
-                f"{label}: the sizes asked for (ensemble members, tree heights, components...) multiply to "
-                f"{units[1]} units, more than {MAX_UNITS}; use fewer or smaller ones."
-            )
-        for name, floor in FLOAT_FLOORS.items():
-            value = params.get(name)
-            if isinstance(value, float) and value != _default(signature, name) and 0 < value < floor:
-                raise InvalidSpec(f"{label}: {name}={value} is below {floor}, which would allocate too much.")
+        try:
+            units = check_parameters(signature, params, label, units)
+        except OutOfBounds as error:
+            raise InvalidSpec(str(error)) from None
         kwargs = {
             key: _typed(
                 self.value(value, f"{where}.{key}", key, units, _hint(signature, key), _default(signature, key)),
@@ -335,16 +297,15 @@ def _is_function(value: Any) -> bool:
 
 
 def _scalar(value: Any, where: str, name: str, default: Any) -> Any:
-    """A JSON scalar; an integer over :data:`MAX_INTEGER` only as the parameter's default or
+    """A JSON scalar; an integer over ``bounds.MAX_INTEGER`` only as the parameter's default or
     a seed (a size of that order would be allocated, or looped over, by the model)."""
     if value is None or isinstance(value, bool | str):
         return value
-    if _is_int(value):
-        bound = 2**63 if _SEED.search(name) else MAX_INTEGER
-        if abs(value) > bound and not (_is_int(default) and value == default):
-            raise InvalidSpec(
-                f"{where}: the integer {value} is too large; integers are bounded by {bound} (seeds by 2**63)."
-            )
+    if isinstance(value, int):
+        try:
+            check_integer(value, name, default, where)
+        except OutOfBounds as error:
+            raise InvalidSpec(str(error)) from None
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
@@ -454,42 +415,6 @@ def _hint(signature: inspect.Signature, name: str) -> str:
     if parameter is None or parameter.annotation is inspect.Parameter.empty:
         return ""
     return str(parameter.annotation)
-
-
-def _units(signature: inspect.Signature, params: dict, label: str) -> _Sizes:
-    """The ensemble members and allocation units one constructor call asks for; refuses counts
-    over their caps."""
-    units = 1
-    for name, value in params.items():
-        cap = COUNT_CAPS.get(name, EXPONENT_CAPS.get(name))
-        if cap is None or not _is_int(value):
-            continue
-        if not 0 <= value <= cap:
-            raise InvalidSpec(f"{label}: {name}={value} is out of bounds; it must be between 0 and {cap}.")
-        units *= 2 ** (value + 1) if name in EXPONENT_CAPS else max(value, 1)
-    for name in EXPONENT_CAPS:
-        default = signature.parameters.get(name)
-        if name not in params and default is not None and _is_int(default.default):
-            units *= 2 ** (default.default + 1)
-    for name in COUNT_CAPS:
-        default = signature.parameters.get(name)
-        if name not in params and default is not None and _is_int(default.default):
-            units *= max(default.default, 1)
-    return _member_count(signature, params), units
-
-
-def _member_count(signature: inspect.Signature, params: dict) -> int:
-    members = 1
-    for name in MEMBER_COUNTS:
-        parameter = signature.parameters.get(name)
-        value: Any = params.get(name, None if parameter is None else parameter.default)
-        if _is_int(value):
-            members *= max(value, 1)
-    return members
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_size(description: Any) -> None:

@@ -24,6 +24,10 @@ This unpickler runs that program with four rules, checked before anything is cal
   sub-array shapes, itemsize, offset and strides inside the buffer, no object arrays over raw
   memory), ``bytes(n)``, container elements: everything is charged to one budget per upload
   (``_budget``), eight times its size plus a fixed margin.
+- **What the model will allocate later is bounded too.** Once loaded, every estimator's
+  parameters obey the bounds of a model built from JSON (``bounds``: ensemble sizes,
+  components, tree heights, tokenizer patterns, n-gram lengths), and a text model's
+  preprocessing steps take their arguments by keyword, within the same bounds.
 
 Any failure while loading, whatever it raises (a Rust panic included) but the interpreter's
 own exits, is an :class:`~flask_river_ml.errors.UnsafePickle` naming the problem.
@@ -53,6 +57,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
+from . import bounds
 from .errors import INTERPRETER_EXITS, UnsafePickle
 
 #: The river packages whose classes may be unpickled, imported once (a fixed list, never a name
@@ -75,7 +80,7 @@ _RIVER_FORBIDDEN = (
 #: Standard-library classes whose instances models hold; each is a plain value or container.
 _STANDARD_CLASSES: tuple[type, ...] = (
     bool, bytearray, bytes, complex, dict, float, frozenset, int, list, object, set, slice, str, tuple,
-    type(None), type(iter([])), collections.Counter, collections.OrderedDict, collections.defaultdict,
+    range, type(None), type(iter([])), collections.Counter, collections.OrderedDict, collections.defaultdict,
     collections.deque, datetime.date, datetime.datetime, datetime.time, datetime.timedelta, datetime.timezone,
     decimal.Decimal, fractions.Fraction, random.Random, statistics.NormalDist, functools.partial,
     # BagOfWords(on=...) and TFIDF(on=...) keep an itemgetter (never attrgetter or methodcaller:
@@ -724,7 +729,7 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         if cls is numpy.dtype:
             return self.checks.dtype(*args)
         if cls is functools.partial:
-            self.check_partial(args[0] if args else None, args[1:], {})
+            self.check_partial(args[0] if args else None, args[1:], None)
         if cls is collections.defaultdict and args and args[0] is not None:
             self.check_callable_value(args[0])
         if cls in self.allow.callable_river or cls in self.allow.compiled:
@@ -752,6 +757,9 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
             raise _refuse(f"calls {cls.__qualname__} on {[type(arg).__name__ for arg in args]}")
         if issubclass(cls, bytes | bytearray) and args and type(args[0]) is int:
             self.budget.charge(args[0], f"{cls.__name__}({args[0]})")
+        if cls is range:
+            # Charged as the list it stands for: a model's code may loop over it.
+            self.budget.charge(_SLOT_COST * len(range(*args)), "a range")
         if cls is fractions.Fraction and not all(type(arg) is int for arg in args):
             raise _refuse("builds a Fraction from text")  # Fraction("1e99999999") computes 10**99999999
         self.budget.charge(sum(len(arg) for arg in args if isinstance(arg, str | bytes | bytearray)), "a value")
@@ -778,10 +786,14 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         elif id(value) in self.callable_ids or not (callable(value) and self.allowed(type(value))):
             raise _refuse(f"keeps {_describe(value)} as a function")
 
-    def check_partial(self, function: Any, args: tuple, keywords: dict) -> None:
+    def check_partial(self, function: Any, args: tuple, keywords: dict | None) -> None:
         import numpy
 
         self.check_callable_value(function)
+        try:
+            bounds.check_text_step(function, args, keywords, "a text preprocessing step")
+        except bounds.OutOfBounds as error:
+            raise _out_of_bounds(error) from None
         if function is numpy.ones:
             # LDA keeps partial(numpy.ones, 1): the shape is allocated whenever it is called.
             # Only that form: a shape or dtype given any other way would escape the charge.
@@ -1067,6 +1079,7 @@ def _check_shape(root: Any, max_leaves: int) -> None:
     parts = _parts(root)
     if parts is None:
         return
+    _check_bounds(root)
     frames: list[list[Any]] = [[root, parts, 1]]
     while frames:
         frame = frames[-1]
@@ -1090,6 +1103,7 @@ def _check_shape(root: Any, max_leaves: int) -> None:
             elif len(frames) >= _MAX_DEPTH:
                 raise _refuse(f"nests objects more than {_MAX_DEPTH} levels deep")
             else:
+                _check_bounds(part)
                 path.add(id(part))
                 frames.append([part, inner, 1])
         if frame[2] > max_leaves:
@@ -1097,6 +1111,19 @@ def _check_shape(root: Any, max_leaves: int) -> None:
 
 
 _END = object()
+
+
+def _check_bounds(value: Any) -> None:
+    try:
+        bounds.check_loaded(value)
+    except bounds.OutOfBounds as error:
+        raise _out_of_bounds(error) from None
+
+
+def _out_of_bounds(error: bounds.OutOfBounds) -> UnsafePickle:
+    return UnsafePickle(
+        f"The upload's model asks for more than the server allows: {str(error).rstrip('.')}. Nothing of it was run."
+    )
 
 
 def safe_loads(data: bytes, allowed_modules: Iterable[str] = (), max_bytes: int | None = None) -> Any:

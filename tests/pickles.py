@@ -807,6 +807,68 @@ ATTACKS: list[Attack] = [
         lambda m: Build(_model(), (None, {"_multiclass": True, "__init__": None})),
     ),  # fmt: skip
     Attack("BUILD state", "non-string keys", lambda m: Build(_model(), {1: 2})),
+    # --- parameters and steps that cost on every later request -----------------------------------
+    Attack(
+        "deferred cost",
+        "RBFSampler with 5 million components",
+        lambda m: Build(New(Global("river.feature_extraction", "RBFSampler")), {"n_components": 5_000_000, "seed": 1}),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "factorization machine with a million factors",
+        lambda m: Build(New(Global("river.facto", "FMRegressor")), {"n_factors": 10**6}),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "HalfSpaceTrees height 40, cloned by an ensemble",
+        lambda m: Build(
+            New(Global("river.multiclass", "OneVsRestClassifier")),
+            {"classifier": Build(New(Global("river.anomaly", "HalfSpaceTrees")), {"height": 40})},
+        ),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "n-gram step of length 20000",
+        lambda m: _text_model(_step("find_all_ngrams", (), {"ngram_range": [20000]})),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "n-gram range stepping to a billion",
+        lambda m: _text_model(
+            _step("find_all_ngrams", (), {"ngram_range": Call(Global("builtins", "range"), 1, 10**9, 10**8)})
+        ),
+    ),  # fmt: skip
+    Attack("deferred cost", "find_ngrams of a million", lambda m: _text_model(_step("find_ngrams", (), {"n": 10**6}))),
+    Attack(
+        "deferred cost",
+        "ReDoS tokenizer step",
+        lambda m: _text_model(_step("tokenize_using_regex_pattern", (), {"pattern": "(a+)+$"})),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "quadratic tokenizer step",
+        lambda m: _text_model(_step("tokenize_using_regex_pattern", (), {"pattern": r"\w+x"})),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "tokenizer step taking the text as its pattern",
+        lambda m: _text_model(_step("tokenize_using_regex_pattern", ("(a+)+$",), {})),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "ReDoS tokenizer parameter, rebuilt by a clone",
+        lambda m: Build(New(Global("river.feature_extraction", "BagOfWords")), {"tokenizer_pattern": "(x+x+)+y"}),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "n-gram parameter, rebuilt by a clone",
+        lambda m: Build(New(Global("river.feature_extraction", "TFIDF")), {"ngram_range": (1, 5000)}),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "range of 10**12 as state",
+        lambda m: Build(_model(), {"l2": Call(Global("builtins", "range"), 10**12)}),
+    ),  # fmt: skip
     # --- Rust (pyo3) panics and malformed compiled state -----------------------------------------
     Attack(
         "Rust panic",
@@ -841,6 +903,17 @@ ATTACKS: list[Attack] = [
         lambda m: Build(New(Global("river._river_rust.stats", "RsQuantile"), 7.5), b""),
     ),  # fmt: skip
 ]
+
+
+def _step(function: str, args: tuple, keywords: dict) -> Build:
+    """A text model's preprocessing step: a partial of one of river's text functions, built as
+    pickle builds partials (the function, then its arguments as state)."""
+    func = Global("river.feature_extraction.vectorize", function)
+    return Build(Call(Global("functools", "partial"), func), (func, args, keywords, None))
+
+
+def _text_model(step: Build) -> Build:
+    return Build(New(Global("river.feature_extraction", "BagOfWords")), {"processing_steps": [step]})
 
 
 def _appends_to_model() -> Raw:

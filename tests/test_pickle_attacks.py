@@ -40,7 +40,7 @@ def test_the_corpus_covers_every_attack_class_in_every_protocol():
     kinds = {attack.kind for attack in ATTACKS}
     assert kinds == {
         "code execution", "getattr chain", "format string", "array memory", "allocation bomb",
-        "container growth", "import", "file access", "unlisted callable", "BUILD state", "Rust panic",
+        "container growth", "import", "file access", "unlisted callable", "BUILD state", "Rust panic", "deferred cost",
     }  # fmt: skip
     for kind in kinds:
         protocols = {(case.protocol, case.stack_global) for case in CASES if case.attack.kind == kind}

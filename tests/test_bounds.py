@@ -1,0 +1,142 @@
+"""Bounds on what a model's parameters ask for later, the same for a model built from JSON and
+for an uploaded pickle: counts and sizes, tokenizer patterns that scan in linear time, n-gram
+lengths, and text models' preprocessing steps."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import re
+
+import pytest
+from river import compose, facto, feature_extraction, linear_model
+from river.feature_extraction import vectorize
+
+from flask_river_ml.bounds import MAX_NGRAM, OutOfBounds, check_pattern
+from flask_river_ml.errors import UnsafePickle
+from flask_river_ml.unpickle import safe_loads
+
+TEXTS = [
+    ({"text": "the cat sat on the mat"}, True),
+    ({"text": "dogs bark at the moon"}, False),
+    ({"text": "a cat and a dog"}, True),
+    ({"text": "the moon is full tonight"}, False),
+]
+#: Patterns people tokenize with, that scan a text in linear time.
+LINEAR = [r"(?u)\b\w[\w\-]+\b", r"(?u)\b\w\w+\b", r"\S+", r"\w+", r"(\w+)", r"[^\s,;]+", r"\b[a-z]+\b", r"#\w+"]
+#: Patterns that backtrack: exponential, or quadratic over a long word.
+BACKTRACKING = [
+    r"(a+)+$", r"(x+x+)+y", r"(a|aa)+", r"(\w+\s?)+$", r"\w+x", r"\w+$", r"[a-z]+\b", r"\d+(?:\.\d+)?",
+    r"(?=\w+x)", r"(\w)\1", r"\w{1,300}", r"\w*\w*\w*z", "a" * 300,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", LINEAR)
+def test_linear_patterns_are_accepted(pattern):
+    check_pattern(pattern, "pattern")
+
+
+@pytest.mark.parametrize("pattern", BACKTRACKING)
+def test_backtracking_patterns_are_refused_naming_the_fix(pattern):
+    with pytest.raises(OutOfBounds, match="tokenizer pattern|linear time|not allowed"):
+        check_pattern(pattern, "pattern")
+
+
+def _trained(model):
+    for x, y in TEXTS:
+        model.learn_one(x, y)
+    return model
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_text_models_with_n_grams_upload_and_predict_like_river(protocol):
+    model = _trained(feature_extraction.BagOfWords(on="text", ngram_range=(1, 3)) | linear_model.LogisticRegression())
+    loaded = safe_loads(pickle.dumps(model, protocol=protocol))
+    for x, _ in TEXTS:
+        assert loaded.predict_proba_one(x) == model.predict_proba_one(x)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda m: setattr(m, "n_factors", 10**6), "n_factors=1000000"),
+        (lambda m: setattr(m, "n_factors", -1), "n_factors=-1"),
+    ],
+)
+def test_an_uploaded_models_parameters_are_bounded(change, fragment):
+    model = facto.FMRegressor()
+    change(model)
+    with pytest.raises(UnsafePickle, match=re.escape(fragment)):
+        safe_loads(pickle.dumps(model))
+
+
+@pytest.mark.parametrize(
+    "step, fragment",
+    [
+        (functools.partial(vectorize.find_all_ngrams, ngram_range=[20000]), "n-gram lengths"),
+        (functools.partial(vectorize.find_all_ngrams, ngram_range=range(1, MAX_NGRAM + 2)), "n-gram lengths"),
+        (functools.partial(vectorize.find_ngrams, n=MAX_NGRAM + 1), "n-gram lengths"),
+        (functools.partial(vectorize.tokenize_using_regex_pattern, pattern=r"(a+)+$"), "not allowed"),
+        (functools.partial(vectorize.tokenize_using_regex_pattern, r"\w+"), "by keyword"),
+        (functools.partial(vectorize.remove_stop_words, {"a"}, stop_words={"b"}), "by keyword"),
+    ],
+)
+def test_text_preprocessing_steps_are_bounded(step, fragment):
+    model = feature_extraction.BagOfWords(on="text")
+    model.processing_steps.append(step)
+    with pytest.raises(UnsafePickle, match=fragment):
+        safe_loads(pickle.dumps(model))
+
+
+def test_text_preprocessing_steps_within_bounds_load():
+    model = feature_extraction.BagOfWords(on="text", stop_words={"the"}, ngram_range=(1, MAX_NGRAM))
+    model.processing_steps.append(functools.partial(vectorize.find_ngrams, n=2))
+    loaded = safe_loads(pickle.dumps(model))
+    assert loaded.transform_one({"text": "the cat sat"}) == model.transform_one({"text": "the cat sat"})
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"tokenizer_pattern": r"(a+)+$"}, "tokenizer_pattern"),
+        ({"tokenizer_pattern": r"\w+x"}, "linear time"),
+        ({"ngram_range": [1, 20000]}, "n-gram lengths"),
+        ({"ngram_range": [1, MAX_NGRAM + 1]}, "n-gram lengths"),
+    ],
+)
+def test_json_text_models_are_bounded(app, params, fragment):
+    response = app.test_client().post(
+        "/api/model/binary/text/", json={"class": "river.feature_extraction.BagOfWords", "params": params}
+    )
+    assert response.status_code == 400
+    assert fragment in response.get_json()["message"]
+    assert app.test_client().get("/api/models/").get_json()["models"] == []
+
+
+def test_json_text_model_with_its_own_pattern_predicts_like_river(app):
+    description = {
+        "class": "river.compose.Pipeline",
+        "args": [
+            {"class": "river.feature_extraction.BagOfWords", "params": {"on": "text", "tokenizer_pattern": r"\S+"}},
+            {"class": "river.linear_model.LogisticRegression"},
+        ],
+    }
+    client = app.test_client()
+    assert client.post("/api/model/binary/text/", json=description).status_code == 201
+    local = compose.Pipeline(
+        feature_extraction.BagOfWords(on="text", tokenizer_pattern=r"\S+"), linear_model.LogisticRegression()
+    )
+    for x, y in TEXTS:
+        assert client.post("/api/learn/", json={"model": "text", "features": x, "ground_truth": y}).status_code == 201
+        local.learn_one(x, y)
+    for x, _ in TEXTS:
+        served = client.post("/api/predict/", json={"model": "text", "features": x}).get_json()["prediction"]
+        assert served == {str(label).lower(): p for label, p in local.predict_proba_one(x).items()}
+
+
+def test_json_factorization_machine_factors_are_bounded(app):
+    response = app.test_client().post(
+        "/api/model/regression/fm/", json={"class": "river.facto.FMRegressor", "params": {"n_factors": 10**5}}
+    )
+    assert response.status_code == 400
+    assert "n_factors=100000 is out of bounds" in response.get_json()["message"]
