@@ -3,13 +3,16 @@
 JSON as Python parses it accepts ``NaN`` and ``Infinity`` and nests as deep as the parser's
 recursion goes; a model fed a NaN may stay broken for good (its metrics at ``nan``), and a
 value nested hundreds deep overflows the stack of whatever walks it next (the record's
-pickler). Both are refused here, with a message that says what to send instead.
+pickler). Both are refused here, with a message that says what to send instead, and so are
+integers too large for a float (a model's arithmetic overflows on them half-way through a
+learn).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 from .errors import InvalidInput
@@ -54,6 +57,9 @@ def check_values(value: Any, what: str) -> None:
             if not math.isfinite(item):
                 raise InvalidInput(f"{what} holds {item!r}; send finite numbers (leave a missing value out).")
             continue
+        if isinstance(item, int) and abs(item) > sys.float_info.max:
+            # A model turns it into a float, which overflows half-way through its learn.
+            raise InvalidInput(f"{what} holds an integer too large for a float; send numbers within 1.8e308.")
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
         if children is None:
             continue

@@ -119,7 +119,23 @@ def test_a_json_array_upload_is_400(client):
     assert client.get("/api/models/").get_json() == {"models": [MODEL]}
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("integer", ["1" + "0" * 400, "-" + "9" * 310])
+def test_integers_too_large_for_a_float_are_refused_everywhere(client, integer):
+    """A JSON integer is exact however long; one beyond a float's range overflows inside the
+    model half-way through a learn. Refused with 400 before anything is written."""
+    before = _state(client)
+    for method, route, body in _BODIES:
+        body = body.replace("@", integer)
+        response = client.open(route, method=method, data=body, content_type="application/json")
+        assert response.status_code == 400, (route, body, response.data[:300])
+        assert "too large for a float" in response.get_json()["message"]
+    assert _state(client) == before
+    assert client.post("/api/label/", json={"model": MODEL, "identifier": "waiting", "label": Y}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -float("inf"), 10**400], ids=["nan", "inf", "-inf", "10**400"]
+)
 def test_non_finite_values_in_process_are_refused(app, bad):
     """In process, a NaN or an infinity in features, ground truth, prediction or label raises
     InvalidInput before anything is written, as the JSON parser refuses them over HTTP."""
@@ -137,7 +153,7 @@ def test_non_finite_values_in_process_are_refused(app, bad):
         lambda: river_ml.label(bad, identifier, name),
     ]
     for call in calls:
-        with pytest.raises(InvalidInput, match="finite"):
+        with pytest.raises(InvalidInput, match="finite|too large for a float"):
             call()
     assert river_ml.stats(name)["learn"]["n_calls"] == 1
     assert river_ml.label(Y, identifier, name) == "Successful label."
