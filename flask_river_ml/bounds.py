@@ -38,7 +38,7 @@ SIZE_CAPS = {
     "n_factors": 1000, "n_bins": 10_000, "n_splits": 1000, "max_bins": 10_000, "n_random_cuts": 10_000,
     "n_neighbors": 1000, "graph_k": 1000, "n_iters": 1000, "max_micro_clusters": 10_000,
     "n_macro_clusters": 1000, "number_of_samples": 1000, "burn_in_sweeps": 1000, "max_iter_e_step": 1000,
-    "maximum_size_vocabulary": 100_000, "k": 10_000, "m": 1000, "capacity": 2**24,
+    "maximum_size_vocabulary": 100_000, "k": 10_000, "m": 10_000, "capacity": 2**24,
 }  # fmt: skip
 #: Parameters that double what a model allocates per unit (a tree of height h has 2**(h+1) - 1
 #: nodes), with their caps.
@@ -58,10 +58,12 @@ FLOAT_FLOORS = {"epsilon": 1e-5, "fp_rate": 1e-6, "delta": 1e-12}
 MAX_NGRAM = 10
 #: The longest tokenizer pattern.
 MAX_PATTERN_CHARS = 200
-#: The most ways a pattern's bounded repeats may be tried at one position (the product of
-#: their ranges), and the most characters they may take together.
-MAX_PATTERN_CHOICES = 1024
-MAX_PATTERN_SPAN = 256
+#: The most work a pattern may do at one position of a text before its unbounded repeat: the
+#: ways its bounded repeats may be tried (the product of their ranges) times the characters
+#: they may take together.
+MAX_PATTERN_WORK = 256
+#: The most stop words a text model may keep in a list (a set is searched at once).
+MAX_STOP_WORD_LIST = 1000
 #: Ensemble members and allocation units asked for so far along a path of estimators.
 Sizes = tuple[int, int]
 
@@ -100,6 +102,8 @@ def check_parameters(signature: inspect.Signature, params: Mapping[str, Any], la
             check_pattern(value, f"{label}: tokenizer_pattern")
         elif name == "ngram_range" and value != default:
             check_ngram_range(value, f"{label}: ngram_range")
+        elif name == "stop_words" and value is not None:
+            check_stop_words(value, f"{label}: stop_words")
         if not is_int(value):
             if isinstance(value, float) and name in FLOAT_FLOORS and value != default:
                 if 0 < value < FLOAT_FLOORS[name]:
@@ -125,7 +129,7 @@ def check_parameters(signature: inspect.Signature, params: Mapping[str, Any], la
     if members > MAX_MEMBERS:
         raise OutOfBounds(
             f"{label}: the ensemble sizes asked for (n_models, n_estimators, n_trees, code_size) multiply to "
-            f"{members} members along the description, more than {MAX_MEMBERS}; use fewer."
+            f"{members} members along nested ensembles, more than {MAX_MEMBERS}; use fewer."
         )
     if units > MAX_UNITS:
         raise OutOfBounds(
@@ -141,6 +145,15 @@ def check_ngram_range(value: Any, where: str) -> None:
     lengths = list(value) if isinstance(value, range | list | tuple) and len(value) <= MAX_NGRAM + 1 else None
     if lengths is None or not all(is_int(n) and 0 <= n <= MAX_NGRAM for n in lengths):
         raise OutOfBounds(f"{where}: n-gram lengths are at most {MAX_NGRAM}, such as (1, 2).")
+
+
+def check_stop_words(words: Any, where: str) -> None:
+    """Stop words: a set or frozenset (each token is looked up in it), or a short list or
+    tuple (each token is compared with every word)."""
+    if not isinstance(words, set | frozenset) and not (
+        isinstance(words, list | tuple) and len(words) <= MAX_STOP_WORD_LIST
+    ):
+        raise OutOfBounds(f"{where}: stop words are a set, or a list of at most {MAX_STOP_WORD_LIST} words")
 
 
 def check_pattern(pattern: Any, where: str) -> None:
@@ -175,8 +188,7 @@ def check_pattern(pattern: Any, where: str) -> None:
     tail = items[unbounded[0] + 1 :] if unbounded else []
     boundary = (_sre.AT, _sre.AT_BOUNDARY)
     safe = (
-        choices <= MAX_PATTERN_CHOICES
-        and span <= MAX_PATTERN_SPAN
+        choices * span <= MAX_PATTERN_WORK
         and len(unbounded) <= 1
         and all(item == boundary for item in tail)
         and (not tail or (items[0] == boundary and len(tail) == 1))
@@ -215,7 +227,7 @@ def check_text_step(function: Any, args: tuple, keywords: Mapping[str, Any] | No
         vectorize.tokenize_using_regex_pattern: ("pattern", check_pattern),
         vectorize.find_ngrams: ("n", lambda n, at: check_ngram_range([n], at)),
         vectorize.find_all_ngrams: ("ngram_range", check_ngram_range),
-        vectorize.remove_stop_words: ("stop_words", lambda words, at: None),
+        vectorize.remove_stop_words: ("stop_words", check_stop_words),
     }
     if function not in checks:
         return
@@ -227,22 +239,24 @@ def check_text_step(function: Any, args: tuple, keywords: Mapping[str, Any] | No
     check(keywords[name], f"{where}: {function.__name__}")
 
 
-def check_loaded(value: Any) -> None:
+def check_loaded(value: Any, sizes: Sizes) -> Sizes:
     """The bounds of an estimator that was not built from its parameters (an upload): the
-    parameters it keeps as attributes, read without running its code. Each estimator's own
-    sizes are bounded (its members are in the upload, and counted by its size)."""
+    parameters it keeps as attributes, read without running its code, with the members and
+    units of the estimators that hold it (``sizes``, what a clone of it would build); the
+    sizes along the path below it. Anything but an estimator keeps ``sizes``."""
     from river import base
 
     if not isinstance(value, base.Base):
-        return
+        return sizes
     signature = _init_signature(type(value))
     try:
         state = object.__getattribute__(value, "__dict__")
     except AttributeError:
-        return
-    if signature is not None and isinstance(state, dict):
-        params = {name: state[name] for name in signature.parameters if name in state}
-        check_parameters(signature, params, type(value).__name__, (1, 1))
+        return sizes
+    if signature is None or not isinstance(state, dict):
+        return sizes
+    params = {name: state[name] for name in signature.parameters if name in state}
+    return check_parameters(signature, params, type(value).__name__, sizes)
 
 
 _SIGNATURES: dict[type, inspect.Signature | None] = {}

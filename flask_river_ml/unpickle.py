@@ -25,8 +25,9 @@ This unpickler runs that program with four rules, checked before anything is cal
   memory), ``bytes(n)``, container elements: everything is charged to one budget per upload
   (``_budget``), eight times its size plus a fixed margin.
 - **What the model will allocate later is bounded too.** Once loaded, every estimator's
-  parameters obey the bounds of a model built from JSON (``bounds``: ensemble sizes,
-  components, tree heights, tokenizer patterns, n-gram lengths), and a text model's
+  parameters obey the bounds of a model built from JSON (``bounds``: ensemble sizes
+  multiplied along nested ensembles, components, tree heights, tokenizer patterns, n-gram
+  lengths, stop words), and a text model's
   preprocessing steps take their arguments by keyword, within the same bounds.
 
 Any failure while loading, whatever it raises (a Rust panic included) but the interpreter's
@@ -812,6 +813,9 @@ class _Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
                 raise _refuse(f"passes keywords to {cls.__qualname__}.__new__")
             if cls in self.allow.compiled:
                 self.check_numbers(cls, (*args, *kwargs.values()))
+            elif cls is functools.partial or cls is collections.defaultdict:
+                # Their pickles call the class; __new__ would take a function unchecked.
+                raise _refuse(f"builds a {cls.__qualname__} through __new__ with arguments")
             elif issubclass(cls, tuple):
                 self.check_plain_call(tuple, (args,))
             elif cls.__new__ is not object.__new__:
@@ -1073,14 +1077,16 @@ def _check_shape(root: Any, max_leaves: int) -> None:
     ``max_leaves`` values when its shared references are followed (what its JSON and deep
     copies walk): a few hundred bytes of memo references double at each level.
 
+    The same walk checks the bounds of every estimator (``bounds.check_loaded``), with the
+    sizes of the ensembles above it multiplied in, as a description's are.
+
     One iterative depth-first walk; each object's expanded size is computed once."""
     sizes: dict[int, int] = {}
     path: set[int] = {id(root)}
     parts = _parts(root)
     if parts is None:
         return
-    _check_bounds(root)
-    frames: list[list[Any]] = [[root, parts, 1]]
+    frames: list[list[Any]] = [[root, parts, 1, _check_bounds(root, (1, 1))]]
     while frames:
         frame = frames[-1]
         part = next(frame[1], _END)
@@ -1103,9 +1109,8 @@ def _check_shape(root: Any, max_leaves: int) -> None:
             elif len(frames) >= _MAX_DEPTH:
                 raise _refuse(f"nests objects more than {_MAX_DEPTH} levels deep")
             else:
-                _check_bounds(part)
                 path.add(id(part))
-                frames.append([part, inner, 1])
+                frames.append([part, inner, 1, _check_bounds(part, frame[3])])
         if frame[2] > max_leaves:
             raise _refuse(f"expands to more than {max_leaves} values through shared references")
 
@@ -1113,9 +1118,9 @@ def _check_shape(root: Any, max_leaves: int) -> None:
 _END = object()
 
 
-def _check_bounds(value: Any) -> None:
+def _check_bounds(value: Any, sizes: bounds.Sizes) -> bounds.Sizes:
     try:
-        bounds.check_loaded(value)
+        return bounds.check_loaded(value, sizes)
     except bounds.OutOfBounds as error:
         raise _out_of_bounds(error) from None
 

@@ -866,6 +866,50 @@ ATTACKS: list[Attack] = [
     ),  # fmt: skip
     Attack(
         "deferred cost",
+        "tokenizer with 1024 ways to try each position",
+        lambda m: _text_model(_step("tokenize_using_regex_pattern", (), {"pattern": "\\w?" * 10 + "\\w{200}!"})),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "stop words as a range of 3 million",
+        lambda m: _text_model(
+            _step("remove_stop_words", (), {"stop_words": Call(Global("builtins", "range"), 3 * 10**6)})
+        ),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "partial of a text step through NEWOBJ",
+        lambda m: _text_model(
+            New(
+                Global("functools", "partial"),
+                Global("river.feature_extraction.vectorize", "tokenize_using_regex_pattern"),
+                "(a+)+$",
+            )
+        ),
+        protocols=range(2, 6),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
+        "nested ensembles whose prototypes clone 100**3 models",
+        lambda m: Build(
+            New(Global("river.ensemble", "BaggingClassifier")),
+            {
+                "n_models": 100,
+                "model": Build(
+                    New(Global("river.ensemble", "BaggingClassifier")),
+                    {
+                        "n_models": 100,
+                        "model": Build(
+                            New(Global("river.ensemble", "BaggingClassifier")),
+                            {"n_models": 100, "model": New(Global("river.linear_model", "LogisticRegression"))},
+                        ),
+                    },
+                ),
+            },
+        ),
+    ),  # fmt: skip
+    Attack(
+        "deferred cost",
         "range of 10**12 as state",
         lambda m: Build(_model(), {"l2": Call(Global("builtins", "range"), 10**12)}),
     ),  # fmt: skip

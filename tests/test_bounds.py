@@ -23,11 +23,21 @@ TEXTS = [
     ({"text": "the moon is full tonight"}, False),
 ]
 #: Patterns people tokenize with, that scan a text in linear time.
-LINEAR = [r"(?u)\b\w[\w\-]+\b", r"(?u)\b\w\w+\b", r"\S+", r"\w+", r"(\w+)", r"[^\s,;]+", r"\b[a-z]+\b", r"#\w+"]
+LINEAR = [
+    r"(?u)\b\w[\w\-]+\b",
+    r"(?u)\b\w\w+\b",
+    r"\S+",
+    r"\w+",
+    r"(\w+)",
+    r"[^\s,;]+",
+    r"\b[a-z]+\b",
+    r"#\w+",
+    r"\w{2,15}",
+]
 #: Patterns that backtrack: exponential, or quadratic over a long word.
 BACKTRACKING = [
     r"(a+)+$", r"(x+x+)+y", r"(a|aa)+", r"(\w+\s?)+$", r"\w+x", r"\w+$", r"[a-z]+\b", r"\d+(?:\.\d+)?",
-    r"(?=\w+x)", r"(\w)\1", r"\w{1,300}", r"\w*\w*\w*z", "a" * 300,
+    r"(?=\w+x)", r"(\w)\1", r"\w{1,300}", r"\w*\w*\w*z", "a" * 300, r"\w?" * 10 + r"\w{200}!",
 ]  # fmt: skip
 
 
@@ -79,6 +89,8 @@ def test_an_uploaded_models_parameters_are_bounded(change, fragment):
         (functools.partial(vectorize.tokenize_using_regex_pattern, pattern=r"(a+)+$"), "not allowed"),
         (functools.partial(vectorize.tokenize_using_regex_pattern, r"\w+"), "by keyword"),
         (functools.partial(vectorize.remove_stop_words, {"a"}, stop_words={"b"}), "by keyword"),
+        (functools.partial(vectorize.remove_stop_words, stop_words=range(10**6)), "stop words are a set"),
+        (functools.partial(vectorize.remove_stop_words, stop_words=["w"] * 1001), "stop words are a set"),
     ],
 )
 def test_text_preprocessing_steps_are_bounded(step, fragment):
@@ -140,3 +152,17 @@ def test_json_factorization_machine_factors_are_bounded(app):
     )
     assert response.status_code == 400
     assert "n_factors=100000 is out of bounds" in response.get_json()["message"]
+
+
+def test_ensembles_nested_in_an_upload_multiply_their_sizes():
+    """An ensemble clones its prototype into as many members as it asks for: nested in an
+    upload, their sizes multiply as a description's do, whatever members the upload holds."""
+    from river import ensemble
+
+    inner = ensemble.BaggingClassifier(linear_model.LogisticRegression(), n_models=2)
+    model = ensemble.BaggingClassifier(ensemble.BaggingClassifier(inner, n_models=2), n_models=2)
+    safe_loads(pickle.dumps(model))  # 8 members along the path: within bounds
+    for level in (model, model.model, model.model.model):
+        level.n_models = 100  # the members it holds stay 2, the clones it would make are 100
+    with pytest.raises(UnsafePickle, match="members along nested ensembles"):
+        safe_loads(pickle.dumps(model))
