@@ -110,6 +110,7 @@ class FlaskRiverML:
             identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
             unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
             upload_max_bytes=values["RIVER_ML_UPLOAD_MAX_BYTES"],
+            max_features=values["RIVER_ML_MAX_FEATURES"],
         )
         auth = Auth(backend, values[keys.TOKEN_KEY], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
         state = State(values, backend, engine, service, auth, self, check)

@@ -42,9 +42,15 @@ def _identifier_key(name: str, identifier: str) -> str:
     return f"ident:{name}:{identifier}"
 
 
-def _check_features(features: Any) -> dict:
+def _check_features(features: Any, max_features: int) -> dict:
     if not isinstance(features, dict):
         raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
+    if len(features) > max_features:
+        # A model's cost per sample may grow with the square of its features (a covariance,
+        # BayesianLinearRegression's) or faster (polynomial features): bounded per request.
+        raise InvalidInput(
+            f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
+        )
     check_values(features, "features")
     return features
 
@@ -69,6 +75,7 @@ class Service:
         identifier_ttl: int,
         unpickle_allowed_modules: list[str],
         upload_max_bytes: int,
+        max_features: int,
     ) -> None:
         self.engine = engine
         self.events = Events(engine.backend)
@@ -77,6 +84,7 @@ class Service:
         self.identifier_ttl = identifier_ttl
         self.unpickle_allowed_modules = unpickle_allowed_modules
         self.upload_max_bytes = upload_max_bytes
+        self.max_features = max_features
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -207,7 +215,7 @@ class Service:
         if identifier is not None:
             features, scored = self._learn_stored(name, _check_identifier(identifier), ground_truth)
         else:
-            features = _check_features(features)
+            features = _check_features(features, self.max_features)
             scored = self.engine.learn(name, features, ground_truth, prediction)
         # The record is stored: the learn has succeeded, whatever its timing does (events are
         # dropped, never raised, when the store is away).
@@ -221,7 +229,7 @@ class Service:
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
         """The model's prediction; stored under an identifier (given or generated) for a label."""
         started = time.perf_counter_ns()
-        features = _check_features(features)
+        features = _check_features(features, self.max_features)
         check_name(name)
         if identifier is not None:
             identifier = _check_identifier(identifier)

@@ -153,6 +153,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # New: every other body (a learn, a predict, a model's JSON description) is refused with
     # 413 over this: a JSON value takes many times its size in memory once parsed.
     "JSON_MAX_BYTES": (1024 * 1024, _integer(1)),
+    # New: the most features one sample may have (learn, predict, a stored prediction): some
+    # models' cost per sample grows with their square or faster.
+    "MAX_FEATURES": (1000, _integer(1)),
     "UNPICKLE_ALLOWED_MODULES": ([], _names()),
     # New: who may upload a pickle while authentication is off: "loopback" clients only, or
     # "any" client (a closed network). With authentication on, users with the manage scope.

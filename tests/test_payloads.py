@@ -179,3 +179,29 @@ def test_json_bodies_over_their_limit_are_413_while_pickles_have_their_own(make_
     assert client.get("/api/models/").get_json() == {"models": [MODEL]}
     small = {"model": MODEL, "features": {"ordinal_date": 1.0}, "ground_truth": 1.0}
     assert client.post("/api/learn/", json=small).status_code == 201
+
+
+def test_samples_with_more_features_than_the_bound_are_refused(make_app, backend_name):
+    """RIVER_ML_MAX_FEATURES bounds the features of one sample (checked by the service, which
+    in-process calls share): a BayesianLinearRegression keeps a matrix of the square of its features, so 12 000 features
+    in a 170 KB body took 3.4 GB. The bound answers 400 and changes nothing."""
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_MAX_FEATURES=50)
+    client = app.test_client()
+    name = "wide"
+    assert (
+        client.post(
+            f"/api/model/regression/{name}/", json={"class": "river.linear_model.BayesianLinearRegression"}
+        ).status_code
+        == 201
+    )
+    wide = {f"f{i}": 1.0 for i in range(51)}
+    for route, body in [
+        ("/api/learn/", {"model": name, "features": wide, "ground_truth": 1.0}),
+        ("/api/predict/", {"model": name, "features": wide}),
+    ]:
+        response = client.post(route, json=body)
+        assert response.status_code == 400
+        assert "RIVER_ML_MAX_FEATURES" in response.get_json()["message"]
+    narrow = {f"f{i}": 1.0 for i in range(50)}
+    assert client.post("/api/learn/", json={"model": name, "features": narrow, "ground_truth": 1.0}).status_code == 201
+    assert client.get(f"/api/stats/?model={name}").get_json()["learn"]["n_calls"] == 1
