@@ -75,6 +75,12 @@ class IdentifierNotFound(RiverMLError):
     """No prediction waits for a label under this identifier and model (or it expired)."""
 
 
+class IdentifierExists(RiverMLError):
+    """A prediction already waits for its label under this identifier and model."""
+
+    status = 409
+
+
 class InvalidSpec(InvalidInput):
     """A JSON description of a model names a class or a parameter that cannot be built."""
 
@@ -113,6 +119,7 @@ __all__ = [
     "Busy",
     "ConfigurationError",
     "Forbidden",
+    "IdentifierExists",
     "IdentifierNotFound",
     "IncompatibleModel",
     "InvalidFlavor",

@@ -18,6 +18,7 @@ from . import stats
 from .encoding import model_params
 from .engine import Engine, meta_key
 from .errors import (
+    IdentifierExists,
     IdentifierNotFound,
     InvalidInput,
     ModelExists,
@@ -233,6 +234,12 @@ class Service:
         check_name(name)
         if identifier is not None:
             identifier = _check_identifier(identifier)
+            if self.backend.get(_identifier_key(name, identifier)) is not None:
+                # Replacing it would make the label that comes for it train on other features.
+                raise IdentifierExists(
+                    f"A prediction of model '{name}' already waits for a label under identifier '{identifier}'; "
+                    "label it, or predict under a new identifier."
+                )
         if identifier is None and self.generate_identifiers:
             identifier = str(uuid.uuid4())
 

@@ -587,6 +587,23 @@ def test_second_label_is_400(client):
     assert_error(label(client, Y, "never-made"), 400, "never-made")
 
 
+def test_a_waiting_prediction_is_never_replaced(client):
+    """A predict under an identifier that already waits for its label answers 409: replaced,
+    the label that comes for it would train the model on someone else's features. Once
+    labelled, the identifier may be used again."""
+    served_model(client, SAMPLES[:3])
+    assert predict(client, X, identifier="order-42").status_code == 201
+    other = {key: value * 1000 for key, value in X.items()}
+    assert_error(predict(client, other, identifier="order-42"), 409, "order-42", "already waits")
+    assert label(client, Y, "order-42").status_code == 200
+    local = regressor()
+    for x, y in [*SAMPLES[:3], (X, Y)]:
+        local.learn_one(x, y)
+    # The label trained on the features of the first predict, not the refused one's.
+    assert predict(client, other).get_json()["prediction"] == pytest.approx(local.predict_one(other))
+    assert predict(client, other, identifier="order-42").status_code == 201
+
+
 @pytest.mark.parametrize(
     ("flavor", "model", "training", "falsy"),
     [
