@@ -24,12 +24,15 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 #: The largest integer a parameter may be given, unless it is the parameter's default or a seed.
 MAX_INTEGER = 1_000_000
-#: Parameters that multiply what a model allocates (ensemble members, components, clusters,
-#: orders of a time series, thresholds), with their own caps.
+#: Parameters that multiply what a model allocates or computes (ensemble members, components,
+#: clusters, orders of a time series, thresholds, samples drawn), with their own caps.
 COUNT_CAPS = {
     "n_models": 100, "n_estimators": 100, "n_trees": 100, "code_size": 100, "degree": 10,
     "n_components": 10_000, "n_clusters": 10_000, "n_thresholds": 10_000,
     "p": 100, "d": 100, "q": 100, "sp": 100, "sd": 100, "sq": 100,
+    # LDA draws number_of_samples Gibbs samples, after burn_in_sweeps, over its components for
+    # every word: they multiply its work per sample.
+    "number_of_samples": 1000, "burn_in_sweeps": 1000,
 }  # fmt: skip
 #: Parameters that size what a model allocates per feature or computes per sample (factors of
 #: a factorization machine, bins of a histogram, neighbours searched, samples drawn), capped
@@ -37,7 +40,7 @@ COUNT_CAPS = {
 SIZE_CAPS = {
     "n_factors": 1000, "n_bins": 10_000, "n_splits": 1000, "max_bins": 10_000, "n_random_cuts": 10_000,
     "n_neighbors": 1000, "graph_k": 1000, "n_iters": 1000, "max_micro_clusters": 10_000,
-    "n_macro_clusters": 1000, "number_of_samples": 1000, "burn_in_sweeps": 1000, "max_iter_e_step": 1000,
+    "n_macro_clusters": 1000, "max_iter_e_step": 1000,
     "maximum_size_vocabulary": 100_000, "k": 10_000, "m": 10_000, "capacity": 2**24,
 }  # fmt: skip
 #: Parameters that double what a model allocates per unit (a tree of height h has 2**(h+1) - 1
