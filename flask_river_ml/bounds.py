@@ -119,14 +119,11 @@ def check_parameters(signature: inspect.Signature, params: Mapping[str, Any], la
             continue
         if not 0 <= value <= cap:
             raise OutOfBounds(f"{label}: {name}={value} is out of bounds; it must be between 0 and {cap}.")
-        if name in EXPONENT_CAPS:
-            units *= 2 ** (value + 1)
-        elif name in COUNT_CAPS:
-            units *= max(value, 1)
+        units *= _units(name, value)
     for name in (*EXPONENT_CAPS, *COUNT_CAPS):
         default = _default(signature, name)
         if name not in params and is_int(default):
-            units *= 2 ** (default + 1) if name in EXPONENT_CAPS else max(default, 1)
+            units *= _units(name, default)
     members = sizes[0] * _member_count(signature, params)
     units *= sizes[1]
     if members > MAX_MEMBERS:
@@ -140,6 +137,14 @@ def check_parameters(signature: inspect.Signature, params: Mapping[str, Any], la
             f"{units} units, more than {MAX_UNITS}; use fewer or smaller ones."
         )
     return members, units
+
+
+def _units(name: str, value: int) -> int:
+    """The allocation units a capped parameter asks for: 2**(value + 1) for an exponent, the
+    value for a count, none for a size (sizes are capped one by one)."""
+    if name in EXPONENT_CAPS:
+        return 2 ** (value + 1)
+    return max(value, 1) if name in COUNT_CAPS else 1
 
 
 def check_ngram_range(value: Any, where: str) -> None:
@@ -193,8 +198,7 @@ def check_pattern(pattern: Any, where: str) -> None:
     safe = (
         choices * span <= MAX_PATTERN_WORK
         and len(unbounded) <= 1
-        and all(item == boundary for item in tail)
-        and (not tail or (items[0] == boundary and len(tail) == 1))
+        and (not tail or (tail == [boundary] and items[0] == boundary))
     )
     if not safe:
         raise OutOfBounds(f"{where}: {pattern!r} may take more than linear time to scan a text; {fix}.")
