@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .bounds import OutOfBounds, Plan, check_expansion, expansion_plan
 from .errors import INTERPRETER_EXITS, Busy, InvalidInput, ModelExists, ModelFailed, ModelNotFound, TamperedData
 from .flavors import Flavor, Scored, describe, get_flavor, metric_values, model_code
 from .serialization import Codec
@@ -89,6 +90,18 @@ class Replica:
     skipped: dict[int, str] = field(default_factory=dict)
     # Guards the model: river models are not thread-safe, and records are applied in order.
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Where the model multiplies a sample's features, read once: its parameters never change.
+    expansion: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.expansion = expansion_plan(self.model)
+
+    def check_sample(self, x: dict) -> None:
+        """Refuses a new sample that the model would expand into too many terms."""
+        try:
+            check_expansion(self.expansion, len(x))
+        except OutOfBounds as error:
+            raise InvalidInput(str(error)) from None
 
     def discard(self) -> None:
         """Mark a replica that may hold half a record and could not be rebuilt: it matches no
@@ -380,7 +393,11 @@ class Engine:
         def write(scored: Scored, guard: Guard) -> tuple[bool, Records]:
             return self.backend.write(writes(scored), guard)
 
-        return self._guarded(name, lambda replica: self._predict(replica, x), write)[1]
+        def decide(replica: Replica) -> Scored:
+            replica.check_sample(x)
+            return self._predict(replica, x)
+
+        return self._guarded(name, decide, write)[1]
 
     @staticmethod
     def _predict(replica: Replica, x: dict) -> Scored:
@@ -405,6 +422,7 @@ class Engine:
         """
 
         def decide(replica: Replica) -> tuple[bytes, Scored | None]:
+            replica.check_sample(x)
             replica.flavor.check_target(y)
             made = scored
             if made is None and prediction is not None:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import functools
 import pickle
 import re
+from typing import Any
 
 import pytest
-from river import compose, facto, feature_extraction, linear_model
+from river import base, compose, ensemble, facto, feature_extraction, linear_model, preprocessing
 from river.feature_extraction import vectorize
 
-from flask_river_ml.bounds import MAX_NGRAM, OutOfBounds, check_pattern
+from flask_river_ml.bounds import (
+    MAX_NGRAM,
+    MAX_TERMS,
+    OutOfBounds,
+    check_expansion,
+    check_pattern,
+    expansion_plan,
+    widest,
+)
 from flask_river_ml.errors import UnsafePickle
 from flask_river_ml.unpickle import safe_loads
 
@@ -166,3 +175,120 @@ def test_ensembles_nested_in_an_upload_multiply_their_sizes():
         level.n_models = 100  # the members it holds stay 2, the clones it would make are 100
     with pytest.raises(UnsafePickle, match="members along nested ensembles"):
         safe_loads(pickle.dumps(model))
+
+
+def _held(model: Any, x: dict) -> int:
+    """The most features ``model``'s steps hold at once for ``x``, by running them."""
+    if isinstance(model, compose.Pipeline):
+        most = len(x)
+        for step in model.steps.values():
+            if not isinstance(step, base.Transformer):
+                break
+            most = max(most, _held(step, x))
+            step.learn_one(x)
+            x = step.transform_one(x)
+        return max(most, len(x))
+    if isinstance(model, base.Transformer):
+        model.learn_one(x)
+        return max(len(x), len(model.transform_one(x)))
+    return max(len(x), *(_held(inner, x) for inner in [getattr(model, "model", None)] if inner is not None))
+
+
+EXPANDING = [
+    lambda: feature_extraction.PolynomialExtender(degree=3) | linear_model.LinearRegression(),
+    lambda: feature_extraction.PolynomialExtender(degree=4, interaction_only=True, include_bias=True),
+    lambda: preprocessing.StandardScaler() | feature_extraction.PolynomialExtender() | linear_model.LinearRegression(),
+    lambda: compose.TransformerUnion(
+        feature_extraction.PolynomialExtender(), preprocessing.StandardScaler() | compose.Prefixer("scaled_")
+    ),
+    lambda: compose.TransformerProduct(preprocessing.StandardScaler(), preprocessing.MinMaxScaler()),
+    lambda: ensemble.BaggingRegressor(feature_extraction.PolynomialExtender() | linear_model.LinearRegression()),
+]
+
+
+@pytest.mark.parametrize("make", EXPANDING)
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_the_expansion_of_a_sample_is_what_river_builds(make, n):
+    x = {f"f{i}": float(i + 1) for i in range(n)}
+    assert widest(expansion_plan(make()), n) == _held(make(), x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: compose.TransformerUnion(feature_extraction.PolynomialExtender(), preprocessing.StandardScaler()),
+        lambda: feature_extraction.PolynomialExtender() | feature_extraction.PolynomialExtender(),
+    ],
+)
+def test_an_expansion_whose_terms_share_names_is_bounded_from_above(make):
+    """A union merges its parts' features by name (a polynomial's first degree and the scaled
+    features), and chained extenders build some products twice: river holds fewer terms than
+    the bound counts, never more."""
+    x = {f"f{i}": float(i + 1) for i in range(7)}
+    assert widest(expansion_plan(make()), 7) > _held(make(), x) > 7
+
+
+def test_models_that_do_not_multiply_features_have_no_expansion():
+    model = (
+        preprocessing.StandardScaler()
+        | compose.TransformerUnion(compose.Select("a"), preprocessing.MinMaxScaler())
+        | linear_model.LinearRegression()
+    )
+    assert expansion_plan(model) is None
+    check_expansion(None, 10**6)
+
+
+def test_a_sample_is_refused_where_its_expansion_passes_the_bound():
+    """Degree 2 turns 445 features into 99 680 terms and 446 into 100 127, as river builds them."""
+    model = feature_extraction.PolynomialExtender()
+    for n, fits in ((445, True), (446, False)):
+        x = {f"f{i}": 1.0 for i in range(n)}
+        assert (len(model.transform_one(x)) <= MAX_TERMS) is fits
+        if fits:
+            check_expansion(expansion_plan(model), n)
+        else:
+            with pytest.raises(OutOfBounds, match=f"these {n} features into 100127 terms"):
+                check_expansion(expansion_plan(model), n)
+
+
+@pytest.mark.parametrize("how", ["json", "pickle"])
+def test_a_served_polynomial_model_refuses_samples_it_would_expand_too_far(app, how):
+    """A model of degree 3 predicts like river on a few features; 100 features (176 850 terms)
+    are refused with 400 on learn and predict, and the model has not learned them."""
+    client = app.test_client()
+    local = feature_extraction.PolynomialExtender(degree=3) | linear_model.LinearRegression()
+    if how == "json":
+        description = {
+            "class": "river.compose.Pipeline",
+            "args": [
+                {"class": "river.feature_extraction.PolynomialExtender", "params": {"degree": 3}},
+                {"class": "river.linear_model.LinearRegression"},
+            ],
+        }
+        assert client.post("/api/model/regression/poly/", json=description).status_code == 201
+    else:
+        response = client.post("/api/model/regression/poly/", data=pickle.dumps(local.clone()))
+        assert response.status_code == 201
+    few = {"a": 0.5, "b": -1.0, "c": 2.0}
+    wide = {f"f{i}": 0.1 for i in range(100)}
+    for body in ({"model": "poly", "features": wide, "ground_truth": 1.0}, {"model": "poly", "features": wide}):
+        response = client.post("/api/learn/" if "ground_truth" in body else "/api/predict/", json=body)
+        assert response.status_code == 400
+        assert "these 100 features into 176850 terms" in response.get_json()["message"]
+    assert client.post("/api/learn/", json={"model": "poly", "features": few, "ground_truth": 1.5}).status_code == 201
+    local.learn_one(few, 1.5)
+    served = client.post("/api/predict/", json={"model": "poly", "features": few}).get_json()["prediction"]
+    assert served == local.predict_one(few)
+
+
+@pytest.mark.parametrize("degree", ["3", 2.5, None])
+def test_an_upload_with_a_degree_that_is_no_integer_fails_in_river_not_in_the_server(app, degree):
+    """The expansion is read from the upload's state without trusting it: a degree river
+    cannot use fails in river's code on the first sample, as a 400."""
+    model = feature_extraction.PolynomialExtender() | linear_model.LinearRegression()
+    model["PolynomialExtender"].degree = degree
+    client = app.test_client()
+    assert client.post("/api/model/regression/odd/", data=pickle.dumps(model)).status_code == 201
+    response = client.post("/api/learn/", json={"model": "odd", "features": {"a": 1.0}, "ground_truth": 1.0})
+    assert response.status_code == 400
+    assert "The model could not learn from this sample: TypeError" in response.get_json()["message"]
