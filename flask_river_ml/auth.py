@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from . import layout
 from .errors import ConfigurationError, InvalidInput, RiverMLError
 from .names import NAME_PATTERN
 from .storage import Backend
@@ -119,10 +120,6 @@ def _misconfigured(problem: str) -> NoReturn:
     raise ConfigurationError(message)
 
 
-def _user_key(name: str) -> str:
-    return f"user:{name}"
-
-
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -153,7 +150,7 @@ class Auth:
         held = scopes_from(scopes)
         token = secrets.token_urlsafe(32)
         record = {"password": generate_password_hash(password), "token": _digest(token), "scopes": list(held)}
-        if not self.backend.add(_user_key(name), json.dumps(record).encode()):
+        if not self.backend.add(layout.user(name), json.dumps(record).encode()):
             raise UserExists(f"A user named '{name}' exists already.")
         return token
 
@@ -166,7 +163,7 @@ class Auth:
             record = self._checked(name, raw, password)
             return json.dumps({**record, "token": _digest(fresh)}).encode()
 
-        self.backend.update(_user_key(name), rotate)
+        self.backend.update(layout.user(name), rotate)
         return fresh
 
     def set_scopes(self, name: str, scopes: ScopeNames) -> tuple[str, ...]:
@@ -182,7 +179,7 @@ class Auth:
                 raise UserNotFound(f"No user named '{name}'.")
             return json.dumps({**json.loads(raw), "scopes": list(held)}).encode()
 
-        self.backend.update(_user_key(name), replace)
+        self.backend.update(layout.user(name), replace)
         return held
 
     def scopes(self, name: str) -> tuple[str, ...]:
@@ -194,11 +191,11 @@ class Auth:
 
     def delete_user(self, name: str) -> bool:
         """Delete a user; False when there was none."""
-        return self.backend.delete(_user_key(name)) > 0
+        return self.backend.delete(layout.user(name)) > 0
 
     def users(self) -> list[str]:
         """Every user's name, sorted."""
-        return [key.split(":", 1)[1] for key in self.backend.keys("user:")]
+        return layout.user_names(self.backend.keys(layout.USERS))
 
     @staticmethod
     def _checked(name: str, raw: bytes | None, password: str) -> dict[str, Any]:
@@ -210,7 +207,7 @@ class Auth:
         return record
 
     def _record(self, name: str) -> dict[str, Any] | None:
-        raw = self.backend.get(_user_key(name))
+        raw = self.backend.get(layout.user(name))
         return None if raw is None else json.loads(raw)
 
     # --- tokens --------------------------------------------------------------------------------

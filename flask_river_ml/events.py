@@ -23,13 +23,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import layout
 from .encoding import jsonable
 from .errors import StoreUnavailable
 from .storage import Backend
 
 logger = logging.getLogger("flask_river_ml.events")
 
-EVENTS, METRICS = "events", "metrics"
+EVENTS, METRICS = layout.EVENTS, layout.METRICS
 #: Messages a stream may have waiting before it is dropped as too slow.
 QUEUE_SIZE = 1000
 

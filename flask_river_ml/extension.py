@@ -103,11 +103,15 @@ class FlaskRiverML:
         except BaseException:
             backend.close()
             raise
-        engine = Engine(backend, Codec(values[keys.BLOB_KEY]), values["RIVER_ML_SNAPSHOT_EVERY"])
+        engine = Engine(
+            backend,
+            Codec(values[keys.BLOB_KEY]),
+            snapshot_every=values["RIVER_ML_SNAPSHOT_EVERY"],
+            waiting_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
+        )
         service = Service(
             engine,
             generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
-            identifier_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
             unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
             upload_max_bytes=values["RIVER_ML_UPLOAD_MAX_BYTES"],
             max_features=values["RIVER_ML_MAX_FEATURES"],

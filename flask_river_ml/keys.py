@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import ConfigurationError, StoreUnavailable
 from .storage import Backend
 
@@ -210,11 +211,6 @@ def matches(key: Key, record: Mapping[str, Any]) -> bool:
     return hmac.compare_digest(expected, fingerprint)
 
 
-def store_key(setting: str) -> str:
-    """Where the store keeps the fingerprint of ``setting``'s key."""
-    return f"key-fingerprint:{setting}"
-
-
 class KeysDiffer(ConfigurationError):
     """This host's blob or token key is not the one the store it shares was first used with.
 
@@ -289,7 +285,7 @@ class KeyCheck:
 
     def _check(self, key: Key) -> str | None:
         """None when the store agrees with ``key``, or records it; else what to tell the operator."""
-        where = store_key(key.setting)
+        where = layout.fingerprint(key.setting)
         raw = self._backend.get(where)
         if raw is None:
             if self._backend.add(where, json.dumps(fingerprint_record(key)).encode()):

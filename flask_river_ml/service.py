@@ -1,7 +1,8 @@
 """The operations behind every route and every in-process call, with no Flask in sight.
 
-The service validates what it is given, times learn and predict calls for the stats, keeps
-predictions that wait for their label, and leaves the models themselves to the engine.
+The service validates what it is given, starts the clock of learn and predict calls, hands
+the engine what each request wants done, and announces it to the streams; the models, their
+store and its keys are the engine's.
 """
 
 from __future__ import annotations
@@ -16,31 +17,17 @@ import dill
 
 from . import stats
 from .encoding import model_params
-from .engine import Engine, meta_key
-from .errors import (
-    IdentifierExists,
-    IdentifierNotFound,
-    InvalidInput,
-    ModelExists,
-    ModelFailed,
-    ModelNotFound,
-    StoreUnavailable,
-    UnsafePickle,
-)
+from .engine import Engine, Learn, Learned, Predict
+from .errors import InvalidInput, ModelExists, ModelFailed, ModelNotFound, UnsafePickle
 from .events import Events
-from .flavors import Flavor, Scored, get_flavor, metric_values, model_code
+from .flavors import Flavor, get_flavor, model_code
 from .names import check_name, generate_name
 from .payloads import check_values
 from .spec import MAX_MODEL_BYTES, build
-from .storage.base import Writes
 from .unpickle import safe_loads
 
 _MAX_IDENTIFIER = 256
 logger = logging.getLogger(__name__)
-
-
-def _identifier_key(name: str, identifier: str) -> str:
-    return f"ident:{name}:{identifier}"
 
 
 def _check_features(features: Any, max_features: int) -> dict:
@@ -73,16 +60,13 @@ class Service:
         engine: Engine,
         *,
         generate_identifiers: bool,
-        identifier_ttl: int,
         unpickle_allowed_modules: list[str],
         upload_max_bytes: int,
         max_features: int,
     ) -> None:
         self.engine = engine
         self.events = Events(engine.backend)
-        self.backend = engine.backend
         self.generate_identifiers = generate_identifiers
-        self.identifier_ttl = identifier_ttl
         self.unpickle_allowed_modules = unpickle_allowed_modules
         self.upload_max_bytes = upload_max_bytes
         self.max_features = max_features
@@ -98,7 +82,7 @@ class Service:
         chosen = get_flavor(flavor)
         chosen.check(model)
         if name is None:
-            name = generate_name(lambda candidate: self.backend.get(meta_key(candidate)) is not None)
+            name = generate_name(self.engine.exists)
         self.engine.create(check_name(name), model, chosen)
         return name
 
@@ -129,28 +113,21 @@ class Service:
         chosen = get_flavor(flavor)
         if name is not None:
             check_name(name)
-            if self.backend.get(meta_key(name)) is not None:
+            if self.engine.exists(name):
                 raise ModelExists(f"A model named '{name}' exists already; delete it first.")
         return chosen
 
     def download(self, name: str) -> bytes:
         """A dill pickle of the model, what riverapi's download_model saves."""
-        replica = self.engine.replica(check_name(name))
-        with replica.lock, model_code("The model could not be pickled"):
-            return dill.dumps(replica.model)
+        return self.engine.read_model(check_name(name), "The model could not be pickled", dill.dumps)
 
     def params(self, name: str) -> dict[str, Any]:
         """The model's parameters as JSON."""
-        replica = self.engine.replica(check_name(name))
-        with replica.lock, model_code("The model's parameters could not be read"):
-            return model_params(replica.model)
+        return self.engine.read_model(check_name(name), "The model's parameters could not be read", model_params)
 
     def delete_model(self, name: str) -> bool:
         """Delete the model, its stats and its waiting predictions; False when there was none."""
-        existed = self.engine.delete(check_name(name))
-        timings = [stats.key(name, kind) for kind in stats.KINDS]
-        self.backend.delete(*timings, *self.backend.keys(_identifier_key(name, "")))
-        return existed
+        return self.engine.delete(check_name(name))
 
     def get_model(self, name: str) -> Any:
         """A copy of the model: changing it changes nothing stored."""
@@ -162,36 +139,30 @@ class Service:
 
     def flavor(self, name: str) -> str:
         """The flavor the model is served as."""
-        return self.engine.replica(check_name(name)).flavor.name
+        return self.engine.flavor(check_name(name)).name
 
     # --- metrics and stats -----------------------------------------------------------------------
 
     def metrics(self, name: str) -> dict[str, Any]:
         """``{MetricName: value}`` for the model; ``{}`` for a flavor without metrics."""
-        replica = self.engine.replica(check_name(name))
-        with replica.lock:
-            return metric_values(replica.metrics)
+        return self.engine.metrics(check_name(name))
 
     def stats(self, name: str) -> dict[str, dict[str, Any]]:
         """Counts and durations of the model's learn and predict calls, from every process."""
-        self.engine.replica(check_name(name))
-        return stats.render({kind: self.backend.observed(stats.key(name, kind)) for kind in stats.KINDS})
+        return stats.render(self.engine.timings(check_name(name)))
 
     def overview(self) -> list[dict[str, Any]]:
-        """Every model with its flavor, stats and metrics (the dashboard's table)."""
+        """Every model with its flavor, stats and metrics (the dashboard's table), read without
+        loading a model: the metrics are this process's replica's, None where it holds none
+        (the dashboard's stream brings them with the model's next learn)."""
         found = []
         for name in self.models():
             try:
-                flavor, stats_, metrics_ = self.flavor(name), self.stats(name), self.metrics(name)
+                flavor, stats_ = self.flavor(name), self.stats(name)
             except ModelNotFound:
                 continue  # deleted meanwhile
-            found.append({"name": name, "flavor": flavor, "stats": stats_, "metrics": metrics_})
+            found.append({"name": name, "flavor": flavor, "stats": stats_, "metrics": self.engine.held_metrics(name)})
         return found
-
-    @staticmethod
-    def _timing(name: str, kind: str, started: int) -> tuple[str, int, float]:
-        """The timing of a call started at ``started``, for :attr:`Writes.observes`."""
-        return stats.key(name, kind), time.perf_counter_ns() - started, stats.EWM_ALPHA
 
     # --- learning and predicting -----------------------------------------------------------------
 
@@ -212,19 +183,12 @@ class Service:
         check_name(name)
         check_values(ground_truth, "ground_truth")
         check_values(prediction, "prediction")
-        scored: Scored | None
         if identifier is not None:
-            features, scored = self._learn_stored(name, _check_identifier(identifier), ground_truth)
+            request = Learn(ground_truth, identifier=_check_identifier(identifier), started=started)
         else:
-            features = _check_features(features, self.max_features)
-            scored = self.engine.learn(name, features, ground_truth, prediction)
-        # The record is stored: the learn has succeeded, whatever its timing does (events are
-        # dropped, never raised, when the store is away).
-        try:
-            self.backend.observe(*self._timing(name, "learn", started))
-        except StoreUnavailable as error:
-            logger.warning("Model %r: a stored learn was not timed (%s).", name, error.message)
-        self._announce("learn", name, features, scored, ground_truth)
+            request = Learn(ground_truth, _check_features(features, self.max_features), None, prediction, started)
+        learned = self.engine.learn(name, request)
+        self._announce("learn", name, learned, ground_truth)
         return "Successful learn."
 
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
@@ -234,29 +198,13 @@ class Service:
         check_name(name)
         if identifier is not None:
             identifier = _check_identifier(identifier)
-            if self.backend.get(_identifier_key(name, identifier)) is not None:
-                # Replacing it would make the label that comes for it train on other features.
-                raise IdentifierExists(
-                    f"A prediction of model '{name}' already waits for a label under identifier '{identifier}'; "
-                    "label it, or predict under a new identifier."
-                )
-        if identifier is None and self.generate_identifiers:
+        elif self.generate_identifiers:
             identifier = str(uuid.uuid4())
-
-        def writes(scored: Scored) -> Writes:
-            # The waiting prediction and the timing: one write, made only if the model that
-            # predicted is still the stored one, as it is.
-            made = Writes(observes=[self._timing(name, "predict", started)])
-            if identifier is not None:
-                record = self.engine.codec.dumps((features, scored.value, scored.label, scored.proba))
-                made.sets.append((_identifier_key(name, identifier), record, self.identifier_ttl))
-            return made
-
-        scored = self.engine.predict(name, features, writes)
+        scored = self.engine.predict(name, Predict(features, identifier, started))
         result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is not None:
             result["identifier"] = identifier
-        self._announce("predict", name, features, scored)
+        self._announce("predict", name, Learned(features, scored))
         return result
 
     def label(self, label: Any, identifier: Any, name: str) -> str:
@@ -265,38 +213,17 @@ class Service:
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
         check_values(label, "label")
-        features, scored = self._learn_stored(name, _check_identifier(identifier), label)
-        self._announce("label", name, features, scored, label)
+        learned = self.engine.learn(name, Learn(label, identifier=_check_identifier(identifier)))
+        self._announce("label", name, learned, label)
         return "Successful label."
 
-    def _announce(self, event: str, name: str, features: dict, scored: Scored | None, y: Any = None) -> None:
+    def _announce(self, event: str, name: str, learned: Learned, y: Any = None) -> None:
         """Publish the event (and the metrics it moved) to the streams, if any listen."""
         if not self.events.wanted():
             return
-        data = {"model": name, "features": features, "prediction": None if scored is None else scored.value}
+        scored = learned.scored
+        data = {"model": name, "features": learned.features, "prediction": None if scored is None else scored.value}
         if event == "predict":
             self.events.publish(event, data)
         else:
-            self.events.publish(event, {**data, "ground_truth": y}, self.engine.current_metrics(name))
-
-    def _learn_stored(self, name: str, identifier: str, y: Any) -> tuple[dict, Scored]:
-        """Learn from a stored prediction; its features and the prediction."""
-        # Checked before the record is consumed, so a bad label leaves it waiting.
-        self.engine.replica(name).flavor.check_target(y)
-        key = _identifier_key(name, identifier)
-        blob = self.backend.pop(key)
-        if blob is None:
-            raise IdentifierNotFound(
-                f"No prediction of model '{name}' waits for a label under identifier '{identifier}' "
-                "(it was never made for this model, was labelled already, or expired)."
-            )
-        features, value, label, proba = self.engine.codec.loads(blob)
-        scored = Scored(value, label, proba)
-        try:
-            self.engine.learn(name, features, y, scored=scored)
-        except BaseException:
-            # A learn answered with an error was not stored (the model refused the sample,
-            # the store was busy or away): the prediction keeps waiting for the retry.
-            self.backend.add(key, blob, self.identifier_ttl)
-            raise
-        return features, scored
+            self.events.publish(event, {**data, "ground_truth": y}, self.engine.held_metrics(name) or {})

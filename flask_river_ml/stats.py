@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import layout
+
 #: The weight of the newest duration in the exponentially weighted mean.
 EWM_ALPHA = 0.3
-KINDS = ("learn", "predict")
 
 _UNITS = (("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("μs", 1_000))
 
@@ -30,15 +31,10 @@ def humanize_ns(ns: int) -> str:
     return "".join(parts)
 
 
-def key(name: str, kind: str) -> str:
-    """Where the backend keeps the timings of ``kind`` calls of model ``name``."""
-    return f"stats:{name}:{kind}"
-
-
 def render(observed: dict[str, tuple[int, int, float] | None]) -> dict[str, dict[str, Any]]:
     """The public form, ``{learn: S, predict: S}``, of each kind's (count, total, mean)."""
     result = {}
-    for kind in KINDS:
+    for kind in layout.TIMED:
         count, total, ewm = observed.get(kind) or (0, 0, 0.0)
         mean = total // count if count else 0
         result[kind] = {

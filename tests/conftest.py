@@ -1,4 +1,10 @@
-"""Fixtures: a fresh app per test, its instance folder in tmp_path."""
+"""Fixtures: a fresh app per test, its instance folder in tmp_path.
+
+Tests declare what they need beyond the Python process: ``redis`` (a redis server; every test
+run on the redis backend gets the marker from its parameter), ``gunicorn`` (server processes),
+``browser`` (Chromium). A test without the ``redis`` marker that connects to redis fails, so
+``-m "not redis"`` runs everywhere.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +24,32 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 AppFactory = Callable[..., Flask]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test run on the redis backend (a parameter of value "redis") ``redis``."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "redis" in params.values():
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(autouse=True)
+def _redis_only_where_declared(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``redis`` cannot open a connection to a redis server."""
+    if request.node.get_closest_marker("redis") is None:
+
+        def refused(connection: Any, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError(f"{request.node.nodeid} connects to redis without the redis marker")
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "connect", refused)
+
+
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
+def redis_prefix(request: pytest.FixtureRequest) -> Iterator[str]:
     """A key prefix of this test's own on the shared redis server, cleaned up afterwards."""
     prefix = f"river_ml_test:{uuid.uuid4().hex}:"
     yield prefix
+    if request.node.get_closest_marker("redis") is None:
+        return  # the test never reached redis: nothing to clean
     client = redis.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     if keys:

@@ -24,7 +24,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from river import datasets, linear_model, preprocessing
 from riverapi.auth import parse_auth_header
 
-from flask_river_ml import ConfigurationError, FlaskRiverML, RiverMLError
+from flask_river_ml import ConfigurationError, FlaskRiverML, RiverMLError, layout
 from flask_river_ml.auth import Unauthorized, UserExists
 
 MODEL = "served"
@@ -731,13 +731,13 @@ def test_only_hashes_are_stored(user_app):
         river_ml = FlaskRiverML()
         first = river_ml.create_user("alice", PASSWORD)
         backend = FlaskRiverML.state().backend
-        raw = backend.get("user:alice")
+        raw = backend.get(layout.user("alice"))
         assert raw is not None
         for secret in (PASSWORD, first):
             assert secret.encode() not in raw
             assert base64.b64encode(secret.encode()) not in raw
         second = river_ml.get_token("alice", PASSWORD)
-        raw = backend.get("user:alice")
+        raw = backend.get(layout.user("alice"))
         assert raw is not None
         for secret in (PASSWORD, first, second):
             assert secret.encode() not in raw

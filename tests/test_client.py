@@ -14,6 +14,7 @@ from flask_river_ml import (
     ModelNotFound,
     RiverMLError,
     StoreUnavailable,
+    layout,
 )
 from flask_river_ml.names import NAME_PATTERN
 from flask_river_ml.stats import humanize_ns
@@ -173,8 +174,8 @@ def test_ewm_weights_the_newest_call(river_ml):
 
     backend = river_ml.state().backend
     for duration in (10, 20, 30):
-        backend.observe("stats:m:learn", duration, stats.EWM_ALPHA)
-    rendered = stats.render({"learn": backend.observed("stats:m:learn")})["learn"]
+        backend.observe(layout.timings("m", "learn"), duration, stats.EWM_ALPHA)
+    rendered = stats.render({"learn": backend.observed(layout.timings("m", "learn"))})["learn"]
     assert rendered["n_calls"] == 3
     assert rendered["mean_duration"] == 20
     # 10, then 0.3 * 20 + 0.7 * 10 = 13, then 0.3 * 30 + 0.7 * 13 = 18.1
@@ -186,7 +187,7 @@ def test_supervised_flavors_refuse_a_learn_without_ground_truth(river_ml):
     name = river_ml.add_model(regressor(), "regression")
     with pytest.raises(InvalidInput, match="ground_truth"):
         river_ml.learn(name, features={"x": 1.0})
-    assert river_ml.state().backend.read(f"log:{name}") == []
+    assert river_ml.state().backend.read(layout.log(name)) == []
     assert river_ml.stats(name)["learn"]["n_calls"] == 0
 
 

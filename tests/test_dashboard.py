@@ -24,6 +24,8 @@ from servers import APP, FLASK, ROOT, serve, server_env
 
 from flask_river_ml import FlaskRiverML
 
+pytestmark = [pytest.mark.gunicorn, pytest.mark.browser]
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

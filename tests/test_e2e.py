@@ -19,6 +19,8 @@ from river import base, cluster, datasets, linear_model, metrics, naive_bayes, p
 from riverapi.main import Client
 from servers import ROOT, VENV, predict_and_download, serve, server_env, service_info, stop, wait_for_service
 
+pytestmark = [pytest.mark.gunicorn]
+
 EXAMPLES = sorted(path.parent.name for path in ROOT.glob("examples/*/run.py"))
 #: make run's address, riverapi's default.
 RUN_HOST, RUN_PORT = "127.0.0.1", 8000

@@ -18,6 +18,8 @@ from riverapi.auth import parse_auth_header
 from riverapi.main import Client
 from servers import FLASK, ROOT, Server, predict_and_download, serve, server_env
 
+pytestmark = [pytest.mark.gunicorn]
+
 #: The server's settings, from its environment: authentication on.
 AUTH_ON = {"FLASK_RIVER_ML_DISABLE_AUTHENTICATION": "false"}
 #: name -> password; alice runs the whole riverapi flow, bob gets a new API token, carol may

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from river import base, datasets, feature_extraction, linear_model, naive_bayes, preprocessing
+from stores import append
 
-from flask_river_ml import FlaskRiverML, IdentifierNotFound, ModelFailed, ModelNotFound, TamperedData
-from flask_river_ml.storage.base import Guard
+from flask_river_ml import FlaskRiverML, IdentifierNotFound, ModelFailed, ModelNotFound, TamperedData, layout
+from flask_river_ml.storage.base import Change, Guard
 
 WORDS = "apple banana cherry date elder fig grape honey iris jade kiwi lime mango nut olive pear".split()
 
@@ -154,7 +155,7 @@ def test_snapshot_trims_log_and_restores(make_app, tmp_path):
             river_ml.learn("m", ground_truth=y, features=x)
             local.learn_one(x, y)
         backend = FlaskRiverML.state(first).backend
-        assert len(backend.read("log:m")) <= 10
+        assert len(backend.read(layout.log("m"))) <= 10
         metrics = river_ml.metrics("m")
 
     second = make_app(instance_path=instance, RIVER_ML_SNAPSHOT_EVERY=10)
@@ -173,11 +174,11 @@ def test_snapshots_while_learning_and_at_close(make_app, backend_name):
             river_ml.learn("m", ground_truth=y, features=x)
         state = FlaskRiverML.state(app)
         # Snapshots at 8 and 16; the log keeps the 16th record and those after it.
-        assert [seq for seq, _ in state.backend.read("log:m")] == [16, 17, 18, 19, 20]
-        assert state.backend.get("snapseq:m") == b"16"
+        assert [seq for seq, _ in state.backend.read(layout.log("m"))] == [16, 17, 18, 19, 20]
+        assert state.backend.get(layout.snapshot_seq("m")) == b"16"
         state.engine.close()
-        assert [seq for seq, _ in state.backend.read("log:m")] == [20]
-        assert state.backend.get("snapseq:m") == b"20"
+        assert [seq for seq, _ in state.backend.read(layout.log("m"))] == [20]
+        assert state.backend.get(layout.snapshot_seq("m")) == b"20"
 
 
 def test_two_processes_stay_consistent(make_app, tmp_path):
@@ -246,7 +247,7 @@ def test_tampered_snapshot_is_refused_not_unpickled(make_app, tmp_path):
         backend = FlaskRiverML.state(first).backend
         marker = tmp_path / "pwned"
         payload = b"p" + pickle.dumps(_Exploit(str(marker)))
-        backend.set("snapshot:m", b"\x00" * 32 + payload)
+        backend.set(layout.snapshot("m"), b"\x00" * 32 + payload)
     second = make_app(instance_path=instance)
     with second.app_context(), pytest.raises(TamperedData):
         river_ml.predict({"x": 1}, "m")
@@ -314,16 +315,17 @@ def test_failure_reaches_its_sender_when_another_thread_applied_it(river_ml, mon
     """A refused learn is reported even if another thread applied its record first."""
     name = river_ml.add_model(linear_model_pipeline(), "regression")
     engine = river_ml.state().engine
-    append_at = engine.backend.append_at
+    commit = engine.backend.commit
     applied_first = []
 
-    def append_then_interleave(*args):
-        appended = append_at(*args)
-        # Another request of this process catches up before the sender does.
-        applied_first.append(engine.replica(name).seq == appended[0])
-        return appended
+    def append_then_interleave(change, guard=None):
+        outcome = commit(change, guard)
+        if change.record is not None:
+            # Another request of this process catches up before the sender does.
+            applied_first.append(engine.replicas.get(name).seq == outcome.seq)
+        return outcome
 
-    monkeypatch.setattr(engine.backend, "append_at", append_then_interleave)
+    monkeypatch.setattr(engine.backend, "commit", append_then_interleave)
     with pytest.raises(ModelFailed):
         river_ml.learn(name, ground_truth=1.0, prediction=0.5, features={"ordinal_date": "not a number"})
     assert applied_first == [True]
@@ -356,15 +358,16 @@ def test_learn_racing_a_replace_reaches_the_new_model(river_ml, monkeypatch):
     for x, y in samples:
         river_ml.learn(name, ground_truth=y, features=x)
     backend = river_ml.state().backend
-    append_at = backend.append_at
+    commit = backend.commit
     replacement = linear_model_pipeline()
 
-    def replace_then_append(*args):
-        monkeypatch.setattr(backend, "append_at", append_at)
-        river_ml.save_model(replacement, name)
-        return append_at(*args)
+    def replace_then_append(change, guard=None):
+        if change.record is not None:
+            monkeypatch.setattr(backend, "commit", commit)
+            river_ml.save_model(replacement, name)
+        return commit(change, guard)
 
-    monkeypatch.setattr(backend, "append_at", replace_then_append)
+    monkeypatch.setattr(backend, "commit", replace_then_append)
     x, y = samples[0]
     assert river_ml.learn(name, ground_truth=y, features=x) == "Successful learn."
     local = linear_model_pipeline()
@@ -377,7 +380,7 @@ def test_a_change_waiting_on_a_held_lock_is_busy(make_app, backend_name, monkeyp
     """A delete that cannot take the model's lock answers 503 with Retry-After, not 500."""
     from flask_river_ml import engine
 
-    monkeypatch.setattr(engine, "_CHANGE_WAIT", 0.2)
+    monkeypatch.setattr(engine, "CHANGE_WAIT", 0.2)
     app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name)
     with app.app_context():
         FlaskRiverML().add_model(linear_model_pipeline(), "regression", name="m")
@@ -385,7 +388,7 @@ def test_a_change_waiting_on_a_held_lock_is_busy(make_app, backend_name, monkeyp
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with backend.lock("model:m"):
+        with backend.lock(layout.change_lock("m")):
             held.set()
             release.wait(10)
 
@@ -416,7 +419,7 @@ def replay(records: list) -> tuple[Any, Any]:
 
 def logged(app, name: str) -> list:
     state = FlaskRiverML.state(app)
-    return [state.engine.codec.loads(blob) for _, blob in state.backend.read(f"log:{name}")]
+    return [state.engine.replicas.codec.loads(blob) for _, blob in state.backend.read(layout.log(name))]
 
 
 @pytest.mark.parametrize("store", ["shelve", "redis"])
@@ -465,19 +468,19 @@ def test_predict_racing_a_delete_leaves_nothing_behind(river_ml, monkeypatch):
     x, y = next(iter(datasets.TrumpApproval()))
     river_ml.learn(name, ground_truth=y, features=x)
     backend = river_ml.state().backend
-    write = backend.write
+    commit = backend.commit
 
-    def delete_then_write(*args):
-        monkeypatch.setattr(backend, "write", write)
+    def delete_then_write(change, guard=None):
+        monkeypatch.setattr(backend, "commit", commit)
         river_ml.delete_model(name)
-        return write(*args)
+        return commit(change, guard)
 
-    monkeypatch.setattr(backend, "write", delete_then_write)
+    monkeypatch.setattr(backend, "commit", delete_then_write)
     with pytest.raises(ModelNotFound):
         river_ml.predict(x, name)
     # Besides the fingerprint of the blob key, which the app recorded at start.
     assert backend.keys("") == ["generation", "key-fingerprint:RIVER_ML_SHELVE_SECRET_KEY"]
-    assert backend.observed(f"stats:{name}:predict") is None
+    assert backend.observed(layout.timings(name, "predict")) is None
 
 
 @pytest.mark.parametrize("store", ["shelve", "redis"])
@@ -513,7 +516,7 @@ def test_a_log_that_skips_past_its_snapshot_answers_busy(make_app, tmp_path):
         name = river_ml.add_model(linear_model_pipeline(), "regression")
         for x, y in samples:
             river_ml.learn(name, ground_truth=y, features=x)
-        FlaskRiverML.state(first).backend.trim(f"log:{name}", 4)  # records 1-3 gone, snapshot at 0
+        FlaskRiverML.state(first).backend.trim(layout.log(name), 4)  # records 1-3 gone, snapshot at 0
     second = make_app(instance_path=instance)
     with second.app_context(), pytest.raises(Busy):
         river_ml.predict(samples[0][0], name)
@@ -604,24 +607,27 @@ def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_
         name = river_ml.add_model(Fragile(), "regression")
         river_ml.learn(name, ground_truth=0.0, features={"v": 1})
     backend = FlaskRiverML.state(first).backend
-    codec = FlaskRiverML.state(first).engine.codec
-    append_at = backend.append_at
+    codec = FlaskRiverML.state(first).engine.replicas.codec
+    commit = backend.commit
 
-    def racing_writers(record, guard):
+    def racing_writers(change, guard=None):
+        if change.record is None:
+            return commit(change, guard)
         # A writer lands first, this record after it; the other process applies both and
         # snapshots past them before this one reads them back.
-        backend.append(guard.log, codec.dumps(({"v": 2}, 0.0, None, None, None)))
-        appended = append_at(record, Guard(guard.log, None, guard.key, guard.value))
+        unguarded = Guard(guard.log, None, guard.key, guard.value)
+        commit(Change(record=codec.dumps(({"v": 2}, 0.0, None, None, None))), unguarded)
+        appended = commit(change, unguarded)
         with second.app_context():
             river_ml.learn(name, ground_truth=0.0, features={"v": 3})
-        assert backend.get(f"snapseq:{name}") == b"4"
-        assert [seq for seq, _ in backend.read(f"log:{name}")] == [4]
+        assert backend.get(layout.snapshot_seq(name)) == b"4"
+        assert [seq for seq, _ in backend.read(layout.log(name))] == [4]
         return appended
 
-    monkeypatch.setattr(backend, "append_at", racing_writers)
+    monkeypatch.setattr(backend, "commit", racing_writers)
     with first.app_context(), pytest.raises(ModelFailed, match="Panic"):
         river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
-    monkeypatch.setattr(backend, "append_at", append_at)
+    monkeypatch.setattr(backend, "commit", commit)
     assert served(first, name) == served(second, name) == 6.0
 
 
@@ -677,7 +683,7 @@ def test_an_interpreter_exit_halfway_discards_the_replica(make_app, tmp_path):
             river_ml.learn(name, ground_truth=0.0, features={"v": 10, "fail": "exit"})
         engine = FlaskRiverML.state(first).engine
         engine.close()
-        assert engine.backend.get(f"snapseq:{name}") == b"0"
+        assert engine.backend.get(layout.snapshot_seq(name)) == b"0"
     # The record was stored before the exit: it is applied, once, by whoever comes next.
     with second.app_context():
         assert river_ml.get_model(name).seen == [1, 10]
@@ -732,10 +738,10 @@ def test_a_learn_stored_before_its_snapshot_fails_succeeds(make_app, backend_nam
         with monkeypatch.context() as patch:
             patch.setattr(backend, "lock", unavailable)
             assert river_ml.learn(name, ground_truth=samples[1][1], features=samples[1][0]) == "Successful learn."
-        assert [seq for seq, _ in backend.read(f"log:{name}")] == [1, 2]
-        assert backend.get(f"snapseq:{name}") == b"0"
+        assert [seq for seq, _ in backend.read(layout.log(name))] == [1, 2]
+        assert backend.get(layout.snapshot_seq(name)) == b"0"
         river_ml.learn(name, ground_truth=samples[2][1], features=samples[2][0])
-        assert backend.get(f"snapseq:{name}") == b"3"
+        assert backend.get(layout.snapshot_seq(name)) == b"3"
     local = linear_model_pipeline()
     for x, y in samples:
         local.learn_one(x, y)
@@ -751,18 +757,20 @@ def test_a_learn_stored_before_its_catch_up_fails_succeeds(river_ml, monkeypatch
     name = river_ml.add_model(Fragile(), "regression")
     assert river_ml.predict({"v": 0}, name)["prediction"] == 0.0  # the replica is held: no read first
     backend = river_ml.state().backend
-    append_at = backend.append_at
-    codec = river_ml.state().engine.codec
+    commit = backend.commit
+    codec = river_ml.state().engine.replicas.codec
 
-    def another_writer_first(record, guard):
-        backend.append(guard.log, codec.dumps(({"v": 1}, 0.0, None, None, None)))
-        return append_at(record, Guard(guard.log, None, guard.key, guard.value))
+    def another_writer_first(change, guard=None):
+        if change.record is not None:
+            guard = Guard(guard.log, None, guard.key, guard.value)
+            commit(Change(record=codec.dumps(({"v": 1}, 0.0, None, None, None))), guard)
+        return commit(change, guard)
 
     def unavailable(*args):
         raise StoreUnavailable("The store cannot be reached.")
 
     with monkeypatch.context() as patch:
-        patch.setattr(backend, "append_at", another_writer_first)
+        patch.setattr(backend, "commit", another_writer_first)
         patch.setattr(backend, "read", unavailable)
         assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
     assert river_ml.get_model(name).seen == [1, 2]
@@ -780,7 +788,7 @@ def test_a_failed_record_whose_rebuild_fails_is_still_refused(river_ml, monkeypa
     get = state.backend.get
 
     def snapshot_unavailable(key):
-        if key.startswith("snapshot:"):
+        if key.startswith("snapshot:{"):
             raise StoreUnavailable("The store cannot be reached.")
         return get(key)
 
@@ -789,7 +797,7 @@ def test_a_failed_record_whose_rebuild_fails_is_still_refused(river_ml, monkeypa
         with pytest.raises(ModelFailed, match="Panic"):
             river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
     state.engine.close()
-    assert state.backend.get(f"snapseq:{name}") == b"0"
+    assert state.backend.get(layout.snapshot_seq(name)) == b"0"
     assert river_ml.get_model(name).seen == [1]
     assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
     assert river_ml.predict({"v": 0}, name)["prediction"] == 3.0
@@ -805,7 +813,7 @@ def test_a_log_record_that_fails_its_signature_is_skipped(make_app, tmp_path):
         river_ml.learn(name, ground_truth=0.0, features={"v": 1})
         marker = tmp_path / "pwned"
         forged = b"\x00" * 32 + b"p" + pickle.dumps(_Exploit(str(marker)))
-        FlaskRiverML.state(first).backend.append(f"log:{name}", forged)
+        append(FlaskRiverML.state(first).backend, layout.log(name), forged)
         assert river_ml.learn(name, ground_truth=0.0, features={"v": 2}) == "Successful learn."
         assert river_ml.get_model(name).seen == [1, 2]
     with second.app_context():
@@ -822,8 +830,8 @@ def test_a_snapshot_written_before_failures_were_kept_loads(make_app, tmp_path):
         state = FlaskRiverML.state(first)
         old = Snapshot(Fragile(), [], 0, "1", "regression")
         del vars(old)["skipped"]
-        state.backend.set(f"snapshot:{name}", state.engine.codec.dumps(old))
-        state.backend.set(f"model:{name}", b'{"flavor": "regression", "generation": "1"}')
+        state.backend.set(layout.snapshot(name), state.engine.replicas.codec.dumps(old))
+        state.backend.set(layout.model(name), b'{"flavor": "regression", "generation": "1"}')
     with second.app_context():
         FlaskRiverML().learn(name, ground_truth=0.0, features={"v": 3})
         assert FlaskRiverML().predict({"v": 0}, name)["prediction"] == 3.0

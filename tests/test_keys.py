@@ -24,7 +24,7 @@ from flask import Flask
 from river import datasets, linear_model, preprocessing
 from servers import APP, GUNICORN, ROOT, free_port, serve, server_env
 
-from flask_river_ml import ConfigurationError, FlaskRiverML, StoreUnavailable, TamperedData
+from flask_river_ml import ConfigurationError, FlaskRiverML, StoreUnavailable, TamperedData, layout
 from flask_river_ml.keys import (
     BLOB_KEY,
     TOKEN_KEY,
@@ -33,7 +33,6 @@ from flask_river_ml.keys import (
     derived_key,
     matches,
     resolve,
-    store_key,
 )
 from flask_river_ml.storage.memory import MemoryBackend
 from flask_river_ml.storage.shelve import ShelveBackend
@@ -59,7 +58,7 @@ def host(make_app, tmp_path: Path, name: str, backend: str, **config: Any) -> Fl
 
 def stored(app: Flask, setting: str) -> dict[str, Any]:
     """The fingerprint record the store of ``app`` keeps for ``setting``."""
-    raw = FlaskRiverML.state(app).backend.get(store_key(setting))
+    raw = FlaskRiverML.state(app).backend.get(layout.fingerprint(setting))
     assert raw is not None
     record: dict[str, Any] = json.loads(raw)
     return record
@@ -203,11 +202,11 @@ def test_the_fingerprint_does_not_hold_the_key(make_app, tmp_path):
         make_app, tmp_path, "a", "shelve", RIVER_ML_SHELVE_SECRET_KEY=chosen, RIVER_ML_DISABLE_AUTHENTICATION=False
     )
     blob, token = stored(app, BLOB_KEY), stored(app, TOKEN_KEY)
-    raw = FlaskRiverML.state(app).backend.get(store_key(BLOB_KEY))
+    raw = FlaskRiverML.state(app).backend.get(layout.fingerprint(BLOB_KEY))
     for form in (chosen.encode(), chosen.encode().hex().encode(), base64.b64encode(chosen.encode())):
         assert form not in raw
     token_key = FlaskRiverML.state(app).settings[TOKEN_KEY]
-    assert token_key.encode() not in FlaskRiverML.state(app).backend.get(store_key(TOKEN_KEY))
+    assert token_key.encode() not in FlaskRiverML.state(app).backend.get(layout.fingerprint(TOKEN_KEY))
     # A chosen key may be guessable: testing a guess costs a memory-hard scrypt of 16 MiB.
     assert blob["algorithm"] == "scrypt-16384-8-1"
     salt = bytes.fromhex(blob["salt"])
@@ -233,11 +232,12 @@ def test_the_fingerprint_does_not_hold_the_key(make_app, tmp_path):
 )  # fmt: skip
 def test_a_fingerprint_flask_river_ml_did_not_write_refuses_start(make_app, tmp_path, record):
     first = host(make_app, tmp_path, "a", "shelve", RIVER_ML_SHELVE_SECRET_KEY="k")
-    FlaskRiverML.state(first).backend.set(store_key(BLOB_KEY), record)
+    FlaskRiverML.state(first).backend.set(layout.fingerprint(BLOB_KEY), record)
     with pytest.raises(ConfigurationError, match="is not one flask-river-ml writes"):
         host(make_app, tmp_path, "b", "shelve", RIVER_ML_SHELVE_SECRET_KEY="k")
 
 
+@pytest.mark.redis
 def test_a_flushed_store_records_the_next_hosts_keys(make_app, tmp_path, redis_prefix):
     host(make_app, tmp_path, "a", "redis", RIVER_ML_SHELVE_SECRET_KEY="old key")
     client = redis.Redis.from_url(REDIS_URL)
@@ -255,7 +255,7 @@ def test_blobs_signed_with_another_key_stay_refused_without_fingerprints(make_ap
     first = host(make_app, tmp_path, "a", "shelve", RIVER_ML_SHELVE_SECRET_KEY="one")
     with first.app_context():
         FlaskRiverML().add_model(regressor(), "regression", name="m")
-    FlaskRiverML.state(first).backend.delete(store_key(BLOB_KEY))
+    FlaskRiverML.state(first).backend.delete(layout.fingerprint(BLOB_KEY))
     second = host(make_app, tmp_path, "b", "shelve", RIVER_ML_SHELVE_SECRET_KEY="two")
     with second.app_context(), pytest.raises(TamperedData):
         FlaskRiverML().predict(SAMPLES[0][0], "m")
@@ -282,7 +282,7 @@ def test_of_two_hosts_starting_together_the_second_compares_with_the_first(tmp_p
     same = Interleaved(mine)
     check = KeyCheck(same, [mine])
     check.run()
-    assert check.done and matches(mine, json.loads(same.get(store_key(BLOB_KEY)) or b""))
+    assert check.done and matches(mine, json.loads(same.get(layout.fingerprint(BLOB_KEY)) or b""))
 
 
 # --- a store that is down at start ---------------------------------------------------------------
@@ -343,9 +343,9 @@ def test_a_host_that_started_during_an_outage_with_another_key_refuses_to_serve(
     # Nothing of the late host reached the store: the first host's key is still the recorded one.
     assert matches(resolve(BLOB_KEY, "the key", None, str(tmp_path)), stored(first, BLOB_KEY))
     # Known to be wrong, the late host never claims the store, not even once the record is gone.
-    FlaskRiverML.state(first).backend.delete(store_key(BLOB_KEY))
+    FlaskRiverML.state(first).backend.delete(layout.fingerprint(BLOB_KEY))
     assert client.get("/api/models/").status_code == 503
-    assert FlaskRiverML.state(first).backend.get(store_key(BLOB_KEY)) is None
+    assert FlaskRiverML.state(first).backend.get(layout.fingerprint(BLOB_KEY)) is None
 
 
 # --- real servers ---------------------------------------------------------------------------------
@@ -360,6 +360,8 @@ def redis_env(prefix: str, **settings: str) -> dict[str, str]:
     return {**env, **settings}
 
 
+@pytest.mark.gunicorn
+@pytest.mark.redis
 def test_a_second_gunicorn_host_with_other_keys_fails_to_start(tmp_path, redis_prefix):
     env = redis_env(redis_prefix)
     with serve(tmp_path / "a", env=env, workers=1, threads=2) as first:
@@ -378,6 +380,8 @@ def test_a_second_gunicorn_host_with_other_keys_fails_to_start(tmp_path, redis_p
         assert requests.get(f"{first.url}/api/models/", timeout=10).json() == {"models": []}
 
 
+@pytest.mark.gunicorn
+@pytest.mark.redis
 def test_gunicorn_hosts_sharing_secret_key_serve_the_same_models(tmp_path, redis_prefix):
     env = redis_env(redis_prefix, FLASK_SECRET_KEY="one secret for the deployment")
     with (
@@ -403,6 +407,7 @@ def test_gunicorn_hosts_sharing_secret_key_serve_the_same_models(tmp_path, redis
             assert not (tmp_path / folder / "instance" / "cache" / "shelve_secret_key").exists()
 
 
+@pytest.mark.redis
 def test_a_host_starts_while_redis_is_down_and_checks_once_it_is_back(tmp_path):
     from redis_server import RedisServer
 

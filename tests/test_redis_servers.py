@@ -37,6 +37,8 @@ from servers import Server, serve
 
 from flask_river_ml import FlaskRiverML
 
+pytestmark = [pytest.mark.gunicorn, pytest.mark.redis]
+
 Sample = tuple[dict[str, Any], bool]
 
 #: Every host of a deployment signs stored pickles with the same key (docs/deploy.md).

@@ -20,7 +20,7 @@ from riverapi.auth import parse_auth_header
 from test_auth import MODEL, PASSWORD, X, Y, access_token, basic, bearer, regressor
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flask_river_ml import FlaskRiverML
+from flask_river_ml import FlaskRiverML, layout
 from flask_river_ml.auth import SCOPES, scopes_from
 from flask_river_ml.errors import InvalidInput
 from flask_river_ml.views import ROUTES
@@ -259,7 +259,7 @@ def test_users_hold_their_scopes_on_every_backend(make_app, backend_name):
         auth.create_user("bob", PASSWORD, ["learn", "predict"])
         assert auth.scopes("alice") == SCOPES
         assert auth.scopes("bob") == ("predict", "learn")
-        stored = json.loads(FlaskRiverML.state().backend.get("user:bob"))
+        stored = json.loads(FlaskRiverML.state().backend.get(layout.user("bob")))
         assert stored["scopes"] == ["predict", "learn"]
         api_token = auth.get_token("bob", PASSWORD)
         assert auth.scopes("bob") == ("predict", "learn")
@@ -296,9 +296,9 @@ def test_a_user_recorded_before_scopes_holds_all_three(make_app, backend_name):
     api_token = new_user(app, "old", "predict")
     with app.app_context():
         backend = FlaskRiverML.state().backend
-        record = json.loads(backend.get("user:old"))
+        record = json.loads(backend.get(layout.user("old")))
         del record["scopes"]
-        backend.set("user:old", json.dumps(record).encode())
+        backend.set(layout.user("old"), json.dumps(record).encode())
         assert FlaskRiverML.state().auth.scopes("old") == SCOPES
     client = app.test_client()
     headers = bearer(access_token(client, "old", api_token))

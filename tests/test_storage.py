@@ -17,10 +17,11 @@ import pytest
 import redis
 from conftest import REDIS_URL
 from redis_server import RedisServer
+from stores import append
 
 from flask_river_ml.errors import StoreUnavailable
 from flask_river_ml.storage import Backend, create_backend
-from flask_river_ml.storage.base import Guard, Writes
+from flask_river_ml.storage.base import EXISTS, TAKEN, Change, Guard, Outcome
 
 
 def store_settings(backend_name: str, redis_prefix: str, shelve_path: str = "unused") -> dict:
@@ -83,15 +84,50 @@ def test_add_only_when_absent(backend):
     assert backend.get("k") == b"1"
 
 
-def test_pop_is_taken_once(backend):
+def test_a_waiting_value_is_taken_once(backend):
+    """Of eight commits that take one value, exactly one is written, with its record."""
+    backend.set("model", b"g")
     backend.set("id", b"record")
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(backend.pop("id"))) for _ in range(8)]
+    outcomes = []
+
+    def take(worker: int) -> None:
+        change = Change(record=f"{worker}".encode(), take=("id", b"record"))
+        outcomes.append(backend.commit(change, Guard("log", None, "model", b"g")))
+
+    threads = [threading.Thread(target=take, args=(w,)) for w in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results, key=lambda r: r is None) == [b"record"] + [None] * 7
+    assert sorted(o.written for o in outcomes) == [False] * 7 + [True]
+    assert {o.conflict for o in outcomes if not o.written} == {TAKEN}
+    assert backend.get("id") is None and len(backend.read("log")) == 1
+
+
+def test_a_take_of_a_changed_value_writes_nothing(backend):
+    backend.set("model", b"g")
+    backend.set("id", b"other")
+    change = Change(record=b"r", sets=(("k", b"v", None),), take=("id", b"record"), observes=(("t", 1, 0.5),))
+    assert backend.commit(change, Guard("log", None, "model", b"g")) == Outcome(False, conflict=TAKEN)
+    assert (backend.get("id"), backend.get("k"), backend.read("log"), backend.observed("t")) == (
+        b"other",
+        None,
+        [],
+        None,
+    )
+
+
+def test_a_create_is_made_only_where_its_key_is_absent(backend):
+    backend.set("model", b"g")
+    first = Change(create=("waiting", b"1", 60), observes=(("t", 5, 0.5),))
+    assert backend.commit(first, Guard("log", 0, "model", b"g")).written
+    second = Change(create=("waiting", b"2", 60), observes=(("t", 5, 0.5),))
+    assert backend.commit(second, Guard("log", 0, "model", b"g")) == Outcome(False, conflict=EXISTS)
+    assert backend.get("waiting") == b"1" and backend.observed("t") == (1, 5, 5.0)
+    backend.set("short", b"x", ttl=0.05)
+    time.sleep(0.1)
+    assert backend.commit(Change(create=("short", b"y", None))).written  # an expired key is absent
+    assert backend.get("short") == b"y"
 
 
 def test_keys_by_prefix_sorted(backend):
@@ -100,20 +136,6 @@ def test_keys_by_prefix_sorted(backend):
     assert backend.keys("model:") == ["model:%_", "model:a", "model:b"]
     assert backend.keys("model:%") == ["model:%_"]
     assert backend.keys("nothing") == []
-
-
-def test_incr_counts_across_threads(backend):
-    def work():
-        for _ in range(50):
-            backend.incr("counter")
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert backend.incr("counter", 0) == 200
-    assert backend.incr("counter", -5) == 195
 
 
 def test_update_is_atomic(backend):
@@ -156,21 +178,21 @@ def test_observe_counts_across_threads(backend):
 
 def test_log_append_read_trim(backend):
     assert backend.read("log") == []
-    assert [backend.append("log", bytes([i])) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert [append(backend, "log", bytes([i])) for i in range(5)] == [1, 2, 3, 4, 5]
     assert backend.read("log", 3) == [(4, b"\x03"), (5, b"\x04")]
     backend.trim("log", 4)
     assert backend.read("log") == [(4, b"\x03"), (5, b"\x04")]
     # Numbers are not reused after a trim.
-    assert backend.append("log", b"x") == 6
+    assert append(backend, "log", b"x") == 6
     assert backend.read("other") == []
 
 
 def test_delete_log_restarts_numbering(backend):
-    backend.append("log", b"a")
-    backend.append("log", b"b")
+    append(backend, "log", b"a")
+    append(backend, "log", b"b")
     backend.delete_log("log")
     assert backend.read("log") == []
-    assert backend.append("log", b"c") == 1
+    assert append(backend, "log", b"c") == 1
 
 
 def test_concurrent_appends_get_distinct_numbers(backend):
@@ -178,7 +200,7 @@ def test_concurrent_appends_get_distinct_numbers(backend):
 
     def work(worker: int):
         for i in range(50):
-            numbers.append(backend.append("log", f"{worker}-{i}".encode()))
+            numbers.append(append(backend, "log", f"{worker}-{i}".encode()))
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
     for thread in threads:
@@ -238,13 +260,14 @@ def test_shelve_is_shared_between_instances(tmp_path):
     first, second = create_backend(settings), create_backend(settings)
     first.set("k", b"v")
     assert second.get("k") == b"v"
-    assert first.append("log", b"1") == 1
-    assert second.append("log", b"2") == 2
+    assert append(first, "log", b"1") == 1
+    assert append(second, "log", b"2") == 2
     assert [seq for seq, _ in first.read("log")] == [1, 2]
     first.close()
     second.close()
 
 
+@pytest.mark.redis
 def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
     """Two apps (prefixes) share a database without seeing each other's keys."""
     import redis
@@ -259,17 +282,18 @@ def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
     first = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "a:"})
     second = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "b:"})
     first.set("model:x", b"1", ttl=60)
-    first.append("log:x", b"r")
+    append(first, "log:x", b"r")
     first.observe("stats:x", 5, 0.3)
     with first.lock("model:x"):
         client = redis.Redis.from_url(REDIS_URL)
-        # The keys of the values, log, log head, timing and lock, and nothing outside the prefix.
+        # The keys of the value, the append's guard, log, log head, timing and lock, and
+        # nothing outside the prefix.
         marker = redis_prefix.split(":")[1]
         found = list(client.scan_iter(match=f"*{marker}*"))
-        assert len(found) == 5 and all(key.startswith(redis_prefix.encode()) for key in found)
+        assert len(found) == 6 and all(key.startswith(redis_prefix.encode()) for key in found)
         client.close()
     assert second.keys("") == [] and second.get("model:x") is None and second.read("log:x") == []
-    assert first.keys("") == ["model:x"]
+    assert first.keys("") == ["model:x", "tests:unchanged"]
     first.close()
     second.close()
 
@@ -278,43 +302,48 @@ def test_peek_reads_a_key_and_a_log_tail(backend):
     assert backend.peek("k", "log") == (None, [])
     backend.set("k", b"v")
     for record in (b"a", b"b", b"c"):
-        backend.append("log", record)
+        append(backend, "log", record)
     assert backend.peek("k", "log", 1) == (b"v", [(2, b"b"), (3, b"c")])
 
 
-def test_write_sets_and_observes_together(backend):
-    assert backend.write(Writes(sets=[("a", b"1", 60), ("b", b"2", None)], observes=[("t", 7, 0.3)])) == (True, [])
+def test_a_commit_sets_and_observes_together(backend):
+    change = Change(sets=(("a", b"1", 60), ("b", b"2", None)), observes=(("t", 7, 0.3),))
+    assert backend.commit(change) == Outcome(True)
     assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     assert backend.observed("t") == (1, 7, 7.0)
-    backend.write(Writes(sets=[("short", b"x", 0.05)], observes=[("t", 3, 0.5), ("u", 4, 0.5)]))
+    backend.commit(Change(sets=(("short", b"x", 0.05),), observes=(("t", 3, 0.5), ("u", 4, 0.5))))
     assert backend.observed("t") == (2, 10, 5.0) and backend.observed("u") == (1, 4, 4.0)
     time.sleep(0.1)
     assert backend.get("short") is None
-    assert backend.write(Writes()) == (True, [])
+    assert backend.commit(Change()) == Outcome(True)
 
 
-def test_guarded_writes_happen_only_on_the_head_and_value_seen(backend):
-    """append_at and write under a guard: written while it holds; otherwise nothing, and the
-    records the writer had not seen, or none when the guarded value changed."""
+def test_a_record_needs_a_guard_to_name_its_log(backend):
+    with pytest.raises(ValueError, match="guard"):
+        backend.commit(Change(record=b"r"))
+
+
+def test_guarded_commits_happen_only_on_the_head_and_value_seen(backend):
+    """A commit under a guard: written while it holds; otherwise nothing, and the records the
+    writer had not seen, or none when the guarded value changed."""
 
     def attempts(record: bytes, head: int, value: bytes) -> list:
         guard = Guard("log", head, "model", value)
-        writes = Writes(sets=[("k", record, None)], observes=[("t", 1, 0.5)])
+        change = Change(record=record, sets=(("k", record, None),), observes=(("t", 1, 0.5),))
         before = (backend.get("k"), backend.observed("t"), backend.read("log"))
-        wrote, unseen = backend.write(writes, guard)
-        if not wrote:
+        outcome = backend.commit(change, guard)
+        if not outcome.written:
             assert (backend.get("k"), backend.observed("t"), backend.read("log")) == before
         else:
-            assert backend.get("k") == record
-        seq, unseen_too = backend.append_at(record, guard)
-        assert unseen_too == unseen and wrote == (seq is not None)
-        return [seq, unseen]
+            assert backend.get("k") == record and backend.read("log")[-1] == (outcome.seq, record)
+        assert outcome.conflict is None
+        return [outcome.seq, outcome.unseen]
 
     backend.set("model", b"g1")
     assert attempts(b"a", 0, b"g1") == [1, []]
     # The log moved on.
     assert attempts(b"b", 0, b"g1") == [None, [(1, b"a")]]
-    assert backend.append("log", b"c") == 2
+    assert append(backend, "log", b"c") == 2
     assert attempts(b"d", 1, b"g1") == [None, [(2, b"c")]]
     # The value changed, is gone or expired.
     assert attempts(b"d", 2, b"g2") == [None, []]
@@ -326,15 +355,16 @@ def test_guarded_writes_happen_only_on_the_head_and_value_seen(backend):
     backend.set("model", b"g1")
     assert attempts(b"d", 2, b"g1") == [3, []]
     # After a trim, only the records still kept come back.
-    backend.append("log", b"e")
+    append(backend, "log", b"e")
     backend.trim("log", 4)
     assert attempts(b"f", 1, b"g1") == [None, [(4, b"e")]]
     assert backend.read("log") == [(4, b"e")]
     assert backend.observed("t") == (2, 2, 1.0)
 
 
-def test_redis_writes_survive_a_server_that_lost_its_scripts(redis_prefix):
-    """After SCRIPT FLUSH (or a restart) every write is made once."""
+@pytest.mark.redis
+def test_redis_commits_survive_a_server_that_lost_its_scripts(redis_prefix):
+    """After SCRIPT FLUSH (or a restart) every commit is made once."""
     import redis
 
     backend = redis_backend(redis_prefix)
@@ -342,11 +372,10 @@ def test_redis_writes_survive_a_server_that_lost_its_scripts(redis_prefix):
     backend.set("model", b"g")
     for round_ in range(3):
         client.script_flush()
-        backend.write(Writes(sets=[("a", str(round_).encode(), 60)], observes=[("t", 10, 0.5)]))
+        backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
         client.script_flush()
-        assert backend.write(Writes(observes=[("u", 4, 0.5)]), Guard("log", round_, "model", b"g")) == (True, [])
-        client.script_flush()
-        assert backend.append_at(b"r", Guard("log", round_, "model", b"g")) == (round_ + 1, [])
+        guard = Guard("log", round_, "model", b"g")
+        assert backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard) == Outcome(True, round_ + 1)
         assert backend.get("a") == str(round_).encode()
     assert backend.observed("t") == (3, 30, 10.0)
     assert backend.observed("u") == (3, 12, 4.0)
@@ -354,7 +383,7 @@ def test_redis_writes_survive_a_server_that_lost_its_scripts(redis_prefix):
     backend.close()
 
 
-def test_concurrent_append_at_never_skips_a_record(backend):
+def test_concurrent_guarded_appends_never_skip_a_record(backend):
     """Writers that retry on the records they had not seen give out every number once, each
     written by a writer that had seen every record before it."""
     backend.set("model", b"g")
@@ -364,13 +393,14 @@ def test_concurrent_append_at_never_skips_a_record(backend):
         head = 0
         for i in range(40):
             while True:
-                seq, unseen = backend.append_at(f"{worker}-{i}".encode(), Guard("log", head, "model", b"g"))
-                if seq is not None:
-                    written.append((seq, head))
-                    head = seq
+                outcome = backend.commit(Change(record=f"{worker}-{i}".encode()), Guard("log", head, "model", b"g"))
+                if outcome.written:
+                    assert outcome.seq is not None
+                    written.append((outcome.seq, head))
+                    head = outcome.seq
                     break
-                assert unseen and unseen[0][0] == head + 1
-                head = unseen[-1][0]
+                assert outcome.unseen and outcome.unseen[0][0] == head + 1
+                head = outcome.unseen[-1][0]
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
     for thread in threads:
@@ -381,6 +411,7 @@ def test_concurrent_append_at_never_skips_a_record(backend):
     assert [seq for seq, _ in backend.read("log")] == list(range(1, 161))
 
 
+@pytest.mark.redis
 def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch):
     """A change that takes longer than the lock's expiry keeps the lock to its end."""
     from flask_river_ml.storage import redis as redis_module
@@ -398,6 +429,7 @@ def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch)
     other.close()
 
 
+@pytest.mark.redis
 def test_redis_append_without_its_head_gives_out_no_number(redis_prefix):
     """A log whose head key was lost (evicted) refuses appends rather than number a record
     that is not there; the head stays where it was."""
@@ -405,14 +437,14 @@ def test_redis_append_without_its_head_gives_out_no_number(redis_prefix):
 
     backend = redis_backend(redis_prefix)
     backend.set("model", b"g")
-    assert backend.append("log", b"a") == 1
-    assert backend.append_at(b"b", Guard("log", 1, "model", b"g")) == (2, [])
+    assert append(backend, "log", b"a") == 1
+    assert backend.commit(Change(record=b"b"), Guard("log", 1, "model", b"g")) == Outcome(True, 2)
     client = redis.Redis.from_url(REDIS_URL)
     client.delete(redis_prefix + "h:log")
     with pytest.raises(redis.ResponseError):
-        backend.append("log", b"c")
+        append(backend, "log", b"c")
     with pytest.raises(redis.ResponseError):
-        backend.append_at(b"c", Guard("log", None, "model", b"g"))
+        backend.commit(Change(record=b"c"), Guard("log", None, "model", b"g"))
     assert client.get(redis_prefix + "h:log") is None
     assert backend.read("log") == [(1, b"a"), (2, b"b")]
     client.close()
@@ -432,16 +464,12 @@ STORE_CALLS: dict[str, Callable[[Backend], object]] = {
     "get": lambda b: b.get("k"),
     "set": lambda b: b.set("k", b"v"),
     "add": lambda b: b.add("fresh", b"v"),
-    "pop": lambda b: b.pop("k"),
     "delete": lambda b: b.delete("k", "gone"),
     "keys": lambda b: b.keys(""),
-    "incr": lambda b: b.incr("n"),
     "update": lambda b: b.update("u", lambda old: b"x"),
     "observe": lambda b: b.observe("t", 5, 0.3),
     "observed": lambda b: b.observed("t"),
-    "append": lambda b: b.append("log", b"r"),
-    "append_at": lambda b: b.append_at(b"r", Guard("log", None, "k", b"v")),
-    "write": lambda b: b.write(Writes(sets=[("w", b"1", None)], observes=[("t", 1, 0.5)])),
+    "commit": lambda b: b.commit(Change(record=b"r", sets=(("w", b"1", None),)), Guard("log", None, "k", b"v")),
     "read": lambda b: b.read("log"),
     "peek": lambda b: b.peek("k", "log"),
     "trim": lambda b: b.trim("log", 2),
@@ -453,7 +481,7 @@ STORE_CALLS: dict[str, Callable[[Backend], object]] = {
     "ping": lambda b: b.ping(),
 }
 #: The calls that write, refused by a store that is up but cannot write.
-WRITE_CALLS = ("set", "add", "incr", "update", "append", "append_at", "write")
+WRITE_CALLS = ("set", "add", "update", "commit")
 
 
 def assert_unavailable(backend: Backend, names: Sequence[str], *mentions: str, hidden: str = "\0") -> None:
@@ -482,6 +510,7 @@ def immutable(*paths: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
 
 
+@pytest.mark.redis
 def test_a_redis_that_is_down_is_unavailable_until_it_is_back(tmp_path):
     """Stopped: every call is refused fast, naming host and port, not the URL's password.
     Started again (empty, as it keeps nothing): the same backend serves it, without a restart."""
@@ -493,14 +522,14 @@ def test_a_redis_that_is_down_is_unavailable_until_it_is_back(tmp_path):
             {**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"}
         )
         backend.set("k", b"v")
-        assert backend.append("log", b"a") == 1
+        assert append(backend, "log", b"a") == 1
         server.stop()
         assert_unavailable(backend, list(STORE_CALLS), f"127.0.0.1:{server.port}", "cannot be reached", hidden=password)
         server.start()
         redis.Redis(port=server.port).config_set("requirepass", password)
         assert backend.get("k") is None
         backend.set("k", b"again")
-        assert backend.get("k") == b"again" and backend.append("log", b"b") == 1
+        assert backend.get("k") == b"again" and append(backend, "log", b"b") == 1
         with backend.lock("l", timeout=1):
             pass
         backend.close()
@@ -529,6 +558,7 @@ def refuse_writes(how: str, server: RedisServer, stack: contextlib.ExitStack) ->
     return lambda: admin.config_set("save", "")
 
 
+@pytest.mark.redis
 @pytest.mark.parametrize("how", ["out of memory", "read-only replica", "failed save"])
 def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
     """Writes are refused as StoreUnavailable; reads go on; once it takes writes again, so does
@@ -544,7 +574,7 @@ def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
         undo()
         backend.set("k", b"w")
         assert backend.get("k") == b"w"
-        assert backend.append("log", b"r") >= 1
+        assert append(backend, "log", b"r") >= 1
 
 
 @pytest.fixture
@@ -558,27 +588,27 @@ def test_an_immutable_sqlite_file_is_unavailable_for_writes(shelve_backend, tmp_
     """The file and its write-ahead log made immutable under open connections: writes are
     refused, reads go on; writable again, the store keeps its data and numbering."""
     shelve_backend.set("k", b"v")
-    assert shelve_backend.append("log", b"a") == 1
+    assert append(shelve_backend, "log", b"a") == 1
     files = [tmp_path / "folder" / "store.sqlite3", tmp_path / "folder" / "store.sqlite3-wal"]
     with immutable(*files):
         assert_unavailable(shelve_backend, WRITE_CALLS, "shelve store (store.sqlite3)", hidden=str(tmp_path))
         assert shelve_backend.get("k") == b"v"
         assert shelve_backend.read("log") == [(1, b"a")]
     shelve_backend.set("k", b"w")
-    assert shelve_backend.get("k") == b"w" and shelve_backend.append("log", b"b") == 2
+    assert shelve_backend.get("k") == b"w" and append(shelve_backend, "log", b"b") == 2
 
 
 def test_a_removed_sqlite_folder_is_unavailable_until_it_is_back(shelve_backend, tmp_path):
     """Every call is refused while the folder is gone (nothing is written to the removed
     file); once the folder is made again, the store starts afresh, empty, in it."""
     shelve_backend.set("k", b"v")
-    shelve_backend.append("log", b"a")
+    append(shelve_backend, "log", b"a")
     shutil.rmtree(tmp_path / "folder")
     assert_unavailable(shelve_backend, list(STORE_CALLS), "its folder is gone", hidden=str(tmp_path))
     assert not (tmp_path / "folder").exists()
     (tmp_path / "folder").mkdir()
     assert shelve_backend.get("k") is None
-    assert shelve_backend.append("log", b"b") == 1
+    assert append(shelve_backend, "log", b"b") == 1
     with shelve_backend.lock("l", timeout=1):
         pass
     # A second backend on the path (another process) sees the new store.
@@ -649,6 +679,7 @@ def test_errors_of_callers_pass_unchanged(backend):
         pass
 
 
+@pytest.mark.redis
 def test_listeners_survive_an_outage(tmp_path):
     """A listener of a redis stopped and started again, and one of an SQLite store whose folder
     was removed and made again, get the messages published after the store is back."""
@@ -676,6 +707,7 @@ def test_listeners_survive_an_outage(tmp_path):
             store.close()
 
 
+@pytest.mark.redis
 def test_redis_lock_outlives_a_failed_renewal(tmp_path, monkeypatch):
     """The store goes away while a lock is held: its renewals fail without crashing their
     thread (pytest fails a test whose thread raised), the block ends normally, the lock can be

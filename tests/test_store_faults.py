@@ -219,6 +219,7 @@ def redis_app(folder: Path, server: RedisServer, **config: Any) -> Iterator[Flas
         FlaskRiverML.state(app).close()
 
 
+@pytest.mark.redis
 def test_a_redis_outage_answers_503_on_every_route_and_loses_no_acknowledged_learn(tmp_path):
     """Frozen (SIGSTOP: connections accepted, nothing answered), then shut down: every route
     answers 503 JSON naming the store, with Retry-After, within seconds, the rate limit on
@@ -267,6 +268,7 @@ def test_a_redis_outage_answers_503_on_every_route_and_loses_no_acknowledged_lea
         events.close()
 
 
+@pytest.mark.redis
 def test_a_redis_outage_answers_503_to_authentication(tmp_path):
     """With authentication on, the token endpoint and the check of an access token need the
     users kept in the store: 503 while it is away, and both work again once it is back."""
@@ -291,6 +293,8 @@ def test_a_redis_outage_answers_503_to_authentication(tmp_path):
         assert client.get("/api/models/", headers=bearer).get_json() == {"models": []}
 
 
+@pytest.mark.gunicorn
+@pytest.mark.redis
 def test_a_redis_outage_under_gunicorn(tmp_path):
     """Two gunicorn workers on a redis that shuts down: every route answers 503 JSON from
     each worker, promptly; started again, both serve without a restart, no worker died, and
@@ -413,6 +417,7 @@ def test_a_removed_sqlite_folder_answers_503_until_it_is_back(shelve_app):
     ledger.assert_served_model_is_the_local_one()
 
 
+@pytest.mark.redis
 def test_streams_answer_503_while_the_store_is_away(tmp_path):
     """A stream cannot answer an error once it has begun: it answers 503 JSON before it
     starts while the store is away, and streams again once it is back."""

@@ -22,9 +22,10 @@ from conftest import REDIS_URL
 from redis_server import RedisServer
 from river import datasets, linear_model, naive_bayes, preprocessing
 from servers import Server, serve
+from stores import append
 
-from flask_river_ml import FlaskRiverML
-from flask_river_ml.engine import _next_generation
+from flask_river_ml import FlaskRiverML, layout
+from flask_river_ml.engine.entries import following
 
 SECRET = "test-store-identity-shared-secret"
 
@@ -43,7 +44,7 @@ def trained(samples: list[tuple[dict, float]]) -> Any:
 def generation(app, name: str) -> str:
     import json
 
-    return json.loads(FlaskRiverML.state(app).backend.get(f"model:{name}"))["generation"]
+    return json.loads(FlaskRiverML.state(app).backend.get(layout.model(name)))["generation"]
 
 
 def lose_everything(prefix: str) -> None:
@@ -56,11 +57,11 @@ def lose_everything(prefix: str) -> None:
 
 
 def test_the_next_generation_keeps_the_identity_and_counts():
-    assert _next_generation(b"5f1c:41") == b"5f1c:42"
+    assert following(b"5f1c:41") == b"5f1c:42"
     # A new store, and one whose counter was written before generations had an identity.
-    first, legacy = _next_generation(None).decode(), _next_generation(b"7").decode()
+    first, legacy = following(None).decode(), following(b"7").decode()
     assert first.endswith(":1") and legacy.endswith(":8")
-    assert len({first.split(":")[0], legacy.split(":")[0], _next_generation(None).split(b":")[0].decode()}) == 3
+    assert len({first.split(":")[0], legacy.split(":")[0], following(None).split(b":")[0].decode()}) == 3
 
 
 @pytest.mark.parametrize("store", ["memory", "shelve", "redis"])
@@ -80,6 +81,7 @@ def test_generations_carry_one_identity_per_store_life(make_app, store):
     assert [int(g.split(":")[1]) for g in (b, a, again)] == [2, 3, 4]
 
 
+@pytest.mark.redis
 def test_a_store_that_lost_its_data_is_not_mistaken_for_the_old_one(make_app, redis_prefix):
     """The store loses everything; the model is uploaded again under the same name. A process
     holding a replica of the old one applies every later learn to the new model, and its exit
@@ -101,7 +103,7 @@ def test_a_store_that_lost_its_data_is_not_mistaken_for_the_old_one(make_app, re
             river_ml.learn("m", ground_truth=y, features=x)
     # The first process's exit snapshot: its replica is of the lost store and is not written.
     FlaskRiverML.state(first).engine.close()
-    assert FlaskRiverML.state(second).backend.get("snapseq:m") == b"0"
+    assert FlaskRiverML.state(second).backend.get(layout.snapshot_seq("m")) == b"0"
     for i, (x, y) in enumerate(new[5:]):
         with (first, second)[i % 2].app_context():
             assert river_ml.learn("m", ground_truth=y, features=x) == "Successful learn."
@@ -131,15 +133,15 @@ def test_a_replica_past_the_end_of_a_restored_log_starts_again(make_app, store):
         for x, y in samples[:10]:
             river_ml.learn("m", ground_truth=y, features=x)
         state = FlaskRiverML.state(app)
-        kept = [blob for seq, blob in state.backend.read("log:m") if seq <= 6]
-        state.backend.delete_log("log:m")
+        kept = [blob for seq, blob in state.backend.read(layout.log("m")) if seq <= 6]
+        state.backend.delete_log(layout.log("m"))
         for blob in kept:
-            state.backend.append("log:m", blob)
+            append(state.backend, layout.log("m"), blob)
         state.engine.close()
-        assert state.backend.get("snapseq:m") == b"0"
+        assert state.backend.get(layout.snapshot_seq("m")) == b"0"
         for x, y in samples[10:]:
             assert river_ml.learn("m", ground_truth=y, features=x) == "Successful learn."
-        assert [seq for seq, _ in state.backend.read("log:m")] == list(range(1, 9))
+        assert [seq for seq, _ in state.backend.read(layout.log("m"))] == list(range(1, 9))
         local = trained(samples[:6] + samples[10:])
         for x, _ in samples[:5]:
             assert river_ml.predict(x, "m")["prediction"] == pytest.approx(local.predict_one(x), abs=1e-9)
@@ -213,6 +215,8 @@ def assert_predicts_as(server: Server, local: Any, probes: list[dict]) -> None:
         assert all(abs(prediction[k] - p) <= 1e-9 for k, p in expected.items()), (pid, prediction, expected)
 
 
+@pytest.mark.gunicorn
+@pytest.mark.redis
 def test_a_flushed_redis_under_a_running_server(tmp_path):
     """Two gunicorn workers hold replicas of a model; the redis is flushed (a restart without
     persistence) and the model uploaded again under its name. 200 learns: every one answered

@@ -157,6 +157,7 @@ def server(tmp_path_factory) -> Iterator[str]:
         assert "Traceback" not in running.log_text(), running.log_text()
 
 
+@pytest.mark.gunicorn
 def test_riverapi_streams_deliver_learn_predict_and_label(server):
     """riverapi's stream_events() yields `event: learn|predict|label` + `data: {...}` lines, and
     stream_metrics() `data: {...metrics..., "model"}` lines, each within a second of the call."""
@@ -210,6 +211,7 @@ def test_riverapi_streams_deliver_learn_predict_and_label(server):
         metrics.stop()
 
 
+@pytest.mark.gunicorn
 def test_idle_streams_get_keepalive_comments(server):
     """An idle stream gets a `: keep-alive` comment line at least every STREAM_KEEPALIVE_SECONDS."""
     readers = [
@@ -228,6 +230,7 @@ def test_idle_streams_get_keepalive_comments(server):
             reader.stop()
 
 
+@pytest.mark.gunicorn
 def test_streams_see_the_events_of_every_worker(tmp_path):
     """With several gunicorn workers on the shelve store, a stream sees every event, whichever
     worker handled the request (every stream sees every event)."""
@@ -450,6 +453,7 @@ def test_streams_need_a_token_and_take_it_in_the_query(make_app, rate_limited):
 # --- redis fan-out -----------------------------------------------------------------------------
 
 
+@pytest.mark.redis
 def test_redis_streams_see_events_of_another_process(make_app):
     """Two apps on one redis stand for two server processes: streams opened on app A see the
     events and metrics of a learn handled by app B, once each, as do B's own streams."""

@@ -25,6 +25,8 @@ from servers import serve
 
 from flask_river_ml import FlaskRiverML, ModelFailed
 
+pytestmark = [pytest.mark.gunicorn]
+
 NAN = float("nan")
 
 

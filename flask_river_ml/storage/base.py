@@ -1,9 +1,12 @@
-"""The storage backend interface.
+"""The storage interfaces, split by capability as the ``limits`` library splits its storages.
 
-A backend stores bytes under string keys and keeps append-only logs; it knows nothing of
-models, pickles or signatures (the engine and :mod:`flask_river_ml.serialization` sit above
-it). Every method is atomic on its own, across threads and, for the shared backends, across
-processes. The same conformance suite (``tests/test_storage.py``) runs against each backend.
+A backend stores bytes under string keys (:class:`Store`, the core) and has the capabilities
+the engine needs: logs written in guarded commits (:class:`GuardedLog`), timings
+(:class:`Timings`), locks (:class:`Locks`) and a message bus (:class:`Bus`). It knows nothing
+of models, pickles, signatures or what its keys mean (the engine, :mod:`flask_river_ml.layout`
+and :mod:`flask_river_ml.serialization` sit above it). Every method is atomic on its own,
+across threads and, for the shared backends, across processes. The same conformance suite
+(``tests/test_storage.py``) runs against each backend.
 
 A store that cannot be reached or written (a redis server down, a read-only SQLite file)
 raises :class:`~flask_river_ml.errors.StoreUnavailable`, never its driver's exception: each
@@ -27,11 +30,11 @@ from ..errors import StoreUnavailable
 
 logger = logging.getLogger("flask_river_ml.storage")
 
-#: The methods of the interface that talk to the store (``lock`` is wrapped on its own).
+#: The methods of the interfaces that talk to the store (``lock`` is wrapped on its own).
 _STORE_CALLS = frozenset(
     {
-        "get", "set", "add", "pop", "delete", "keys", "incr", "update", "observe", "observed", "append",
-        "append_at", "write", "read", "peek", "trim", "delete_log", "publish", "listen", "has_listeners", "ping",
+        "get", "set", "add", "delete", "keys", "update", "commit", "read", "peek", "trim", "delete_log",
+        "observe", "observed", "publish", "listen", "has_listeners", "ping",
     }
 )  # fmt: skip
 #: A store failure is logged at most once in this many seconds per backend: an outage under
@@ -41,15 +44,19 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 #: Log records with their numbers, in order.
 Records = list[tuple[int, bytes]]
+#: A value to set: ``(key, value, ttl)``.
+Put = tuple[str, bytes, float | None]
+#: A call to time: ``(key, duration, alpha)`` (see :meth:`Timings.observe`).
+Timing = tuple[str, int, float]
 
 
 @dataclass(frozen=True)
 class Guard:
     """What a writer decided on: ``log`` ended at record ``head`` and ``key`` held ``value``.
 
-    A guarded write (:meth:`Backend.append_at`, :meth:`Backend.write`) happens only if both
-    still hold when it is made: the writer's answer (a prediction) is then exactly the one
-    the model gives at that point of its log. With ``head`` None only ``key`` is checked.
+    A guarded commit happens only if both still hold when it is made: the writer's answer (a
+    prediction) is then exactly the one the model gives at that point of its log. With
+    ``head`` None only ``key`` is checked.
     """
 
     log: str
@@ -57,32 +64,165 @@ class Guard:
     key: str
     value: bytes
 
-    def check(self, value: bytes | None, head: int, read: Callable[[str, int], Records]) -> tuple[bool, Records]:
-        """Whether the guard holds on a store where its key holds ``value`` and its log ends
-        at ``head``, as :meth:`Backend.write` answers: when the log moved on, the records the
-        writer had not seen, through ``read``."""
-        if value != self.value:
-            return False, []
-        if self.head is not None and head != self.head:
-            return False, read(self.log, self.head)
-        return True, []
+
+@dataclass(frozen=True)
+class Change:
+    """What one request writes: all of it, in one atomic step, or none of it.
+
+    ``record`` is appended to the guard's log. ``create`` is set only where its key is absent
+    (a prediction waiting for its label under a client's identifier); ``take`` is removed
+    only where its key still holds its value (the waiting prediction a label learns from), so
+    of two labels of one prediction exactly one is written.
+    """
+
+    record: bytes | None = None
+    sets: tuple[Put, ...] = ()
+    create: Put | None = None
+    take: tuple[str, bytes] | None = None
+    observes: tuple[Timing, ...] = ()
 
 
-@dataclass
-class Writes:
-    """Values to set, as ``(key, value, ttl)``, and timings to observe, as ``(key, value,
-    alpha)``, made together by :meth:`Backend.write`."""
-
-    sets: list[tuple[str, bytes, float | None]] = field(default_factory=list)
-    observes: list[tuple[str, int, float]] = field(default_factory=list)
+#: Why a change whose guard held was not written: its ``take`` was gone, its ``create`` taken.
+TAKEN, EXISTS = "taken", "exists"
 
 
-class Backend(abc.ABC):
-    """A key-value store with logs, counters and locks.
+@dataclass(frozen=True)
+class Outcome:
+    """What a commit did: ``written``, with the appended record's number; otherwise the
+    records the writer had not seen (the log moved on), none (the guarded key changed), or
+    the ``conflict`` of its ``take`` or ``create``."""
 
-    Keys are strings; values are bytes. ``ttl`` is in seconds; an expired key reads as absent.
-    Logs are sequences of records numbered from 1 by :meth:`append`; numbers are never reused
-    for the lifetime of the log, even after :meth:`trim`.
+    written: bool
+    seq: int | None = None
+    unseen: Records = field(default_factory=list)
+    conflict: str | None = None
+
+
+class Store(abc.ABC):
+    """Bytes by string key, with expiry: the core every backend has.
+
+    ``ttl`` is in seconds; an expired key reads as absent. Each method is atomic on its own,
+    across threads and, for the shared stores, across processes.
+    """
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or None when it is absent or expired."""
+
+    @abc.abstractmethod
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any value, expiring after ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent; True when it was stored."""
+
+    @abc.abstractmethod
+    def delete(self, *keys: str) -> int:
+        """Remove the keys, and the timings under them; the number that existed."""
+
+    @abc.abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Every live key that starts with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
+        """Replace the value under ``key`` by ``func(old value)`` atomically; the new value.
+
+        ``func`` may be called more than once (optimistic backends retry on conflict), so it
+        must have no side effects.
+        """
+
+    def ping(self) -> None:  # noqa: B027 - optional: a memory store is always there
+        """Raise :class:`StoreUnavailable` if the store cannot be reached now (a stream asks
+        before it starts, since it cannot answer an error once its body is under way)."""
+
+    def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
+        """Release connections and files; the store must not be used afterwards."""
+
+
+class GuardedLog(abc.ABC):
+    """Append-only logs, written together with values in guarded commits.
+
+    Records are numbered from 1; numbers are never reused for the lifetime of a log, even
+    after :meth:`trim`.
+    """
+
+    @abc.abstractmethod
+    def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
+        """Make ``change`` in one atomic step if ``guard`` holds (a transaction, a script).
+
+        In-process stores share this rule in :func:`flask_river_ml.storage.local.commit_in`.
+        """
+
+    @abc.abstractmethod
+    def read(self, log: str, after: int = 0) -> Records:
+        """The records of ``log`` numbered above ``after``, in order, with their numbers."""
+
+    def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, Records]:
+        """``get(key)`` and ``read(log, after)`` together: what every request asks first, in
+        one round trip where the store is remote. Not atomic together."""
+        return self.get(key), self.read(log, after)  # type: ignore[attr-defined]
+
+    @abc.abstractmethod
+    def trim(self, log: str, before: int) -> None:
+        """Drop the records of ``log`` numbered below ``before``."""
+
+    @abc.abstractmethod
+    def delete_log(self, log: str) -> None:
+        """Drop ``log`` whole; a log appended to afterwards starts again at 1."""
+
+
+class Timings(abc.ABC):
+    """Running count, total and exponentially weighted mean of durations, by key.
+
+    The weighted mean starts at the first value, then moves by ``alpha`` towards each new one
+    (:func:`flask_river_ml.storage.local.moved`). Timings live beside the keys (``keys`` does
+    not list them; ``delete`` removes them); a commit's ``observes`` writes them, because every
+    learn and predict records one and a single atomic step is far cheaper than two.
+    """
+
+    def observe(self, key: str, value: int, alpha: float) -> None:
+        """Add ``value`` to the timing at ``key``."""
+        self.commit(Change(observes=((key, value, alpha),)))  # type: ignore[attr-defined]
+
+    @abc.abstractmethod
+    def observed(self, key: str) -> tuple[int, int, float] | None:
+        """``(count, total, weighted mean)`` at ``key``, or None when nothing was observed."""
+
+
+class Locks(abc.ABC):
+    """Mutual exclusion shared by everyone using the store."""
+
+    @abc.abstractmethod
+    def lock(self, name: str, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
+        """A lock shared by everyone using this store; :class:`TimeoutError` when it cannot be
+        taken within ``timeout`` seconds."""
+
+
+class Bus(abc.ABC):
+    """Messages to every process sharing the store."""
+
+    @abc.abstractmethod
+    def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to every listener of ``channel``, in every process sharing the store."""
+
+    @abc.abstractmethod
+    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
+        """Call ``callback`` with each message published on ``channel`` from now on; returns
+        the function that stops listening. Callbacks run on a thread of the backend's."""
+
+    @abc.abstractmethod
+    def has_listeners(self, channel: str) -> bool:
+        """Whether anyone may be listening (a publisher skips building messages nobody reads)."""
+
+
+class Backend(Store, GuardedLog, Timings, Locks, Bus):
+    """A store with every capability the engine uses: what a backend implements.
+
+    A store that cannot be reached or written raises :class:`StoreUnavailable`, never its
+    driver's exception: the backend says once, in :meth:`unavailable`, which driver errors
+    mean that, and every method of the interfaces it defines is wrapped to apply it.
     """
 
     #: The name used in ``RIVER_ML_STORAGE_BACKEND`` and reported by ``service_info``.
@@ -120,122 +260,6 @@ class Backend(abc.ABC):
             self._reported = time.monotonic()
             logger.warning("%s (%s: %s)", unavailable.message, type(error).__name__, error)
         return unavailable
-
-    @abc.abstractmethod
-    def get(self, key: str) -> bytes | None:
-        """The value under ``key``, or None when it is absent or expired."""
-
-    @abc.abstractmethod
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key``, replacing any value, expiring after ``ttl`` seconds."""
-
-    @abc.abstractmethod
-    def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        """Store ``value`` only if ``key`` is absent; True when it was stored."""
-
-    @abc.abstractmethod
-    def pop(self, key: str) -> bytes | None:
-        """Remove ``key`` and return its value; of two concurrent pops only one gets it."""
-
-    @abc.abstractmethod
-    def delete(self, *keys: str) -> int:
-        """Remove the keys; the number that existed."""
-
-    @abc.abstractmethod
-    def keys(self, prefix: str) -> list[str]:
-        """Every live key that starts with ``prefix``, sorted."""
-
-    @abc.abstractmethod
-    def incr(self, key: str, amount: int = 1) -> int:
-        """Add ``amount`` to the integer counter under ``key`` (absent is 0); the new value."""
-
-    @abc.abstractmethod
-    def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
-        """Replace the value under ``key`` by ``func(old value)`` atomically; the new value.
-
-        ``func`` may be called more than once (optimistic backends retry on conflict), so it
-        must have no side effects.
-        """
-
-    def observe(self, key: str, value: int, alpha: float) -> None:
-        """Add ``value`` to the running count, total and exponentially weighted mean at ``key``.
-
-        The weighted mean starts at the first value, then moves by ``alpha`` towards each new
-        one. Timings live beside the keys (``keys`` does not list them; ``delete`` removes
-        them); they are written by :meth:`write` because every learn and predict records one,
-        and a single atomic step is far cheaper than a read-modify-write.
-        """
-        self.write(Writes(observes=[(key, value, alpha)]))
-
-    @abc.abstractmethod
-    def observed(self, key: str) -> tuple[int, int, float] | None:
-        """``(count, total, weighted mean)`` at ``key``, or None when nothing was observed."""
-
-    @abc.abstractmethod
-    def append(self, log: str, record: bytes) -> int:
-        """Append ``record`` to ``log``; its sequence number (1, 2, ...)."""
-
-    @abc.abstractmethod
-    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
-        """Append ``record`` to ``guard.log`` only if ``guard`` still holds, atomically: a
-        compare-and-append.
-
-        ``(number, [])`` when the record was written. Otherwise nothing is written and the
-        answer is ``(None, records after guard.head)``, the records the writer had not seen
-        (those still kept), or ``(None, [])`` when ``guard.key`` changed.
-        """
-
-    @abc.abstractmethod
-    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
-        """Make ``writes`` in one atomic step (a transaction, a script), if ``guard`` holds.
-
-        ``(True, [])`` when they were made; otherwise, as :meth:`append_at` answers,
-        ``(False, records the writer had not seen)`` or ``(False, [])``.
-        """
-
-    @abc.abstractmethod
-    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
-        """The records of ``log`` numbered above ``after``, in order, with their numbers."""
-
-    def peek(self, key: str, log: str, after: int = 0) -> tuple[bytes | None, list[tuple[int, bytes]]]:
-        """``get(key)`` and ``read(log, after)`` together: what every request asks first, in
-        one round trip where the store is remote. Not atomic together."""
-        return self.get(key), self.read(log, after)
-
-    @abc.abstractmethod
-    def trim(self, log: str, before: int) -> None:
-        """Drop the records of ``log`` numbered below ``before``."""
-
-    @abc.abstractmethod
-    def delete_log(self, log: str) -> None:
-        """Drop ``log`` whole; a log appended to afterwards starts again at 1."""
-
-    @abc.abstractmethod
-    def lock(self, name: str, timeout: float = 30.0) -> contextlib.AbstractContextManager[None]:
-        """A mutual-exclusion lock shared by everyone using this store.
-
-        Raises :class:`TimeoutError` when it cannot be taken within ``timeout`` seconds.
-        """
-
-    @abc.abstractmethod
-    def publish(self, channel: str, message: bytes) -> None:
-        """Send ``message`` to every listener of ``channel``, in every process sharing the store."""
-
-    @abc.abstractmethod
-    def listen(self, channel: str, callback: Callable[[bytes], None]) -> Callable[[], None]:
-        """Call ``callback`` with each message published on ``channel`` from now on; returns
-        the function that stops listening. Callbacks run on a thread of the backend's."""
-
-    @abc.abstractmethod
-    def has_listeners(self, channel: str) -> bool:
-        """Whether anyone may be listening (a publisher skips building messages nobody reads)."""
-
-    def ping(self) -> None:  # noqa: B027 - optional: a memory store is always there
-        """Raise :class:`StoreUnavailable` if the store cannot be reached now (a stream asks
-        before it starts, since it cannot answer an error once its body is under way)."""
-
-    def close(self) -> None:  # noqa: B027 - optional: a memory store has nothing to release
-        """Release connections and files; the backend must not be used afterwards."""
 
 
 def _reraise(backend: Backend, error: Exception) -> NoReturn:

@@ -10,7 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .base import Backend, Guard, Records, Writes
+from .base import Backend, Change, Guard, Outcome, Records
+from .local import commit_in
 
 
 class MemoryBackend(Backend):
@@ -22,122 +23,61 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self._listeners: dict[str, list[Callable[[bytes], None]]] = {}
         self._mutex = threading.RLock()
-        self._values: dict[str, tuple[bytes, float | None]] = {}
-        self._logs: dict[str, dict[int, bytes]] = {}
-        self._heads: dict[str, int] = {}
+        self._data = _Data()
         self._locks: dict[str, threading.Lock] = {}
-        self._timings: dict[str, tuple[int, int, float]] = {}
-
-    def _live(self, key: str) -> bytes | None:
-        entry = self._values.get(key)
-        if entry is None:
-            return None
-        value, expires = entry
-        if expires is not None and expires <= time.time():
-            del self._values[key]
-            return None
-        return value
 
     def get(self, key: str) -> bytes | None:
         with self._mutex:
-            return self._live(key)
+            return self._data.value(key)
 
     def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._mutex:
-            self._values[key] = (bytes(value), None if ttl is None else time.time() + ttl)
+            self._data.put(key, value, ttl)
 
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        with self._mutex:
-            if self._live(key) is not None:
-                return False
-            self.set(key, value, ttl)
-            return True
-
-    def pop(self, key: str) -> bytes | None:
-        with self._mutex:
-            value = self._live(key)
-            self._values.pop(key, None)
-            return value
+        return self.commit(Change(create=(key, value, ttl))).written
 
     def delete(self, *keys: str) -> int:
         with self._mutex:
-            found = [key for key in keys if self._live(key) is not None or key in self._timings]
+            found = [key for key in keys if self._data.value(key) is not None or key in self._data.timings]
             for key in found:
-                self._values.pop(key, None)
-                self._timings.pop(key, None)
+                self._data.remove(key)
+                self._data.timings.pop(key, None)
             return len(found)
 
     def keys(self, prefix: str) -> list[str]:
         with self._mutex:
-            candidates = [key for key in self._values if key.startswith(prefix)]
-            return sorted(key for key in candidates if self._live(key) is not None)
-
-    def incr(self, key: str, amount: int = 1) -> int:
-        with self._mutex:
-            value = int(self._live(key) or b"0") + amount
-            self.set(key, str(value).encode())
-            return value
+            candidates = [key for key in self._data.values if key.startswith(prefix)]
+            return sorted(key for key in candidates if self._data.value(key) is not None)
 
     def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
         with self._mutex:
-            value = func(self._live(key))
-            self.set(key, value)
+            value = func(self._data.value(key))
+            self._data.put(key, value, None)
             return value
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
         with self._mutex:
-            return self._timings.get(key)
+            return self._data.timing(key)
 
-    def append(self, log: str, record: bytes) -> int:
+    def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         with self._mutex:
-            seq = self._heads.get(log, 0) + 1
-            self._heads[log] = seq
-            self._logs.setdefault(log, {})[seq] = bytes(record)
-            return seq
+            return commit_in(self._data, change, guard)
 
-    def _check(self, guard: Guard) -> tuple[bool, Records]:
-        return guard.check(self._live(guard.key), self._heads.get(guard.log, 0), self.read)
-
-    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
+    def read(self, log: str, after: int = 0) -> Records:
         with self._mutex:
-            holds, unseen = self._check(guard)
-            return (self.append(guard.log, record), []) if holds else (None, unseen)
-
-    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
-        with self._mutex:
-            if guard is not None:
-                holds, unseen = self._check(guard)
-                if not holds:
-                    return False, unseen
-            for key, value, ttl in writes.sets:
-                self.set(key, value, ttl)
-            for key, duration, alpha in writes.observes:
-                count, total, mean = self._timings.get(key, (0, 0, float(duration)))
-                mean = mean if count == 0 else alpha * duration + (1 - alpha) * mean
-                self._timings[key] = (count + 1, total + duration, mean)
-            return True, []
-
-    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
-        with self._mutex:
-            records = self._logs.get(log, {})
-            # Numbers are consecutive from the first record kept: walk from there, not the log.
-            seq = max(after + 1, next(iter(records), after + 1))
-            found = []
-            while seq in records:
-                found.append((seq, records[seq]))
-                seq += 1
-            return found
+            return self._data.records(log, after)
 
     def trim(self, log: str, before: int) -> None:
         with self._mutex:
-            records = self._logs.get(log, {})
+            records = self._data.logs.get(log, {})
             for seq in [seq for seq in records if seq < before]:
                 del records[seq]
 
     def delete_log(self, log: str) -> None:
         with self._mutex:
-            self._logs.pop(log, None)
-            self._heads.pop(log, None)
+            self._data.logs.pop(log, None)
+            self._data.heads.pop(log, None)
 
     def publish(self, channel: str, message: bytes) -> None:
         for callback in list(self._listeners.get(channel, ())):
@@ -166,3 +106,55 @@ class MemoryBackend(Backend):
             yield
         finally:
             lock.release()
+
+
+class _Data:
+    """The memory store's values, logs and timings (a :class:`~.local.View`); the store's
+    lock is held around every use."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[bytes, float | None]] = {}
+        self.logs: dict[str, dict[int, bytes]] = {}
+        self.heads: dict[str, int] = {}
+        self.timings: dict[str, tuple[int, int, float]] = {}
+
+    def value(self, key: str) -> bytes | None:
+        entry = self.values.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires is not None and expires <= time.time():
+            del self.values[key]
+            return None
+        return value
+
+    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
+        return self.value(key), self.heads.get(log, 0)
+
+    def records(self, log: str, after: int) -> Records:
+        records = self.logs.get(log, {})
+        # Numbers are consecutive from the first record kept: walk from there, not the log.
+        seq = max(after + 1, next(iter(records), after + 1))
+        found = []
+        while seq in records:
+            found.append((seq, records[seq]))
+            seq += 1
+        return found
+
+    def put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.values[key] = (bytes(value), None if ttl is None else time.time() + ttl)
+
+    def remove(self, key: str) -> None:
+        self.values.pop(key, None)
+
+    def push(self, log: str, record: bytes) -> int:
+        seq = self.heads.get(log, 0) + 1
+        self.heads[log] = seq
+        self.logs.setdefault(log, {})[seq] = bytes(record)
+        return seq
+
+    def timing(self, key: str) -> tuple[int, int, float] | None:
+        return self.timings.get(key)
+
+    def put_timing(self, key: str, timing: tuple[int, int, float]) -> None:
+        self.timings[key] = timing

@@ -43,63 +43,86 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from ..errors import StoreUnavailable
-from .base import Backend, Guard, ListenerCheck, Records, Writes
+from .base import EXISTS, TAKEN, Backend, Change, Guard, ListenerCheck, Outcome
 
 logger = logging.getLogger("flask_river_ml.storage")
 
-# XADD before the head moves: a script that fails halfway keeps what it wrote, and a record
+# The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
+# head and the guarded key; then the key to take, the key to create (when there are), the
+# keys to set, the timings' keys. ARGV: [1] '1' with a guard, [2] the head the writer saw
+# ('' when not checked), [3] the value it saw, [4] '1' with a record, [5] the record, [6] '1'
+# with a take, [7] the value to take, [8] '1' with a create, [9] its value, [10] its time to
+# live in milliseconds (0: none), [11] the number of sets; then per set its value and time to
+# live, per timing its duration and alpha. Replies: {1, number or 0} when written, {0,
+# entries after the head} when the log moved on, {-1} when the guarded key changed, {-2}
+# when the key to take was gone, {-3} when the key to create existed. The record is added
+# before the head moves: a script that fails halfway keeps what it wrote, and a record
 # number must never be given out without its record.
-_NEXT = """
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
-redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[%d])
-redis.call('SET', KEYS[2], seq)
-"""
-_APPEND = (_NEXT % 1) + "return seq"
-# A guard (storage.base.Guard): KEYS[1] the log's stream, KEYS[2] its head, KEYS[3] the
-# guarded key; ARGV[1] the head the writer saw ('' when not checked), ARGV[2] the value it
-# saw. It returns {0, entries after that head} when the log moved on, {-1} when the value
-# changed.
-_GUARD = """
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then
-    return {-1}
+_COMMIT = """
+local k = 0
+if ARGV[1] == '1' then
+    if redis.call('GET', KEYS[3]) ~= ARGV[3] then
+        return {-1}
+    end
+    if ARGV[2] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
+        return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[2]) + 1) .. '-0', '+')}
+    end
+    k = 3
 end
-if ARGV[1] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then
-    return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[1]) + 1) .. '-0', '+')}
+local take, create
+if ARGV[6] == '1' then
+    k = k + 1
+    take = KEYS[k]
+    if redis.call('GET', take) ~= ARGV[7] then
+        return {-2}
+    end
 end
-"""
-# ARGV[3]: the record. {number} when written.
-_APPEND_AT = _GUARD + (_NEXT % 3) + "return {seq}"
-# write(k, a) makes a storage.base.Writes given after KEYS[k] and ARGV[a]: the keys to set,
-# then the timings' keys; the number of sets, then per set its value and time to live in
-# milliseconds (0: none), per timing its value and alpha.
-_WRITE_FUNCTION = """
-local function write(k, a)
-    local sets = tonumber(ARGV[a + 1])
+if ARGV[8] == '1' then
+    k = k + 1
+    create = KEYS[k]
+    if redis.call('EXISTS', create) == 1 then
+        return {-3}
+    end
+end
+local seq = 0
+if ARGV[4] == '1' then
+    seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+    redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[5])
+    redis.call('SET', KEYS[2], seq)
+end
+local function put(key, value, px)
+    if tonumber(px) > 0 then
+        redis.call('SET', key, value, 'PX', px)
+    else
+        redis.call('SET', key, value)
+    end
+end
+local sets = tonumber(ARGV[11])
+local a = 12
+for i = k + 1, k + sets do
+    put(KEYS[i], ARGV[a], ARGV[a + 1])
     a = a + 2
-    for i = k + 1, k + sets do
-        if tonumber(ARGV[a + 1]) > 0 then
-            redis.call('SET', KEYS[i], ARGV[a], 'PX', ARGV[a + 1])
-        else
-            redis.call('SET', KEYS[i], ARGV[a])
-        end
-        a = a + 2
-    end
-    for i = k + sets + 1, #KEYS do
-        local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
-        redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
-        local mean = tonumber(ARGV[a])
-        if count > 1 then
-            local alpha = tonumber(ARGV[a + 1])
-            mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
-        end
-        redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
-        a = a + 2
-    end
-    return {1}
 end
+if create then
+    put(create, ARGV[9], ARGV[10])
+end
+if take then
+    redis.call('DEL', take)
+end
+for i = k + sets + 1, #KEYS do
+    local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
+    redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
+    local mean = tonumber(ARGV[a])
+    if count > 1 then
+        local alpha = tonumber(ARGV[a + 1])
+        mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
+    end
+    redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+    a = a + 2
+end
+return {1, seq}
 """
-_WRITE = _WRITE_FUNCTION + "return write(0, 0)"
-_WRITE_AT = _WRITE_FUNCTION + _GUARD + "return write(3, 2)"
+_CONFLICTS = {-2: TAKEN, -3: EXISTS}
 #: Seconds after which a lock whose holder died is released by redis: short enough that a
 #: crash blocks changes only briefly. A live holder renews it every third of that, however
 #: long its change (the snapshot of a large model) takes.
@@ -146,10 +169,7 @@ class RedisBackend(Backend):
         # Any: redis-py types every reply as a union of bytes, str and awaitables.
         self.client: Any = client
         self.prefix = prefix
-        self._append = client.register_script(_APPEND)
-        self._append_at = client.register_script(_APPEND_AT)
-        self._write = client.register_script(_WRITE)
-        self._write_at = client.register_script(_WRITE_AT)
+        self._commit = client.register_script(_COMMIT)
         self._listening = ListenerCheck(self._ask_listeners)
 
     @classmethod
@@ -210,9 +230,6 @@ class RedisBackend(Backend):
     def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         return bool(self.client.set(self._k(key), value, nx=True, **self._expiry(ttl)))
 
-    def pop(self, key: str) -> bytes | None:
-        return self.client.getdel(self._k(key))
-
     def delete(self, *keys: str) -> int:
         if not keys:
             return 0
@@ -222,9 +239,6 @@ class RedisBackend(Backend):
         start = len(self._k(""))
         pattern = _glob_escape(self._k(prefix)) + "*"
         return sorted(key.decode()[start:] for key in self.client.scan_iter(match=pattern, count=1000))
-
-    def incr(self, key: str, amount: int = 1) -> int:
-        return int(self.client.incrby(self._k(key), amount))
 
     def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
         name = self._k(key)
@@ -246,38 +260,39 @@ class RedisBackend(Backend):
             return None
         return int(count), int(total), float(mean)
 
-    def append(self, log: str, record: bytes) -> int:
-        return int(self._append(keys=self._logs(log), args=[record]))
-
-    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
-        reply = self._append_at(keys=self._guard_keys(guard), args=[*self._guard_args(guard), record])
-        return (int(reply[0]), []) if reply[0] > 0 else (None, self._unseen(reply))
-
-    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
-        keys = [self._k(key) for key, _, _ in writes.sets] + [self._t(key) for key, _, _ in writes.observes]
-        args: list[Any] = [len(writes.sets)]
-        for _, value, ttl in writes.sets:
-            args += [value, self._expiry(ttl).get("px", 0)]
-        for _, duration, alpha in writes.observes:
+    def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
+        keys: list[str] = []
+        args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0, len(change.sets)]
+        if guard is not None:
+            keys += [*self._logs(guard.log), self._k(guard.key)]
+            args[0:3] = ["1", "" if guard.head is None else guard.head, guard.value]
+        if change.record is not None:
+            if guard is None:
+                raise ValueError("A record is appended to the log of a guard; none was given.")
+            args[3:5] = ["1", change.record]
+        if change.take is not None:
+            keys.append(self._k(change.take[0]))
+            args[5:7] = ["1", change.take[1]]
+        if change.create is not None:
+            keys.append(self._k(change.create[0]))
+            args[7:10] = ["1", change.create[1], self._px(change.create[2])]
+        for key, value, ttl in change.sets:
+            keys.append(self._k(key))
+            args += [value, self._px(ttl)]
+        for key, duration, alpha in change.observes:
+            keys.append(self._t(key))
             args += [duration, repr(alpha)]
-        if guard is None:
-            self._write(keys=keys, args=args)
-            return True, []
-        reply = self._write_at(keys=[*self._guard_keys(guard), *keys], args=[*self._guard_args(guard), *args])
-        return (True, []) if reply[0] > 0 else (False, self._unseen(reply))
+        reply = self._commit(keys=keys, args=args)
+        if reply[0] == 1:
+            return Outcome(True, int(reply[1]) or None)
+        if reply[0] == 0:
+            # A script's entries are [id, [field, value]].
+            return Outcome(False, unseen=[(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in reply[1]])
+        return Outcome(False, conflict=_CONFLICTS.get(reply[0]))
 
-    def _guard_keys(self, guard: Guard) -> list[str]:
-        return [*self._logs(guard.log), self._k(guard.key)]
-
-    @staticmethod
-    def _guard_args(guard: Guard) -> list[Any]:
-        return ["" if guard.head is None else guard.head, guard.value]
-
-    @staticmethod
-    def _unseen(reply: list) -> Records:
-        """The records of a failed guard's reply: a script's entries are [id, [field, value]]."""
-        entries = reply[1] if len(reply) > 1 else []
-        return [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
+    @classmethod
+    def _px(cls, ttl: float | None) -> int:
+        return cls._expiry(ttl).get("px", 0)
 
     def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
         return self._records(self.client.xrange(self._logs(log)[0], min=f"{after + 1}-0"))

@@ -35,7 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import StoreUnavailable
-from .base import Backend, Guard, ListenerCheck, Records, Writes
+from .base import Backend, Change, Guard, ListenerCheck, Outcome, Records
+from .local import commit_in
 
 logger = logging.getLogger("flask_river_ml.storage")
 
@@ -239,12 +240,6 @@ class ShelveBackend(Backend):
             self._write_value(db, key, value, ttl)
             return True
 
-    def pop(self, key: str) -> bytes | None:
-        row = self._db().execute("DELETE FROM kv WHERE key = ? RETURNING value, expires", (key,)).fetchone()
-        if row is None or (row[1] is not None and row[1] <= time.time()):
-            return None
-        return bytes(row[0])
-
     def delete(self, *keys: str) -> int:
         with self._transaction() as db:
             found = sum(self._read_value(db, key) is not None for key in keys)
@@ -260,79 +255,23 @@ class ShelveBackend(Backend):
         )
         return [row[0] for row in rows]
 
-    def incr(self, key: str, amount: int = 1) -> int:
-        return int(self.update(key, lambda old: str(int(old or b"0") + amount).encode()))
-
     def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
         with self._transaction() as db:
             value = func(self._read_value(db, key))
             self._write_value(db, key, value, None)
             return value
 
-    def write(self, writes: Writes, guard: Guard | None = None) -> tuple[bool, Records]:
-        with self._transaction() as db:
-            if guard is not None:
-                # The transaction holds the write lock: the guard cannot change before COMMIT.
-                holds, unseen = self._check(db, guard)
-                if not holds:
-                    return False, unseen
-            for key, value, ttl in writes.sets:
-                self._write_value(db, key, value, ttl)
-            for key, duration, alpha in writes.observes:
-                db.execute(
-                    "INSERT INTO timings (key, count, total, mean) VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE "
-                    "SET count = count + 1, total = total + excluded.total, mean = ? * excluded.mean + ? * mean",
-                    (key, duration, float(duration), alpha, 1 - alpha),
-                )
-        return True, []
-
     def observed(self, key: str) -> tuple[int, int, float] | None:
-        row = self._db().execute("SELECT count, total, mean FROM timings WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
+        return _View(self, self._db()).timing(key)
 
-    def append(self, log: str, record: bytes) -> int:
-        # One statement, so one transaction that takes the write lock before it reads the head
-        # (as BEGIN IMMEDIATE would, without its two extra round trips); the trigger moves the
-        # head, which outlives trimmed records.
-        (seq,) = self._db().execute(
-            "INSERT INTO log (name, seq, record) "
-            "VALUES (?1, COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) + 1, ?2) RETURNING seq",
-            (log, record),
-        ).fetchone()
-        return int(seq)
+    def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
+        # The transaction holds the write lock from its first statement: nothing the rules
+        # read can change before COMMIT.
+        with self._transaction() as db:
+            return commit_in(_View(self, db), change, guard)
 
-    def append_at(self, record: bytes, guard: Guard) -> tuple[int | None, Records]:
-        # One statement, atomic like append; it writes no row when the guard fails.
-        row = (
-            self._db()
-            .execute(
-                "INSERT INTO log (name, seq, record) SELECT ?1, head + 1, ?2 "
-                "FROM (SELECT COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) AS head) "
-                "WHERE (?3 IS NULL OR head = ?3) "
-                f"AND EXISTS (SELECT 1 FROM kv WHERE key = ?4 AND value = ?5 AND {_LIVE.replace('?', '?6')}) "
-                "RETURNING seq",
-                (guard.log, record, guard.head, guard.key, guard.value, time.time()),
-            )
-            .fetchone()
-        )
-        if row is not None:
-            return int(row[0]), []
-        # Why not: what the guard finds now (as good as then, to a writer that decides again).
-        return None, self._check(self._db(), guard)[1]
-
-    def _check(self, db: sqlite3.Connection, guard: Guard) -> tuple[bool, Records]:
-        value, head = db.execute(
-            f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
-            "(SELECT seq FROM heads WHERE name = ?2)",
-            (guard.key, guard.log, time.time()),
-        ).fetchone()
-        return guard.check(None if value is None else bytes(value), head or 0, self.read)
-
-    def read(self, log: str, after: int = 0) -> list[tuple[int, bytes]]:
-        rows = self._db().execute(
-            "SELECT seq, record FROM log WHERE name = ? AND seq > ? ORDER BY seq", (log, after)
-        )
-        return [(int(seq), bytes(record)) for seq, record in rows]
+    def read(self, log: str, after: int = 0) -> Records:
+        return _records(self._db(), log, after)
 
     def trim(self, log: str, before: int) -> None:
         with self._transaction() as db:
@@ -460,3 +399,52 @@ class _Connection:
         self.pid = os.getpid()
         self.identity = identity
         self.writable = writable
+
+
+def _records(db: sqlite3.Connection, log: str, after: int) -> Records:
+    rows = db.execute("SELECT seq, record FROM log WHERE name = ? AND seq > ? ORDER BY seq", (log, after))
+    return [(int(seq), bytes(record)) for seq, record in rows]
+
+
+class _View:
+    """The file's data inside one transaction (a :class:`~.local.View`)."""
+
+    def __init__(self, store: ShelveBackend, db: sqlite3.Connection) -> None:
+        self._store = store
+        self._db = db
+
+    def value(self, key: str) -> bytes | None:
+        return self._store._read_value(self._db, key)
+
+    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
+        value, head = self._db.execute(
+            f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
+            "(SELECT seq FROM heads WHERE name = ?2)",
+            (key, log, time.time()),
+        ).fetchone()
+        return None if value is None else bytes(value), head or 0
+
+    def records(self, log: str, after: int) -> Records:
+        return _records(self._db, log, after)
+
+    def put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._store._write_value(self._db, key, value, ttl)
+
+    def remove(self, key: str) -> None:
+        self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def push(self, log: str, record: bytes) -> int:
+        # The trigger moves the head, which outlives trimmed records.
+        (seq,) = self._db.execute(
+            "INSERT INTO log (name, seq, record) "
+            "VALUES (?1, COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) + 1, ?2) RETURNING seq",
+            (log, record),
+        ).fetchone()
+        return int(seq)
+
+    def timing(self, key: str) -> tuple[int, int, float] | None:
+        row = self._db.execute("SELECT count, total, mean FROM timings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
+
+    def put_timing(self, key: str, timing: tuple[int, int, float]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO timings (key, count, total, mean) VALUES (?, ?, ?, ?)", (key, *timing))

@@ -55,7 +55,7 @@
 
   function renderModels(models) {
     const rows = models.map((model) => {
-      const metrics = Object.entries(model.metrics).map(([name, value]) => `${name} ${number(value)}`).join(", ");
+      const metrics = Object.entries(model.metrics || {}).map(([name, value]) => `${name} ${number(value)}`).join(", ");
       const cells = [model.name, model.flavor, model.stats.learn.n_calls, model.stats.predict.n_calls,
         duration(model.stats.learn), duration(model.stats.predict), metrics || "—"];
       const row = document.createElement("tr");
@@ -71,7 +71,7 @@
     $("no-models").hidden = models.length > 0;
     // New models and metrics get a chart, starting from their current value; the stream adds
     // the points after that.
-    models.forEach((model) => Object.entries(model.metrics).forEach(([metric, value]) => {
+    models.forEach((model) => Object.entries(model.metrics || {}).forEach(([metric, value]) => {
       if (!charts.has(`${model.name}/${metric}`)) chart(model.name, metric, value);
     }));
   }

@@ -1,0 +1,264 @@
+"""This process's replicas of the stored models, and how they follow the log.
+
+Each process keeps a *replica* of every model it serves: the unpickled model and its metrics,
+with the number of the last log record applied. Catching up applies, in log order, every
+record it has not applied, so every process applies the same records in the same order and
+deterministic replicas stay identical. A replica of another generation than the model entry's
+reloads from the snapshot.
+
+A record whose learn raises (a Rust panic included) may have changed the model halfway: the
+replica is rebuilt from the snapshot and the log without that record, so every replica, in
+every process, skips it the same way and no snapshot ever holds half a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import layout
+from ..bounds import OutOfBounds, Plan, check_expansion, expansion_plan
+from ..errors import INTERPRETER_EXITS, Busy, InvalidInput, ModelFailed, ModelNotFound, TamperedData
+from ..flavors import Flavor, Scored, get_flavor, model_code
+from ..serialization import Codec
+from ..storage import Backend
+from ..storage.base import Records
+from .entries import parse_entry
+
+logger = logging.getLogger("flask_river_ml.engine")
+
+#: How many snapshots one catch-up loads, while others trim the log past it, before it gives up.
+_RELOADS = 5
+LEARN_FAILED = "The model could not learn from this sample"
+
+
+@dataclass
+class Snapshot:
+    """What a snapshot blob holds."""
+
+    model: Any
+    metrics: list
+    seq: int
+    generation: str
+    flavor: str
+    #: Records skipped since the snapshot before this one, as (number, failure): a process
+    #: that loads this snapshot still tells a sender its record failed. (A class default, so
+    #: snapshots written before failures were kept load too.)
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass
+class Replica:
+    """This process's copy of one model, at log position ``seq``."""
+
+    flavor: Flavor
+    model: Any
+    metrics: list
+    seq: int
+    #: The model entry's generation this replica is of; None once discarded.
+    generation: str | None
+    snapshot_seq: int
+    #: Records that failed when applied, by number, with their failure: a rebuild skips
+    #: them, and their sender reads its error here whichever thread applied them. Kept until
+    #: a second snapshot passes them.
+    skipped: dict[int, str] = field(default_factory=dict)
+    # Guards the model: river models are not thread-safe, and records are applied in order.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Where the model multiplies a sample's features, read once: its parameters never change.
+    expansion: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.expansion = expansion_plan(self.model)
+
+    def check_sample(self, x: dict) -> None:
+        """Refuses a new sample that the model would expand into too many terms."""
+        try:
+            check_expansion(self.expansion, len(x))
+        except OutOfBounds as error:
+            raise InvalidInput(str(error)) from None
+
+    def predict(self, x: dict) -> Scored:
+        with self.lock:
+            return self.flavor.predict(self.model, dict(x))
+
+    def reset(self, state: Snapshot, kept: dict[int, str]) -> None:
+        """Become the snapshot ``state`` (the lock is held), still skipping the records ``kept``."""
+        self.flavor = get_flavor(state.flavor)
+        self.model, self.metrics = state.model, state.metrics
+        self.seq = self.snapshot_seq = state.seq
+        self.generation = state.generation
+        self.skipped = {**dict(state.skipped), **kept}
+        self.expansion = expansion_plan(self.model)
+
+    def discard(self) -> None:
+        """Mark a replica that may hold half a record and could not be rebuilt: it matches no
+        model entry, so every request reloads it from the store and no snapshot is taken of it."""
+        self.generation = None
+
+    def state(self) -> Snapshot:
+        """What a snapshot of this replica holds (its lock is held)."""
+        assert self.generation is not None
+        kept = tuple((seq, error) for seq, error in self.skipped.items() if seq > self.snapshot_seq)
+        return Snapshot(self.model, self.metrics, self.seq, self.generation, self.flavor.name, kept)
+
+    def apply(self, x: dict, y: Any, scored: Scored) -> None:
+        """Learn one record (the lock is held); :class:`ModelFailed` when the model or a metric raises."""
+        try:
+            with model_code(LEARN_FAILED):
+                if y is None:
+                    self.model.learn_one(dict(x))
+                    return
+                self.model.learn_one(dict(x), y)
+                self.flavor.score(self.metrics, y, scored)
+        except INTERPRETER_EXITS:
+            # The worker is stopping halfway into the model: its exit snapshot must not save it.
+            self.discard()
+            raise
+
+
+class Replicas:
+    """The replicas of one process, kept up to date with one store."""
+
+    def __init__(self, backend: Backend, codec: Codec) -> None:
+        self.backend = backend
+        self.codec = codec
+        self._replicas: dict[str, Replica] = {}
+        self._mutex = threading.Lock()
+
+    def get(self, name: str) -> Replica:
+        """This process's replica of ``name``, up to date with the log."""
+        replica = self.held(name)
+        # The model entry and the log tail in one round trip: most requests need nothing more.
+        raw, tail = self.backend.peek(layout.model(name), layout.log(name), 0 if replica is None else replica.seq)
+        records: Records | None = tail
+        if raw is None:
+            self.drop(name)
+            raise ModelNotFound(name)
+        if replica is None or replica.generation != parse_entry(raw)["generation"]:
+            replica, records = self._load(name), None
+        self.catch_up(name, replica, records)
+        return replica
+
+    def held(self, name: str) -> Replica | None:
+        """This process's replica of ``name`` as it is, if it has one."""
+        with self._mutex:
+            return self._replicas.get(name)
+
+    def all(self) -> list[tuple[str, Replica]]:
+        with self._mutex:
+            return list(self._replicas.items())
+
+    def drop(self, name: str) -> None:
+        with self._mutex:
+            self._replicas.pop(name, None)
+
+    def snapshot(self, name: str) -> Snapshot:
+        """The stored snapshot of ``name``."""
+        blob = self.backend.get(layout.snapshot(name))
+        if blob is None:
+            raise ModelNotFound(name)
+        # The snapshot carries its flavor: the model entry may already describe a newer model.
+        state: Snapshot = self.codec.loads(blob)
+        return state
+
+    def _load(self, name: str) -> Replica:
+        state = self.snapshot(name)
+        flavor = get_flavor(state.flavor)
+        replica = Replica(
+            flavor, state.model, state.metrics, state.seq, state.generation, state.seq, dict(state.skipped)
+        )
+        with self._mutex:
+            current = self._replicas.get(name)
+            # Another thread may have loaded the same generation meanwhile: one replica each.
+            if current is not None and current.generation == replica.generation:
+                return current
+            self._replicas[name] = replica
+        return replica
+
+    def catch_up(self, name: str, replica: Replica, records: Records | None = None) -> None:
+        """Apply every log record after the replica's position, in order.
+
+        ``records`` is a log tail read before the replica's lock was taken, if any: what
+        another thread applied meanwhile is dropped from it. A record that raises may have
+        changed the model halfway: the replica is rebuilt from the snapshot and the log
+        without it (:meth:`rebuild`), as every replica that applies it does; its failure is
+        kept in ``replica.skipped`` for the thread that sent it.
+        """
+        with replica.lock:
+            while not self._apply_all(replica, self._unapplied(name, replica, records)):
+                self.rebuild(name, replica)
+                records = None
+
+    def _unapplied(self, name: str, replica: Replica, records: Records | None) -> Records:
+        """The log records after the replica's position, from ``records`` if they continue it,
+        else read from the store; the replica reloaded if the log was trimmed past it."""
+        if records is not None:
+            records = [record for record in records if record[0] > replica.seq]
+        if records is None or (records and records[0][0] != replica.seq + 1):
+            records = self.backend.read(layout.log(name), replica.seq)
+        reloads = 0
+        while records and records[0][0] != replica.seq + 1:
+            # The log was trimmed past this replica by a snapshot: start from that snapshot.
+            # Again if another snapshot trimmed further while this one was being read.
+            if reloads == _RELOADS:
+                # A log that does not continue its snapshot (a store restored in part):
+                # answering beats reloading forever.
+                raise Busy(f"The log of model '{name}' does not continue from its snapshot yet; try again.")
+            self._reload(name, replica)
+            records = self.backend.read(layout.log(name), replica.seq)
+            reloads += 1
+        return records
+
+    def _apply_all(self, replica: Replica, records: Records) -> bool:
+        """Apply ``records`` in order, past those that failed before; False, the replica left
+        at the record before, when one fails."""
+        for seq, blob in records:
+            if seq not in replica.skipped:
+                try:
+                    # A record that cannot be loaded is skipped too, rather than blocking the log.
+                    x, y, value, label, proba = self.codec.loads(blob)
+                    replica.apply(x, y, Scored(value, label, proba))
+                except (ModelFailed, TamperedData) as error:
+                    replica.skipped[seq] = error.message
+                    return False
+            replica.seq = seq
+        return True
+
+    def applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, scored: Scored | None) -> None:
+        """Bring the replica to record ``seq``, just appended from ``x``, ``y`` and ``scored``, and past it."""
+        with replica.lock:
+            if seq == replica.seq + 1:
+                # Nobody wrote in between: apply the record from memory rather than read it back.
+                try:
+                    replica.apply(x, y, scored or Scored(None))
+                    replica.seq = seq
+                except ModelFailed as error:
+                    replica.skipped[seq] = error.message
+                    self.rebuild(name, replica)
+            self.catch_up(name, replica)
+
+    def rebuild(self, name: str, replica: Replica) -> None:
+        """Start ``replica`` again from the snapshot after a record failed halfway into it (its
+        lock is held): the caller then replays the log past ``replica.skipped``.
+
+        The cost is a snapshot load and a replay, paid by failing records only. A replica that
+        cannot be rebuilt (the store is unavailable) is discarded, never kept half-changed.
+        """
+        logger.info("Model %r: a record failed when applied; rebuilding the replica without it.", name)
+        try:
+            self._reload(name, replica)
+        except BaseException:
+            replica.discard()
+            raise
+
+    def _reload(self, name: str, replica: Replica) -> None:
+        """Reset ``replica`` in place from the current snapshot (its lock is held)."""
+        state = self.snapshot(name)
+        # Failures of this generation after the replica's last snapshot stay, for the replay
+        # to skip (those before the new snapshot only for their senders to read).
+        kept = {}
+        if state.generation == replica.generation:
+            kept = {seq: error for seq, error in replica.skipped.items() if seq > replica.snapshot_seq}
+        replica.reset(state, kept)

@@ -1,0 +1,264 @@
+"""The request path: a predict or a learn, decided on the replica and committed in one step.
+
+A request decides on this process's replica without reading the store, then commits what it
+decided (a record to append, a prediction to keep waiting, the waiting prediction a label
+consumes, its timing) in one guarded commit: made only if the model is still the one it
+decided on and, the first time, only if the log is still where the replica is. A prediction
+is therefore always the stored model's, made after every record written before the request
+arrived, and a waiting prediction is consumed exactly when the learn made from it is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .. import layout
+from ..errors import (
+    INTERPRETER_EXITS,
+    Busy,
+    IdentifierExists,
+    IdentifierNotFound,
+    InvalidInput,
+    ModelFailed,
+    StoreUnavailable,
+)
+from ..flavors import Scored, describe, get_flavor
+from ..serialization import Codec
+from ..stats import EWM_ALPHA
+from ..storage import Backend
+from ..storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Timing
+from .entries import entry, read_entry
+from .replicas import Replica, Replicas
+from .snapshots import Snapshots
+
+logger = logging.getLogger("flask_river_ml.engine")
+
+#: How many times a request decides again, after its first try found the log moved on or
+#: later ones found the model replaced, before it answers Busy.
+_TRIES = 5
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True)
+class Predict:
+    """What a predict wants done: predict ``features``, keep the prediction waiting for its
+    label under ``identifier`` (unless None), time the call from ``started`` (perf_counter_ns;
+    None: not timed)."""
+
+    features: dict
+    identifier: str | None = None
+    started: int | None = None
+
+
+@dataclass(frozen=True)
+class Learn:
+    """What a learn or a label wants done: learn ``ground_truth`` (None: learn unsupervised)
+    from ``features``, or from the prediction waiting under ``identifier``, which is consumed
+    with the record; ``prediction`` is one the caller made, for the metrics; timed from
+    ``started`` as a learn (a label is not timed)."""
+
+    ground_truth: Any
+    features: dict | None = None
+    identifier: str | None = None
+    prediction: Any = None
+    started: int | None = None
+
+
+@dataclass(frozen=True)
+class Learned:
+    """A learn that was written: the features learned and the prediction scored, if any."""
+
+    features: dict
+    scored: Scored | None
+
+
+class Requests:
+    """Predicts and learns over one process's replicas."""
+
+    def __init__(
+        self, backend: Backend, codec: Codec, replicas: Replicas, snapshots: Snapshots, waiting_ttl: float
+    ) -> None:
+        self.backend = backend
+        self.codec = codec
+        self.replicas = replicas
+        self.snapshots = snapshots
+        self.waiting_ttl = waiting_ttl
+
+    def predict(self, name: str, request: Predict) -> Scored:
+        """The model's prediction, kept waiting under the request's identifier if it has one
+        (:class:`IdentifierExists` if a prediction waits there already)."""
+        x = request.features
+
+        def decide(replica: Replica) -> tuple[Change, Scored]:
+            replica.check_sample(x)
+            scored = replica.predict(x)
+            waiting = None
+            if request.identifier is not None:
+                record = self.codec.dumps((x, scored.value, scored.label, scored.proba))
+                waiting = (layout.waiting(name, request.identifier), record, self.waiting_ttl)
+            return Change(create=waiting, observes=_timing(name, "predict", request.started)), scored
+
+        _, scored, outcome = self._commit(name, decide)
+        if outcome.conflict == EXISTS:
+            # Replacing it would make the label that comes for it train on other features.
+            raise IdentifierExists(
+                f"A prediction of model '{name}' already waits for a label under identifier "
+                f"'{request.identifier}'; label it, or predict under a new identifier."
+            )
+        return scored
+
+    def learn(self, name: str, request: Learn) -> Learned:
+        """Make the model learn durably; the features learned and the prediction scored.
+
+        With a ground truth and no prediction (given or waiting), the model predicts first, so
+        the metrics are prequential; a model that cannot predict yet still learns, and the
+        metrics skip the sample. Once the record is committed the learn has succeeded,
+        whatever happens to the steps after it (applying records of others, the snapshot):
+        later requests make them again. Only the record's own failure, which every replica
+        skips, is an error: :class:`ModelFailed`, the record counts as never stored, and the
+        waiting prediction it consumed waits again.
+        """
+        y = request.ground_truth
+        taken = self._waiting(name, request.identifier, y)
+        if taken is None:
+            x, given = request.features or {}, None
+        else:
+            x, value, label, proba = self.codec.loads(taken)
+            given = Scored(value, label, proba)
+
+        def decide(replica: Replica) -> tuple[Change, Scored | None]:
+            replica.check_sample(x)
+            replica.flavor.check_target(y)
+            made = given
+            if made is None and request.prediction is not None:
+                made = replica.flavor.from_value(request.prediction)
+            if made is None and y is not None:
+                with contextlib.suppress(ModelFailed):
+                    made = replica.predict(x)
+            parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
+            take = None if taken is None else (layout.waiting(name, request.identifier or ""), taken)
+            return Change(record=self.codec.dumps((x, y, *parts)), take=take), made
+
+        replica, made, outcome = self._commit(name, decide)
+        if outcome.conflict == TAKEN:
+            raise self._not_waiting(name, request.identifier)
+        assert outcome.seq is not None
+        failure = self._after_append(name, replica, outcome.seq, x, y, made)
+        if failure is not None:
+            if taken is not None:
+                # The record is skipped everywhere: its prediction waits for a label again.
+                self.backend.add(layout.waiting(name, request.identifier or ""), taken, self.waiting_ttl)
+            raise ModelFailed(failure)
+        for timing in _timing(name, "learn", request.started):
+            self._observe(name, timing)
+        return Learned(x, made)
+
+    def _waiting(self, name: str, identifier: str | None, y: Any) -> bytes | None:
+        """The waiting prediction a learn names, if it names one; an absent model and a
+        ground truth its flavor refuses are told before the identifier is looked up."""
+        if identifier is None:
+            return None
+        get_flavor(read_entry(self.backend, name)["flavor"]).check_target(y)
+        blob = self.backend.get(layout.waiting(name, identifier))
+        if blob is None:
+            raise self._not_waiting(name, identifier)
+        return blob
+
+    @staticmethod
+    def _not_waiting(name: str, identifier: str | None) -> IdentifierNotFound:
+        return IdentifierNotFound(
+            f"No prediction of model '{name}' waits for a label under identifier '{identifier}' "
+            "(it was never made for this model, was labelled already, or expired)."
+        )
+
+    def _after_append(self, name: str, replica: Replica, seq: int, x: dict, y: Any, made: Scored | None) -> str | None:
+        """Apply record ``seq`` and those before it, and snapshot when due; the record's own
+        failure, found by this thread or by whichever applied it first. Nothing else here
+        undoes the learn, which stands once its record is stored."""
+        try:
+            self.replicas.applied(name, replica, seq, x, y, made)
+        except INTERPRETER_EXITS:
+            raise
+        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn stands
+            logger.warning(
+                "Model %r: record %d is stored; applying it waits for a later request (%s).", name, seq, describe(error)
+            )
+        # Read before the snapshot, which forgets failures older than itself.
+        failure = replica.skipped.get(seq)
+        # After a failure too: the rebuild's snapshot spares the next one its replay.
+        if failure is not None or self.snapshots.due(replica):
+            self.snapshots.try_take(name, replica)
+        return failure
+
+    def _observe(self, name: str, timing: Timing) -> None:
+        # The record is stored: the learn has succeeded, whatever its timing does.
+        try:
+            self.backend.observe(*timing)
+        except StoreUnavailable as error:
+            logger.warning("Model %r: a stored learn was not timed (%s).", name, error.message)
+
+    def _commit(
+        self, name: str, decide: Callable[[Replica], tuple[Change, _Result]]
+    ) -> tuple[Replica, _Result, Outcome]:
+        """Decide on this process's replica, then commit the change decided, guarded by the
+        model entry it was decided on; the replica, the decision's result and the outcome
+        (written, or refused by its own ``take`` or ``create``).
+
+        No read of the store comes first. The first commit is also guarded by the log position
+        the replica is at, so when nobody else wrote a request costs one write. When that
+        guard fails, nothing was written: the replica applies the records it had not seen (or
+        reloads, if the model was replaced; :class:`ModelNotFound` if deleted) and decides
+        again. It is then at least as new as the log was after the request arrived, which is
+        all a request needs, so later commits check only that the model is still the same:
+        racing writers never make each other wait for long. A decision refused by a replica
+        not checked against the store is made again on a fresh one before it is believed.
+        """
+        held = self.replicas.held(name)
+        replica, fresh = (self.replicas.get(name), True) if held is None else (held, False)
+        for attempt in range(_TRIES):
+            try:
+                with replica.lock:
+                    change, result = decide(replica)
+                    current = entry(replica.flavor.name, replica.generation)
+                    guard = Guard(layout.log(name), None if attempt else replica.seq, layout.model(name), current)
+            except (InvalidInput, ModelFailed):
+                if fresh:
+                    raise
+                replica, fresh = self.replicas.get(name), True
+                continue
+            outcome = self.backend.commit(change, guard)
+            if outcome.written or outcome.conflict is not None:
+                return replica, result, outcome
+            if outcome.unseen:
+                self.replicas.catch_up(name, replica, outcome.unseen)
+            else:
+                replica = self._refreshed(name, replica, attempt)
+            fresh = True
+        raise Busy(f"Model '{name}' was replaced while this request was answered; try again shortly.")
+
+    def _refreshed(self, name: str, replica: Replica, attempt: int) -> Replica:
+        """The replica to decide on after a guarded commit found nothing new in the log.
+
+        Either the model entry changed (the replica reloads) or, on the first try, the log
+        ends before the replica: the store lost records it had applied (restored from an
+        older copy). That replica no longer matches the store and starts again from it.
+        """
+        generation, seq = replica.generation, replica.seq
+        fresh = self.replicas.get(name)
+        if attempt == 0 and fresh is replica and replica.generation == generation and replica.seq == seq:
+            logger.warning("Model %r: the log ends before record %d, which this process applied; reloading.", name, seq)
+            replica.discard()
+            fresh = self.replicas.get(name)
+        return fresh
+
+
+def _timing(name: str, kind: str, started: int | None) -> tuple[Timing, ...]:
+    """The timing of a ``kind`` call of model ``name`` started at ``started``, if timed."""
+    if started is None:
+        return ()
+    return ((layout.timings(name, kind), time.perf_counter_ns() - started, EWM_ALPHA),)

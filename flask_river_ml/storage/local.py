@@ -1,0 +1,73 @@
+"""The rules of a commit, once in Python, for the stores that run them in this process.
+
+The memory and SQLite stores make a commit inside their own atomic step (a lock, a
+transaction) through a :class:`View` of their data; redis runs the same rules in its Lua
+script. What a commit checks and writes, and how a timing moves, is decided here only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
+
+
+class View(Protocol):
+    """A store's data inside one of its atomic steps."""
+
+    def value(self, key: str) -> bytes | None:
+        """The live value under ``key``."""
+
+    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
+        """The live value under ``key`` and the number of the last record ever appended to
+        ``log`` (0 for none), read together (one statement where the store is SQL)."""
+
+    def records(self, log: str, after: int) -> Records:
+        """The records of ``log`` after ``after``."""
+
+    def put(self, key: str, value: bytes, ttl: float | None) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def push(self, log: str, record: bytes) -> int:
+        """Append ``record`` after the last record ever appended to ``log``; its number."""
+
+    def timing(self, key: str) -> tuple[int, int, float] | None: ...
+
+    def put_timing(self, key: str, timing: tuple[int, int, float]) -> None: ...
+
+
+def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
+    """Make ``change`` through ``view`` if ``guard`` holds, and its ``take`` and ``create``
+    can be made; otherwise change nothing and say why (see :class:`Outcome`)."""
+    if guard is not None:
+        value, head = view.guarded(guard.key, guard.log)
+        if value != guard.value:
+            return Outcome(False)
+        if guard.head is not None and head != guard.head:
+            return Outcome(False, unseen=view.records(guard.log, guard.head))
+    if change.take is not None and view.value(change.take[0]) != change.take[1]:
+        return Outcome(False, conflict=TAKEN)
+    if change.create is not None and view.value(change.create[0]) is not None:
+        return Outcome(False, conflict=EXISTS)
+    seq = None
+    if change.record is not None:
+        if guard is None:
+            raise ValueError("A record is appended to the log of a guard; none was given.")
+        seq = view.push(guard.log, change.record)
+    for key, value, ttl in (*change.sets, *(() if change.create is None else (change.create,))):
+        view.put(key, value, ttl)
+    if change.take is not None:
+        view.remove(change.take[0])
+    for key, duration, alpha in change.observes:
+        view.put_timing(key, moved(view.timing(key), duration, alpha))
+    return Outcome(True, seq)
+
+
+def moved(timing: tuple[int, int, float] | None, duration: int, alpha: float) -> tuple[int, int, float]:
+    """``(count, total, weighted mean)`` after one more ``duration``: the mean starts at the
+    first duration, then moves by ``alpha`` towards each new one."""
+    if timing is None:
+        return 1, duration, float(duration)
+    count, total, mean = timing
+    return count + 1, total + duration, alpha * duration + (1 - alpha) * mean
