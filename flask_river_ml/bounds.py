@@ -11,10 +11,19 @@ in linear time; n-gram lengths are bounded.
 from __future__ import annotations
 
 import inspect
-import math
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# Where a model multiplies a sample's features, and the bound on it, have their own module;
+# they are part of this one's interface.
+from .expansion import MAX_TERMS as MAX_TERMS
+from .expansion import Plan as Plan
+from .expansion import check_expansion as check_expansion
+from .expansion import expansion_plan as expansion_plan
+from .expansion import instance_state
+from .expansion import widest as widest
 
 try:  # Python 3.11 renamed the regular expression parser.
     import re._constants as _sre  # type: ignore[import-not-found]
@@ -81,7 +90,9 @@ class OutOfBounds(ValueError):
 
 
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer, numpy's included (an upload may hold ``np.int64(10**6)`` where an int goes,
+    and river uses it as one); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_integer(value: int, name: str, default: Any, where: str) -> None:
@@ -120,7 +131,7 @@ def check_parameters(signature: inspect.Signature, params: Mapping[str, Any], la
             continue
         if not 0 <= value <= cap:
             raise OutOfBounds(f"{label}: {name}={value} is out of bounds; it must be between 0 and {cap}.")
-        units *= _units(name, value)
+        units *= _units(name, int(value))
     for name in (*EXPONENT_CAPS, *COUNT_CAPS):
         default = _default(signature, name)
         if name not in params and is_int(default):
@@ -256,7 +267,7 @@ def check_loaded(value: Any, sizes: Sizes) -> Sizes:
 
     if not isinstance(value, base.Base):
         return sizes
-    signature, state = _init_signature(type(value)), _state(value)
+    signature, state = _init_signature(type(value)), instance_state(value)
     if signature is None:
         return sizes
     params = {name: state[name] for name in signature.parameters if name in state}
@@ -285,114 +296,5 @@ def _member_count(signature: inspect.Signature, params: Mapping[str, Any]) -> in
     for name in MEMBER_COUNTS:
         value = params.get(name, _default(signature, name))
         if is_int(value):
-            members *= max(value, 1)
+            members *= max(int(value), 1)
     return members
-
-
-#: The most features a sample may become inside a model: a ``PolynomialExtender`` of degree d
-#: turns n features into about n**d / d! terms, a ``TransformerProduct`` multiplies its parts'
-#: (100 000 terms take a fifth of a second to build and learn; a degree of 2 on 1000 features,
-#: half a million, 1.2 s and 115 MB per sample).
-MAX_TERMS = 100_000
-#: Where a model multiplies its features: None where it does not (each step passes on as many
-#: features as it is given), else a step's kind and its parts or parameters.
-Plan = tuple[str, Any] | None
-
-
-def expansion_plan(model: Any) -> Plan:
-    """Where ``model`` multiplies the features of a sample, read once from its parameters
-    (they do not change as it learns): its polynomial extenders and transformer products, and
-    the pipelines, unions and estimators that hold them."""
-    return _plan(model, set())
-
-
-def _plan(value: Any, seen: set[int]) -> Plan:
-    from river import base, compose, feature_extraction
-
-    if id(value) in seen or not isinstance(value, base.Base):
-        return None
-    seen.add(id(value))
-    # Read from the instance's own state, without running its code (an upload's attributes
-    # are what it says they are); by type, since river makes a pipeline an instance of its
-    # last step's class.
-    cls, state = type(value), _state(value)
-    if issubclass(cls, feature_extraction.PolynomialExtender):
-        degree = state.get("degree")
-        # Any other degree makes river's own code fail, on the first sample.
-        if not is_int(degree):
-            return None
-        return "polynomial", (degree, bool(state.get("interaction_only")), bool(state.get("include_bias")))
-    if issubclass(cls, compose.Pipeline | compose.TransformerUnion):
-        steps = state.get("steps" if issubclass(cls, compose.Pipeline) else "transformers")
-        parts = [_plan(step, seen) for step in steps.values()] if isinstance(steps, dict) else []
-        if issubclass(cls, compose.Pipeline):
-            return ("chain", parts) if any(parts) else None
-        # A TransformerProduct is a TransformerUnion that multiplies its parts' features.
-        if issubclass(cls, compose.TransformerProduct):
-            return "product", parts
-        return ("sum", parts) if any(parts) else None
-    signature = _init_signature(cls)
-    inner = []
-    for name in () if signature is None else signature.parameters:
-        held = state.get(name)
-        for part in held.values() if isinstance(held, dict) else held if isinstance(held, list | tuple) else [held]:
-            inner.append(_plan(part, seen))
-    return ("inner", inner) if any(inner) else None
-
-
-def _state(value: Any) -> dict:
-    try:
-        state = object.__getattribute__(value, "__dict__")
-    except AttributeError:
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def check_expansion(plan: Plan, features: int) -> None:
-    """Refuses a sample of ``features`` features that the model would expand beyond
-    :data:`MAX_TERMS` anywhere along its steps (a sample's own features are bounded apart)."""
-    if plan is None:
-        return
-    peak = widest(plan, features)
-    if peak > max(MAX_TERMS, features):
-        raise OutOfBounds(
-            f"The model would expand these {features} features into {'more than ' if peak > 2 * MAX_TERMS else ''}"
-            f"{min(peak, 2 * MAX_TERMS)} terms (its PolynomialExtender or TransformerProduct), more than "
-            f"{MAX_TERMS}; send fewer features, or use a model of a lower degree."
-        )
-
-
-def widest(plan: Plan, features: int) -> int:
-    """The most features the model holds at once for a sample of ``features`` features (past
-    twice :data:`MAX_TERMS`, that bound), when each step without a plan passes on as many as it
-    is given."""
-    return _widths(plan, features)[1]
-
-
-def _widths(plan: Plan, n: int) -> tuple[int, int]:
-    """The features a step passes on when given ``n``, and the most it holds at once; both
-    saturate past twice :data:`MAX_TERMS`, which is all a refusal needs to know."""
-    if plan is None:
-        return n, n
-    kind, parts = plan
-    if kind == "polynomial":
-        degree, interaction_only, include_bias = parts
-        count = sum(
-            math.comb(n, k) if interaction_only else math.comb(n + k - 1, k)
-            for k in range(1, min(degree, n) + 1 if interaction_only else degree + 1)
-        )
-        count = min(count + include_bias, 2 * MAX_TERMS + 1)
-        return count, max(n, count)
-    if kind == "chain":
-        width, peak = n, n
-        for part in parts:
-            width, held = _widths(part, width)
-            peak = max(peak, held)
-        return width, peak
-    widths = [_widths(part, n) for part in parts]
-    peak = max([n, *(held for _, held in widths)])
-    if kind == "inner":
-        return n, peak
-    outs = [out for out, _ in widths]
-    width = min(sum(outs) if kind == "sum" else math.prod(outs), 2 * MAX_TERMS + 1)
-    return width, max(peak, width)
