@@ -12,14 +12,25 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import dill
 import pytest
-from river import base, cluster, datasets, linear_model, metrics, naive_bayes, neighbors, preprocessing
+from river import base, cluster, datasets, linear_model, metrics, multiclass, naive_bayes, neighbors, preprocessing
 
 import flask_river_ml
 from flask_river_ml import IncompatibleModel, InvalidFlavor, InvalidInput, RiverMLError
-from flask_river_ml.flavors import describe, metric_values, model_code
+from flask_river_ml.flavors import (
+    FLAVORS,
+    Flavor,
+    Regression,
+    Scored,
+    describe,
+    get_flavor,
+    metric_values,
+    model_code,
+)
 
 N_TRAIN = 250
 N_HELD_OUT = 25
@@ -588,8 +599,6 @@ def test_non_numeric_regression_label_is_refused_and_prediction_keeps_waiting(ri
 
 def test_binary_refuses_a_classifier_without_probabilities(river_ml):
     """A classifier that keeps river's placeholder predict_proba_one cannot be served as binary."""
-    from river import multiclass
-
     for model in (
         multiclass.OneVsOneClassifier(linear_model.LogisticRegression()),
         preprocessing.StandardScaler() | multiclass.OneVsOneClassifier(linear_model.LogisticRegression()),
@@ -652,3 +661,208 @@ def test_a_model_whose_lookups_panic_is_refused_at_upload(river_ml):
     with pytest.raises(flask_river_ml.ModelFailed, match="could not be inspected: _Panic: looked up"):
         river_ml.add_model(_Shifty(), "regression")
     assert river_ml.models() == []
+
+
+# --- 7. flavors are classes: a new one is a subclass, served without editing the package ------------
+
+#: A model of each flavor, the bundled dataset it learns from, and whether it learns its ground truth.
+FLAVOR_MODELS: dict[str, tuple[Callable[[], Any], Callable[[], Any], bool]] = {
+    "regression": (scaled_linear_regression, datasets.TrumpApproval, True),
+    "binary": (scaled_logistic_regression, datasets.Phishing, True),
+    "multiclass": (scaled_gaussian_nb, datasets.ImageSegments, True),
+    "cluster": (lambda: cluster.KMeans(n_clusters=3, seed=42), datasets.TrumpApproval, False),
+    "neighbor": (lambda: neighbors.KNNClassifier(n_neighbors=3), datasets.Phishing, True),
+    "custom": (lambda: NearestCentroid("intensity-mean"), datasets.ImageSegments, True),
+}
+
+
+class Ordinal(Flavor):
+    """Grades: a river regressor whose prediction is rounded to a whole grade, learning from
+    whole grades and scored on them. No such flavor is in the package."""
+
+    river_class = base.Regressor
+    metric_factories = (metrics.MAE, metrics.Accuracy)
+
+    def check_target(self, y: Any) -> None:
+        if isinstance(y, bool) or not isinstance(y, int):
+            raise InvalidInput(f"An {self.name} ground truth is a whole grade, not {y!r}.")
+
+    def _predict(self, model: Any, x: dict) -> Scored:
+        grade = round(model.predict_one(x))
+        return Scored(grade, grade)
+
+
+@pytest.fixture
+def ordinal() -> Iterator[type[Flavor]]:
+    """The ``ordinal`` flavor, defined by naming a subclass of :class:`Ordinal` (as a user of
+    the package would define one) and withdrawn afterwards, so other tests never see it."""
+
+    class Served(Ordinal):
+        name = "ordinal"
+
+    yield Served
+    Served.withdraw()
+
+
+@pytest.fixture
+def twin() -> Iterator[Callable[[str], str]]:
+    """``twin(flavor)``: the name of a new flavor that subclasses ``flavor`` and changes nothing
+    but its name; every twin is withdrawn afterwards."""
+    defined: list[type[Flavor]] = []
+
+    def define(flavor: str) -> str:
+        parent = type(FLAVORS[flavor])
+        defined.append(type(f"Twin{parent.__name__}", (parent,), {"name": f"{flavor}-twin"}))
+        return f"{flavor}-twin"
+
+    yield define
+    for cls in defined:
+        cls.withdraw()
+
+
+def _grades(n: int) -> list[tuple[dict, int]]:
+    """TrumpApproval with its approval rounded to whole grades."""
+    return [(x, round(y)) for x, y in itertools.islice(datasets.TrumpApproval(), n)]
+
+
+@pytest.mark.parametrize("backend_name", ["shelve", "redis"])
+def test_a_subclassed_flavor_is_served_end_to_end(make_app, backend_name, ordinal):
+    """The ``ordinal`` flavor, defined only in this module, is uploaded, learns, predicts and is
+    scored over HTTP like a built-in one, and a second app on the same store (another process)
+    loads its model as that flavor from the snapshot and the log."""
+    settings = {"RIVER_ML_STORAGE_BACKEND": backend_name, "RIVER_ML_SNAPSHOT_EVERY": 7}
+    client = make_app(**settings).test_client()
+    rows = _grades(60)
+    train, held_out = rows[:50], rows[50:]
+
+    refused = client.post("/api/model/ordinal/clusters/", data=dill.dumps(cluster.KMeans()))
+    assert refused.status_code == 400
+    assert "The ordinal flavor serves instances of river.base.Regressor" in refused.get_json()["message"]
+
+    assert client.post("/api/model/ordinal/grades/", data=dill.dumps(scaled_linear_regression())).status_code == 201
+    local, scores = scaled_linear_regression(), {"MAE": metrics.MAE(), "Accuracy": metrics.Accuracy()}
+    for x, y in train:
+        assert client.post("/api/learn/", json={"model": "grades", "features": x, "ground_truth": y}).status_code == 201
+        for metric in scores.values():
+            metric.update(y, round(local.predict_one(x)))
+        local.learn_one(x, y)
+
+    not_a_grade = client.post("/api/learn/", json={"model": "grades", "features": train[0][0], "ground_truth": 41.5})
+    assert not_a_grade.status_code == 400
+    assert not_a_grade.get_json()["message"] == "An ordinal ground truth is a whole grade, not 41.5."
+
+    other = make_app(**settings).test_client()
+    for served_by in (client, other):
+        assert served_by.get("/api/models/").get_json() == {"models": ["grades"]}
+        _assert_metrics_equal(served_by.get("/api/metrics/", json={"model": "grades"}).get_json(), scores)
+        for x, _ in held_out:
+            prediction = served_by.post("/api/predict/", json={"model": "grades", "features": x}).get_json()
+            _assert_same_prediction(prediction["prediction"], round(local.predict_one(x)))
+
+
+def test_a_flavor_joins_the_registry_by_naming_itself_and_leaves_it_when_withdrawn(river_ml):
+    """Defining a named subclass adds it after the built-in flavors (the unknown-flavor message
+    lists it); withdrawing it leaves the registry as it was and its name unknown again."""
+    before = list(FLAVORS)
+
+    class Graded(Ordinal):
+        name = "graded"
+
+    try:
+        assert list(FLAVORS) == [*before, "graded"]
+        assert get_flavor("graded").name == "graded" and isinstance(get_flavor("graded"), Graded)
+        with pytest.raises(InvalidFlavor, match="choose one of regression, .*, custom, graded[.]"):
+            get_flavor("banana")
+        assert river_ml.add_model(linear_model.LinearRegression(), "graded", name="g") == "g"
+        assert river_ml.service.flavor("g") == "graded"
+    finally:
+        Graded.withdraw()
+
+    assert list(FLAVORS) == before
+    with pytest.raises(InvalidFlavor, match="Unknown flavor 'graded'"):
+        river_ml.add_model(linear_model.LinearRegression(), "graded")
+    with pytest.raises(LookupError):
+        Graded.withdraw()
+
+
+def test_a_subclass_without_a_name_of_its_own_is_not_served():
+    """A family (a base of flavors, named or not) joins nothing and cannot withdraw its parent."""
+    before = dict(FLAVORS)
+
+    class Rounded(Regression):
+        """Inherits ``regression`` as its name, but is not the regression flavor."""
+
+    assert FLAVORS == before and type(get_flavor("regression")) is Regression
+    with pytest.raises(LookupError):
+        Rounded.withdraw()
+    with pytest.raises(LookupError):
+        Ordinal.withdraw()
+    assert FLAVORS == before
+
+
+@pytest.mark.parametrize("taken", [*ALL_FLAVORS, "creme"])
+def test_a_taken_or_retired_name_cannot_be_defined_again(taken):
+    """A second class under a served name would change how its stored models are served, and a
+    retired name keeps its refusal: both are refused when the class is defined."""
+    before = dict(FLAVORS)
+    with pytest.raises(TypeError, match=f"a flavor called '{taken}' exists already"):
+        type("Again", (Flavor,), {"name": taken})
+    assert FLAVORS == before
+    with pytest.raises(InvalidFlavor, match="creme was merged into river"):
+        get_flavor("creme")
+
+
+def _assert_same_outcome(flavor: str, twin_name: str, method: str, *arguments: Any) -> None:
+    """The twin's ``method(*arguments)`` returns what the flavor's returns, or raises the same
+    error with the same message but for the name."""
+
+    def outcome(name: str) -> Any:
+        try:
+            return getattr(get_flavor(name), method)(*arguments)
+        except RiverMLError as error:
+            return type(error), str(error).replace(twin_name, flavor)
+
+    assert outcome(twin_name) == outcome(flavor), (method, arguments)
+
+
+@pytest.mark.parametrize("flavor", ALL_FLAVORS)
+def test_a_renamed_flavor_behaves_as_its_parent(river_ml, twin, flavor):
+    """A subclass that only renames a flavor serves, scores and refuses exactly as it does.
+
+    Were any behaviour chosen by comparing a flavor's name, the twin, whose name no condition
+    knows, would fall through to another branch: another prediction, other metrics, another
+    check of the model or of the ground truth.
+    """
+    twin_name = twin(flavor)
+    make_model, dataset, supervised = FLAVOR_MODELS[flavor]
+    rows = list(itertools.islice(dataset(), 80))
+    original = river_ml.add_model(make_model(), flavor)
+    renamed = river_ml.add_model(make_model(), twin_name)
+    assert river_ml.service.flavor(renamed) == twin_name
+    for x, y in rows[:60]:
+        for name in (original, renamed):
+            river_ml.learn(name, ground_truth=y if supervised else None, features=x)
+    for x, _ in rows[60:]:
+        assert river_ml.predict(x, renamed)["prediction"] == river_ml.predict(x, original)["prediction"]
+    assert river_ml.metrics(renamed) == river_ml.metrics(original)
+    assert river_ml.metrics(original).keys() == set(FLAVOR_METRICS.get(flavor, ()))
+
+    # What the metrics are fed, label and probabilities, is the same too, metrics or none.
+    trained = river_ml.get_model(original)
+    for x, _ in rows[60:]:
+        _assert_same_outcome(flavor, twin_name, "predict", trained, x)
+    for y in (None, "abc", 1.5, 0, True, [1.0]):
+        _assert_same_outcome(flavor, twin_name, "check_target", y)
+    for model in (
+        linear_model.LinearRegression(),
+        linear_model.LogisticRegression(),
+        scaled_gaussian_nb(),
+        cluster.KMeans(),
+        neighbors.KNNRegressor(),
+        NearestCentroid("a"),
+        LearnOnly(),
+        multiclass.OneVsOneClassifier(linear_model.LogisticRegression()),
+    ):
+        _assert_same_outcome(flavor, twin_name, "check", model)
+    for value in ({False: 0.25, True: 0.75}, 3.0, "a", {"a": "b"}):
+        _assert_same_outcome(flavor, twin_name, "from_value", value)

@@ -1,8 +1,10 @@
-"""Flavors: what kind of model is served, how it predicts and which metrics score it.
+"""The base class of the flavors, their registry, and what every flavor shares.
 
-A flavor is chosen at upload and checked then, with river's base classes where river has one.
-Predictions are made into a :class:`Scored`, which keeps what the caller gets back and what
-the metrics need (a label, class probabilities) side by side.
+A flavor is a subclass of :class:`Flavor` that names itself: defining it registers its one
+instance under that name, and :func:`get_flavor` serves it from then on. What sets a flavor
+apart (the models it accepts, how it predicts, the ground truths and metrics it takes) lives
+in its own class, so that a new flavor is a new class and no existing one changes. A class
+without a ``name`` of its own is a family that flavors share, and is not served.
 
 Every call into a model or a metric goes through :func:`model_code`: whatever model code
 raises, a Rust panic (a ``BaseException``) included, becomes :class:`ModelFailed`, so no
@@ -15,12 +17,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, ClassVar
 
-from river import base, compose, metrics
+from river import metrics
 
-from .encoding import jsonable
-from .errors import INTERPRETER_EXITS, IncompatibleModel, InvalidFlavor, InvalidInput, ModelFailed, RiverMLError
+from ..encoding import jsonable
+from ..errors import INTERPRETER_EXITS, IncompatibleModel, InvalidFlavor, InvalidInput, ModelFailed, RiverMLError
 
 #: How much of a model's error message a failure quotes: enough to say what went wrong, not
 #: a dump of whatever the model put in it.
@@ -61,27 +63,66 @@ class Scored:
     proba: dict[Any, float] | None = None
 
 
-def _argmax(proba: dict[Any, float] | None) -> Any:
-    # river's own rule (base.Classifier.predict_one): no probabilities, no label.
+def argmax(proba: dict[Any, float] | None) -> Any:
+    """The most probable label; river's own rule (``base.Classifier.predict_one``): no
+    probabilities, no label."""
     return max(proba, key=proba.__getitem__) if proba else None
 
 
-@dataclass(frozen=True)
+def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
+    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
+    values = {}
+    for metric in metric_list:
+        name = type(metric).__name__
+        with model_code(f"The metric {name} could not be computed"):
+            values[name] = jsonable(metric.get())
+    return values
+
+
+#: The flavors served, by name, in the order their classes were defined (the order an unknown
+#: flavor's error lists them in). Subclasses of :class:`Flavor` join it by naming themselves.
+FLAVORS: dict[str, Flavor] = {}
+
+#: Flavor names once accepted (by riverapi) and refused for good, with the reason given.
+RETIRED: dict[str, str] = {"creme": "creme was merged into river; upload a river model"}
+
+
 class Flavor:
-    """One kind of model.
+    """One kind of model; subclass it with a ``name`` to serve another kind.
 
     ``methods`` are the methods a model must have; ``any_of`` lists alternatives of which it
-    needs one; ``base`` is the river class it must be an instance of, if any.
+    needs one; ``river_class`` is the river class it must be an instance of (``object``: any
+    model); ``metric_factories`` make the metrics of a newly uploaded model. A flavor that
+    predicts, checks or takes ground truths differently overrides :meth:`_predict`,
+    :meth:`_check` or :meth:`check_target`.
+
+    The one instance of a flavor serves every model of that flavor, from every thread: it
+    keeps no state of its own.
     """
 
-    name: str
-    methods: tuple[str, ...] = ("learn_one", "predict_one")
-    any_of: tuple[str, ...] = ()
-    base: type | None = None
-    metric_factories: tuple[Callable[[], metrics.base.Metric], ...] = ()
-    numeric_target: bool = False
-    #: Supervised flavors: a learn without ground truth is refused before it is logged.
-    needs_target: bool = False
+    name: ClassVar[str]
+    methods: ClassVar[tuple[str, ...]] = ("learn_one", "predict_one")
+    any_of: ClassVar[tuple[str, ...]] = ()
+    river_class: ClassVar[type] = object
+    metric_factories: ClassVar[tuple[Callable[[], metrics.base.Metric], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only a class that names itself is a flavor; one that inherits its name is a family
+        # of its own and must not take its parent's place in the registry.
+        if "name" in vars(cls):
+            _register(cls)
+
+    @classmethod
+    def withdraw(cls) -> None:
+        """Stop serving this flavor: a flavor defined for a while (by a test, by a plugin
+        being unloaded) leaves the registry as it found it. Models stored as that flavor
+        then load with :class:`InvalidFlavor`."""
+        if "name" not in vars(cls) or type(FLAVORS.get(cls.name)) is not cls:
+            raise LookupError(f"{cls.__qualname__} is not a registered flavor.")
+        del FLAVORS[cls.name]
+
+    # --- upload ----------------------------------------------------------------------------------
 
     def check(self, model: Any) -> None:
         """Raise :class:`IncompatibleModel` saying what ``model`` lacks for this flavor."""
@@ -90,6 +131,11 @@ class Flavor:
             self._check(model)
 
     def _check(self, model: Any) -> None:
+        """The checks in the order their messages are given: the first failure is reported."""
+        self._check_methods(model)
+        self._check_class(model)
+
+    def _check_methods(self, model: Any) -> None:
         for method in self.methods:
             if not callable(getattr(model, method, None)):
                 raise IncompatibleModel(f"The model does not implement {method}, which the {self.name} flavor needs.")
@@ -97,14 +143,11 @@ class Flavor:
             raise IncompatibleModel(
                 f"The model implements none of {', '.join(self.any_of)}; the {self.name} flavor needs one."
             )
-        if "predict_proba_one" in self.methods and not _has_probabilities(model):
+
+    def _check_class(self, model: Any) -> None:
+        if not isinstance(model, self.river_class):
             raise IncompatibleModel(
-                f"The model does not implement predict_proba_one (or keeps river.base.Classifier's "
-                f"placeholder), which the {self.name} flavor needs."
-            )
-        if self.base is not None and not isinstance(model, self.base):
-            raise IncompatibleModel(
-                f"The {self.name} flavor serves instances of river.base.{self.base.__name__}; "
+                f"The {self.name} flavor serves instances of river.base.{self.river_class.__name__}; "
                 f"{type(model).__name__} is not one."
             )
 
@@ -112,14 +155,11 @@ class Flavor:
         """Fresh metrics for a newly uploaded model."""
         return [factory() for factory in self.metric_factories]
 
+    # --- learn and predict -----------------------------------------------------------------------
+
     def check_target(self, y: Any) -> None:
-        """Refuse a ground truth that the model or the metrics of this flavor could not use."""
-        if y is None:
-            if self.needs_target:
-                raise InvalidInput(f"A {self.name} model learns from a ground_truth; none was given.")
-            return
-        if self.numeric_target and (isinstance(y, bool) or not isinstance(y, Real)):
-            raise InvalidInput(f"A {self.name} ground truth must be a number, not {y!r}.")
+        """Refuse a ground truth that the model or the metrics of this flavor could not use;
+        ``None`` is a learn without one. Any ground truth suits a flavor without metrics."""
 
     def predict(self, model: Any, x: dict) -> Scored:
         """Ask ``model`` for its prediction on ``x``, with what the metrics need;
@@ -128,14 +168,7 @@ class Flavor:
             return self._predict(model, x)
 
     def _predict(self, model: Any, x: dict) -> Scored:
-        if self.name == "binary":
-            proba = model.predict_proba_one(x)
-            return Scored(proba, _argmax(proba), proba)
-        if self.name == "multiclass":
-            label = model.predict_one(x)
-            return Scored(label, label, _probabilities(model, x))
-        if self.name == "custom" and not callable(getattr(model, "predict_one", None)):
-            return Scored(model.predict_proba_one(x))
+        """What ``predict_one`` returns, served and scored as it is."""
         value = model.predict_one(x)
         return Scored(value, value)
 
@@ -144,7 +177,7 @@ class Flavor:
         if isinstance(value, dict):
             if not all(isinstance(p, Real) and not isinstance(p, bool) for p in value.values()):
                 raise InvalidInput(f"A prediction given as a dictionary maps labels to probabilities, not {value!r}.")
-            return Scored(value, _argmax(value), value)
+            return Scored(value, argmax(value), value)
         return Scored(value, value)
 
     def score(self, metric_list: list[metrics.base.Metric], y: Any, scored: Scored) -> None:
@@ -172,74 +205,18 @@ class Flavor:
                 continue
 
 
-def _has_probabilities(model: Any) -> bool:
-    # Every river classifier inherits a predict_proba_one that raises NotImplementedError;
-    # in a pipeline, the last step decides.
-    while isinstance(model, compose.Pipeline):
-        model = list(model.steps.values())[-1]
-    return getattr(type(model), "predict_proba_one", None) not in (None, base.Classifier.predict_proba_one)
-
-
-def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:
-    try:
-        return model.predict_proba_one(x)
-    except NotImplementedError:
-        return None
-
-
-def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
-    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
-    values = {}
-    for metric in metric_list:
-        name = type(metric).__name__
-        with model_code(f"The metric {name} could not be computed"):
-            values[name] = jsonable(metric.get())
-    return values
-
-
-FLAVORS: dict[str, Flavor] = {
-    flavor.name: flavor
-    for flavor in (
-        Flavor(
-            "regression",
-            base=base.Regressor,
-            metric_factories=(metrics.MAE, metrics.RMSE, metrics.SMAPE),
-            numeric_target=True,
-            needs_target=True,
-        ),
-        Flavor(
-            "binary",
-            methods=("learn_one", "predict_proba_one"),
-            base=base.Classifier,
-            metric_factories=(metrics.Accuracy, metrics.LogLoss, metrics.Precision, metrics.Recall, metrics.F1),
-            needs_target=True,
-        ),
-        Flavor(
-            "multiclass",
-            base=base.Classifier,
-            metric_factories=(
-                metrics.Accuracy,
-                metrics.CrossEntropy,
-                metrics.MacroPrecision,
-                metrics.MacroRecall,
-                metrics.MacroF1,
-                metrics.MicroPrecision,
-                metrics.MicroRecall,
-                metrics.MicroF1,
-            ),
-            needs_target=True,
-        ),
-        Flavor("cluster", base=base.Clusterer),
-        Flavor("neighbor"),
-        Flavor("custom", methods=("learn_one",), any_of=("predict_one", "predict_proba_one")),
-    )
-}
+def _register(cls: type[Flavor]) -> None:
+    # A second class under a taken name would silently change how the models stored under
+    # it are served; a retired name must keep its refusal.
+    if cls.name in FLAVORS or cls.name in RETIRED:
+        raise TypeError(f"{cls.__qualname__}: a flavor called {cls.name!r} exists already.")
+    FLAVORS[cls.name] = cls()
 
 
 def get_flavor(name: str) -> Flavor:
     """The flavor called ``name``; :class:`InvalidFlavor` listing the choices otherwise."""
-    if name == "creme":
-        raise InvalidFlavor("The creme flavor is not served: creme was merged into river; upload a river model.")
+    if name in RETIRED:
+        raise InvalidFlavor(f"The {name} flavor is not served: {RETIRED[name]}.")
     try:
         return FLAVORS[name]
     except KeyError:

@@ -1,0 +1,97 @@
+"""The supervised flavors: river regressors and classifiers, scored with river's metrics.
+
+Each learns from a ground truth, so a learn without one is refused before it is logged, and
+each keeps the metrics that river's own evaluation would compute for it.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any
+
+from river import base, compose, metrics
+
+from ..errors import IncompatibleModel, InvalidInput
+from .base import Flavor, Scored, argmax
+
+
+class Supervised(Flavor):
+    """The family of the flavors that need a ground truth to learn."""
+
+    def check_target(self, y: Any) -> None:
+        if y is None:
+            raise InvalidInput(f"A {self.name} model learns from a ground_truth; none was given.")
+
+
+class Regression(Supervised):
+    """A river regressor: predicts a number, scored against a numeric ground truth."""
+
+    name = "regression"
+    river_class = base.Regressor
+    metric_factories = (metrics.MAE, metrics.RMSE, metrics.SMAPE)
+
+    def check_target(self, y: Any) -> None:
+        super().check_target(y)
+        # bool is a Real to Python, not a quantity to a regression metric.
+        if isinstance(y, bool) or not isinstance(y, Real):
+            raise InvalidInput(f"A {self.name} ground truth must be a number, not {y!r}.")
+
+
+class Binary(Supervised):
+    """A river classifier with probabilities: serves ``{label: probability}``; the label
+    metrics get the most probable class, LogLoss the probabilities."""
+
+    name = "binary"
+    methods = ("learn_one", "predict_proba_one")
+    river_class = base.Classifier
+    metric_factories = (metrics.Accuracy, metrics.LogLoss, metrics.Precision, metrics.Recall, metrics.F1)
+
+    def _check(self, model: Any) -> None:
+        self._check_methods(model)
+        if not _has_probabilities(model):
+            raise IncompatibleModel(
+                f"The model does not implement predict_proba_one (or keeps river.base.Classifier's "
+                f"placeholder), which the {self.name} flavor needs."
+            )
+        self._check_class(model)
+
+    def _predict(self, model: Any, x: dict) -> Scored:
+        proba = model.predict_proba_one(x)
+        return Scored(proba, argmax(proba), proba)
+
+
+class Multiclass(Supervised):
+    """A river classifier: serves its class; CrossEntropy gets the probabilities when the
+    model has them."""
+
+    name = "multiclass"
+    river_class = base.Classifier
+    metric_factories = (
+        metrics.Accuracy,
+        metrics.CrossEntropy,
+        metrics.MacroPrecision,
+        metrics.MacroRecall,
+        metrics.MacroF1,
+        metrics.MicroPrecision,
+        metrics.MicroRecall,
+        metrics.MicroF1,
+    )
+
+    def _predict(self, model: Any, x: dict) -> Scored:
+        label = model.predict_one(x)
+        return Scored(label, label, _probabilities(model, x))
+
+
+def _has_probabilities(model: Any) -> bool:
+    # Every river classifier inherits a predict_proba_one that raises NotImplementedError;
+    # in a pipeline, the last step decides.
+    while isinstance(model, compose.Pipeline):
+        model = list(model.steps.values())[-1]
+    return getattr(type(model), "predict_proba_one", None) not in (None, base.Classifier.predict_proba_one)
+
+
+def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:
+    try:
+        return model.predict_proba_one(x)
+    except NotImplementedError:
+        return None
