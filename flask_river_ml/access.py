@@ -9,7 +9,6 @@ follows.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
 from flask import Flask, current_app, g, request, url_for
@@ -28,31 +27,26 @@ def state(app: Flask | None = None) -> Any:
         raise RuntimeError("flask-river-ml is not registered on this app; call init_app(app) first.") from None
 
 
-#: Views that also take the access token as ``?token=``: browsers cannot set headers on
+#: Endpoints that also take the access token as ``?token=``: browsers cannot set headers on
 #: EventSource.
-_QUERY_TOKEN_VIEWS = ("stream_metrics", "stream_events")
+_QUERY_TOKEN_ENDPOINTS = ("stream_metrics", "stream_events")
 
 
-def _access_token(view_name: str) -> str | None:
+def _access_token() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    if view_name in _QUERY_TOKEN_VIEWS:
+    # request.endpoint is "<blueprint>.<endpoint>", with the endpoints that views.ROUTES names.
+    if (request.endpoint or "").rpartition(".")[2] in _QUERY_TOKEN_ENDPOINTS:
         return request.args.get("token") or None
     return None
-
-
-def _view_name() -> str:
-    # Endpoints are "<blueprint>.<view>" or "<blueprint>.<view>_<n>" (see create_blueprint).
-    endpoint = (request.endpoint or "").rpartition(".")[2]
-    return re.sub(r"_\d+$", "", endpoint)
 
 
 def current_principal() -> Principal | None:
     """Who a valid access token on this request speaks for, or None (checked once a request)."""
     if "river_ml_principal" not in g:
-        token = _access_token(_view_name())
+        token = _access_token()
         registration = state()
         host_checked = registration.extension.credentials_check is not None
         try:

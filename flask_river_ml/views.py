@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import river
 from flask import Blueprint, Response, current_app, render_template, request, url_for
@@ -221,7 +221,7 @@ def dashboard() -> Response:
         "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
         and bool({"dashboard", "stream_events", "stream_metrics"} & set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])),
         "tokenUrl": _url(".auth_token"),
-        "dataUrl": _url(".dashboard_2"),
+        "dataUrl": _url(".dashboard_data"),
         "eventsUrl": _url(".stream_events"),
         "metricsUrl": _url(".stream_metrics"),
     }
@@ -245,36 +245,47 @@ def stats() -> Response:
     return _json(_service().stats(_model_name()))
 
 
-#: rule -> (view name, {method: (handler, scope)}). A view name is what API_VIEWS_ENABLED and
-#: AUTHENTICATED_VIEWS refer to; the scope is what a token needs when the view is protected.
-ROUTES: list[tuple[str, str, dict[str, tuple[Handler, str]]]] = [
-    ("/", "service_info", {"GET": (service_info, PREDICT)}),
-    ("/auth/token/", "auth_token", {"GET": (auth_token, PREDICT)}),
-    ("/models/", "models", {"GET": (models, PREDICT)}),
-    ("/model/", "model", {"DELETE": (delete_model, MANAGE)}),
-    (
+class Route(NamedTuple):
+    """One rule of the blueprint and the view that serves it."""
+
+    rule: str
+    #: What API_VIEWS_ENABLED and AUTHENTICATED_VIEWS refer to; one view may serve several rules.
+    view: str
+    #: The rule's name for url_for, chosen here so that no name depends on the order of the rules.
+    endpoint: str
+    #: method -> (handler, the scope a token needs when the view is protected).
+    handlers: dict[str, tuple[Handler, str]]
+
+
+ROUTES: list[Route] = [
+    Route("/", "service_info", "service_info", {"GET": (service_info, PREDICT)}),
+    Route("/auth/token/", "auth_token", "auth_token", {"GET": (auth_token, PREDICT)}),
+    Route("/models/", "models", "models", {"GET": (models, PREDICT)}),
+    Route("/model/", "model", "model", {"DELETE": (delete_model, MANAGE)}),
+    Route(
         "/model/<name>/",
         "model",
+        "model_named",
         {
             "GET": (model_json, PREDICT),
             "DELETE": (delete_model, MANAGE),
             "POST": (lambda name: upload(flavor=name), MANAGE),
         },
     ),
-    ("/model/<flavor>/<name>/", "model", {"POST": (upload, MANAGE)}),
-    ("/model/download/<name>/", "model_download", {"GET": (download, MANAGE)}),
-    ("/learn/", "learn", {"POST": (learn, LEARN)}),
-    ("/predict/", "predict", {"POST": (predict, PREDICT)}),
-    ("/label/", "label", {"POST": (label, LEARN)}),
-    ("/metrics/", "metrics", {"GET": (metrics, PREDICT)}),
-    ("/stats/", "stats", {"GET": (stats, PREDICT)}),
-    ("/stream/events/", "stream_events", {"GET": (stream_events, PREDICT)}),
-    ("/stream/metrics/", "stream_metrics", {"GET": (stream_metrics, PREDICT)}),
-    ("/dashboard/", "dashboard", {"GET": (dashboard, PREDICT)}),
-    ("/dashboard/data/", "dashboard", {"GET": (dashboard_data, PREDICT)}),
+    Route("/model/<flavor>/<name>/", "model", "model_upload", {"POST": (upload, MANAGE)}),
+    Route("/model/download/<name>/", "model_download", "model_download", {"GET": (download, MANAGE)}),
+    Route("/learn/", "learn", "learn", {"POST": (learn, LEARN)}),
+    Route("/predict/", "predict", "predict", {"POST": (predict, PREDICT)}),
+    Route("/label/", "label", "label", {"POST": (label, LEARN)}),
+    Route("/metrics/", "metrics", "metrics", {"GET": (metrics, PREDICT)}),
+    Route("/stats/", "stats", "stats", {"GET": (stats, PREDICT)}),
+    Route("/stream/events/", "stream_events", "stream_events", {"GET": (stream_events, PREDICT)}),
+    Route("/stream/metrics/", "stream_metrics", "stream_metrics", {"GET": (stream_metrics, PREDICT)}),
+    Route("/dashboard/", "dashboard", "dashboard", {"GET": (dashboard, PREDICT)}),
+    Route("/dashboard/data/", "dashboard", "dashboard_data", {"GET": (dashboard_data, PREDICT)}),
 ]
-#: Rules that never need a token: the dashboard's page holds no data and asks for one.
-_OPEN_RULES = ("/dashboard/",)
+#: Endpoints that never need a token: the dashboard's page holds no data and asks for one.
+_OPEN_ENDPOINTS = ("dashboard",)
 
 
 def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool) -> Handler:
@@ -342,15 +353,12 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
     )
     enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
     protected = set() if settings["RIVER_ML_DISABLE_AUTHENTICATION"] else set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])
-    endpoints: dict[str, int] = {}
-    for rule, view_name, handlers in ROUTES:
-        if view_name in enabled:
-            # The first rule of a view is named after it (url_for("river_ml.learn")).
-            count = endpoints[view_name] = endpoints.get(view_name, 0) + 1
+    for route in ROUTES:
+        if route.view in enabled:
             blueprint.add_url_rule(
-                rule,
-                endpoint=view_name if count == 1 else f"{view_name}_{count}",
-                view_func=_dispatch(handlers, view_name in protected and rule not in _OPEN_RULES),
+                route.rule,
+                endpoint=route.endpoint,
+                view_func=_dispatch(route.handlers, route.view in protected and route.endpoint not in _OPEN_ENDPOINTS),
                 methods=_METHODS,
                 strict_slashes=False,
             )
