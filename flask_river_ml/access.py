@@ -67,7 +67,9 @@ def require_user() -> Principal:
     when there is none."""
     principal = current_principal()
     if principal is None:
-        raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+        error = g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+        error.add_headers({"WWW-Authenticate": challenge()})
+        raise error
     return principal
 
 
@@ -77,11 +79,28 @@ def require_scope(scope: str) -> None:
     principal = require_user()
     if scope not in principal.scopes:
         held = ", ".join(principal.scopes) or "none"
-        error = Forbidden(f"This view needs the '{scope}' scope; the user '{principal.name}' has {held}.")
         # RFC 6750's answer to a token that is valid but not enough; clients that do not read
         # it (riverapi reads the header on a 401 only) lose nothing.
-        error.headers = {"WWW-Authenticate": f'{challenge()},error="insufficient_scope",scope="{scope}"'}
-        raise error
+        raise Forbidden(
+            f"This view needs the '{scope}' scope; the user '{principal.name}' has {held}.",
+            {"WWW-Authenticate": f'{challenge()},error="insufficient_scope",scope="{scope}"'},
+        )
+
+
+def issue_token() -> dict[str, Any]:
+    """An access token for the request's Basic credentials (``user:api_token``);
+    :class:`Unauthorized` with the challenge when they are missing or refused, so that a client
+    sent here by one learns where it is again."""
+    credentials = request.authorization
+    registration = state()
+    try:
+        if credentials is None or credentials.type != "basic" or not credentials.username:
+            raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
+        check = registration.extension.credentials_check
+        return registration.auth.issue(credentials.username, credentials.password or "", check)
+    except Unauthorized as error:
+        error.add_headers({"WWW-Authenticate": challenge()})
+        raise
 
 
 def check_pickle_upload() -> None:

@@ -18,8 +18,8 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
-from .access import challenge, check_pickle_upload, require_scope, state
-from .auth import LEARN, MANAGE, PREDICT, Unauthorized
+from .access import check_pickle_upload, issue_token, require_scope, state
+from .auth import LEARN, MANAGE, PREDICT
 from .encoding import jsonable
 from .errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
 from .events import EVENTS, METRICS, sse
@@ -89,13 +89,7 @@ def service_info() -> Response:
 
 
 def auth_token() -> Response:
-    credentials = request.authorization
-    if credentials is None or credentials.type != "basic" or not credentials.username:
-        raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
-    registration = state()
-    check = registration.extension.credentials_check
-    grant = registration.auth.issue(credentials.username, credentials.password or "", check)
-    return _json(grant)
+    return _json(issue_token())
 
 
 def upload(flavor: str, name: str | None = None) -> Response:
@@ -317,8 +311,6 @@ def _prefix_root() -> str:
 def _package_error(error: RiverMLError) -> Response:
     response = _json({"message": error.message}, error.status)
     response.headers.update(error.headers)
-    if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = challenge()
     return response
 
 
