@@ -9,7 +9,7 @@ follows.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request, url_for
 
@@ -17,8 +17,11 @@ from .auth import MANAGE, Principal, Unauthorized
 from .errors import Forbidden
 from .settings import EXTENSION_KEY
 
+if TYPE_CHECKING:  # the extension imports this module
+    from .extension import State
 
-def state(app: Flask | None = None) -> Any:
+
+def state(app: Flask | None = None) -> State:
     """The registration of ``app`` (default: the current app) in ``app.extensions["river_ml"]``."""
     app = app or current_app
     try:
@@ -112,10 +115,10 @@ def check_pickle_upload() -> None:
     behind a reverse proxy it is the proxy's, unless the app is wrapped in ``ProxyFix``.
     """
     settings = state().settings
-    if not settings["RIVER_ML_DISABLE_AUTHENTICATION"] and "model" in settings["RIVER_ML_AUTHENTICATED_VIEWS"]:
+    if settings.protects("model"):
         require_scope(MANAGE)
         return
-    if settings["RIVER_ML_UPLOAD_PICKLES"] == "any" or _is_loopback(request.remote_addr):
+    if settings.upload_pickles == "any" or _is_loopback(request.remote_addr):
         return
     raise Forbidden(
         f"Pickle uploads are accepted from loopback clients only, and {request.remote_addr or 'this client'} "
@@ -145,7 +148,7 @@ def rate_limit_key() -> str:
 
 def challenge() -> str:
     """Where riverapi (or any client) gets an access token: realm is the token endpoint."""
-    domain = state().settings["RIVER_ML_DOMAIN_URL"]
+    domain = state().settings.domain_url
     if domain:
         service = domain.rstrip("/")
         realm = service + url_for(f"{request.blueprint}.auth_token")

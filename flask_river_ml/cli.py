@@ -18,7 +18,7 @@ river_ml_cli = AppGroup("river-ml", help="Manage the users of the flask-river-ml
 
 
 def _auth() -> Auth:
-    return state().auth  # type: ignore[no-any-return]
+    return state().auth
 
 
 def _run(action: Callable[..., T], *args: Any) -> T:

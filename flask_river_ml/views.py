@@ -26,7 +26,7 @@ from .events import EVENTS, METRICS, sse
 from .payloads import parse_json
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
 from .service import Service
-from .settings import VIEWS
+from .settings import VIEWS, Settings
 from .version import __version__
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ Handler = Callable[..., Response]
 
 
 def _service() -> Service:
-    return state().service  # type: ignore[no-any-return]
+    return state().service
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -99,12 +99,12 @@ def upload(flavor: str, name: str | None = None) -> Response:
     # A pickle may be as large as RIVER_ML_UPLOAD_MAX_BYTES; a description, like every JSON
     # body, RIVER_ML_JSON_MAX_BYTES. Told apart by content, not Content-Type: riverapi sends
     # pickles with none, other clients with any. No pickle opcode is "{" or "[".
-    request.max_content_length = settings["RIVER_ML_UPLOAD_MAX_BYTES"]
+    request.max_content_length = settings.upload_max_bytes
     data = request.get_data(cache=True)
     if data.lstrip()[:1] in (b"{", b"["):
-        if len(data) > settings["RIVER_ML_JSON_MAX_BYTES"]:
+        if len(data) > settings.json_max_bytes:
             raise RequestEntityTooLarge(
-                f"A model's JSON description may be {settings['RIVER_ML_JSON_MAX_BYTES']} bytes long at most "
+                f"A model's JSON description may be {settings.json_max_bytes} bytes long at most "
                 "(RIVER_ML_JSON_MAX_BYTES)."
             )
         return _json({"name": _service().create(_body(), flavor, name)}, 201)
@@ -174,7 +174,7 @@ def _stream(hub_name: str) -> Response:
     """A text/event-stream of one channel's messages, for as long as the client listens."""
     events = _service().events
     hub = events.events if hub_name == EVENTS else events.metrics
-    keep_alive = state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
+    keep_alive = state().settings.stream_keepalive_seconds
     # A store that cannot carry events answers 503 now: once the body is under way, no error
     # can be told to the client.
     events.check()
@@ -212,8 +212,7 @@ def dashboard() -> Response:
     settings = state().settings
     config = {
         # A token is asked for when the page's data or its streams need one.
-        "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
-        and bool({"dashboard", "stream_events", "stream_metrics"} & set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])),
+        "authRequired": any(settings.protects(view) for view in ("dashboard", "stream_events", "stream_metrics")),
         "tokenUrl": _url(".auth_token"),
         "dataUrl": _url(".dashboard_data"),
         "eventsUrl": _url(".stream_events"),
@@ -302,7 +301,7 @@ def _not_found(path: str) -> Response:
 
 
 def _prefix_root() -> str:
-    return "/" + current_app.config["RIVER_ML_URL_PREFIX"].strip("/") + "/"
+    return "/" + state().settings.url_prefix.strip("/") + "/"
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -332,9 +331,9 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
-def create_blueprint(settings: dict[str, Any]) -> Blueprint:
+def create_blueprint(settings: Settings) -> Blueprint:
     """The blueprint for one app's settings: its prefix and its enabled views."""
-    prefix = "/" + settings["RIVER_ML_URL_PREFIX"].strip("/")
+    prefix = "/" + settings.url_prefix.strip("/")
     blueprint = Blueprint(
         "river_ml",
         __name__,
@@ -343,14 +342,14 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
         static_url_path="/static",
         template_folder="templates",
     )
-    enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
-    protected = set() if settings["RIVER_ML_DISABLE_AUTHENTICATION"] else set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])
+    enabled = set(settings.api_views_enabled or VIEWS)
     for route in ROUTES:
         if route.view in enabled:
+            protected = settings.protects(route.view) and route.endpoint not in _OPEN_ENDPOINTS
             blueprint.add_url_rule(
                 route.rule,
                 endpoint=route.endpoint,
-                view_func=_dispatch(route.handlers, route.view in protected and route.endpoint not in _OPEN_ENDPOINTS),
+                view_func=_dispatch(route.handlers, protected),
                 methods=_METHODS,
                 strict_slashes=False,
             )
@@ -361,7 +360,7 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
     @blueprint.before_request
     def _limit_body() -> None:
         # A larger body is refused with 413 before it is read; the upload view allows pickles more.
-        request.max_content_length = settings["RIVER_ML_JSON_MAX_BYTES"]
+        request.max_content_length = settings.json_max_bytes
 
     blueprint.register_error_handler(RiverMLError, _package_error)
     blueprint.register_error_handler(ValidationError, _invalid_payload)
