@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 import click
 from flask.cli import AppGroup
 
-from .access import state
 from .auth import SCOPES, Auth, UserNotFound, scopes_from
 from .errors import InvalidInput, RiverMLError
+from .http.access import state
 
 T = TypeVar("T")
 

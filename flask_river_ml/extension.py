@@ -11,18 +11,19 @@ from typing import Any
 import dill
 from flask import Flask
 
-from . import access, keys, limits
+from . import keys, limits
 from . import settings as settings_module
-from .access import rate_limit_key
 from .auth import SCOPES, Auth, CredentialsCheck, ScopeNames
 from .cli import river_ml_cli
 from .engine import Engine
 from .errors import ConfigurationError, StoreUnavailable
+from .http import access
+from .http.access import rate_limit_key
+from .http.views import create_blueprint
 from .serialization import Codec
 from .service import Service
 from .settings import EXTENSION_KEY, Settings
 from .storage import Backend, create_backend
-from .views import create_blueprint
 
 logger = logging.getLogger(__name__)
 

@@ -793,7 +793,7 @@ def test_endpoints_are_named_by_the_routes(client_with):
     builds every rule under the prefix, and a view left out leaves the others' names alone."""
     from flask import url_for
 
-    from flask_river_ml.views import ROUTES
+    from flask_river_ml.http.views import ROUTES
 
     app = client_with(RIVER_ML_URL_PREFIX="ml").application
     arguments = {"name": MODEL, "flavor": "regression"}

@@ -23,7 +23,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_river_ml import FlaskRiverML
 from flask_river_ml.auth import SCOPES, scopes_from
 from flask_river_ml.errors import InvalidInput
-from flask_river_ml.views import ROUTES
+from flask_river_ml.http.views import ROUTES
 
 REMOTE = "203.0.113.7"
 

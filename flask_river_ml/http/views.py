@@ -9,6 +9,7 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -18,18 +19,20 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
+from ..auth import LEARN, MANAGE, PREDICT
+from ..encoding import jsonable
+from ..errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
+from ..events import EVENTS, METRICS, sse
+from ..payloads import parse_json
+from ..service import Service
+from ..settings import VIEWS, Settings
+from ..version import __version__
 from .access import check_pickle_upload, issue_token, require_scope, state
-from .auth import LEARN, MANAGE, PREDICT
-from .encoding import jsonable
-from .errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
-from .events import EVENTS, METRICS, sse
-from .payloads import parse_json
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
-from .service import Service
-from .settings import VIEWS, Settings
-from .version import __version__
 
-logger = logging.getLogger(__name__)
+# Named as before the views moved into this subpackage: logging configurations name it.
+logger = logging.getLogger("flask_river_ml.views")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
 _LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
@@ -337,6 +340,8 @@ def create_blueprint(settings: Settings) -> Blueprint:
     blueprint = Blueprint(
         "river_ml",
         __name__,
+        # The templates and static files stay at the package's root, where it ships them.
+        root_path=_PACKAGE_ROOT,
         url_prefix=prefix if prefix != "/" else None,
         static_folder="static",
         static_url_path="/static",

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request, url_for
 
-from .auth import MANAGE, Principal, Unauthorized
-from .errors import Forbidden
-from .settings import EXTENSION_KEY
+from ..auth import MANAGE, Principal, Unauthorized
+from ..errors import Forbidden
+from ..settings import EXTENSION_KEY
 
 if TYPE_CHECKING:  # the extension imports this module
-    from .extension import State
+    from ..extension import State
 
 
 def state(app: Flask | None = None) -> State:
