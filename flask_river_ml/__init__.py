@@ -1,51 +1,20 @@
 """Serve online machine-learning models from river inside any Flask application."""
 
+from . import errors
 from .auth import Unauthorized, UserExists, UserNotFound
-from .errors import (
-    Busy,
-    ConfigurationError,
-    Forbidden,
-    IdentifierExists,
-    IdentifierNotFound,
-    IncompatibleModel,
-    InvalidFlavor,
-    InvalidInput,
-    InvalidSpec,
-    ModelExists,
-    ModelFailed,
-    ModelNotFound,
-    RiverMLError,
-    StoreUnavailable,
-    TamperedData,
-    UnsafePickle,
-)
+from .errors import *  # noqa: F403 - the package's exceptions, listed in errors.__all__
 from .extension import FlaskRiverML
 from .keys import KeysDiffer
 from .version import __version__
 
-#: The extension and every exception it raises on purpose, so that callers catch them by the
-#: package's name without knowing the module that defines each.
+#: The extension and every exception it raises on purpose, those of errors.py and those kept
+#: with the code that raises them, so that callers catch each by the package's name.
 __all__ = [
-    "Busy",
-    "ConfigurationError",
     "FlaskRiverML",
-    "Forbidden",
-    "IdentifierExists",
-    "IdentifierNotFound",
-    "IncompatibleModel",
-    "InvalidFlavor",
-    "InvalidInput",
-    "InvalidSpec",
     "KeysDiffer",
-    "ModelExists",
-    "ModelFailed",
-    "ModelNotFound",
-    "RiverMLError",
-    "StoreUnavailable",
-    "TamperedData",
     "Unauthorized",
-    "UnsafePickle",
     "UserExists",
     "UserNotFound",
     "__version__",
+    *errors.__all__,
 ]
