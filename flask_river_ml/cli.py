@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 import click
 from flask.cli import AppGroup
 
-from .access import state
 from .auth import SCOPES, Auth, UserNotFound, scopes_from
 from .errors import InvalidInput, RiverMLError
+from .http.access import state
 
 T = TypeVar("T")
 
@@ -18,7 +18,7 @@ river_ml_cli = AppGroup("river-ml", help="Manage the users of the flask-river-ml
 
 
 def _auth() -> Auth:
-    return state().auth  # type: ignore[no-any-return]
+    return state().auth
 
 
 def _run(action: Callable[..., T], *args: Any) -> T:

@@ -7,6 +7,8 @@ HTTP layer and in-process callers see the same failures.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 #: What model code may raise that is the interpreter's, not the model's: a worker asked to
 #: stop. Everything else it raises, a Rust panic (a BaseException) included, is the model's
 #: failure and is caught::
@@ -25,12 +27,20 @@ class RiverMLError(Exception):
 
     #: The HTTP status that the blueprint answers this error with.
     status: int = 400
-    #: Headers the blueprint adds to that answer (``Retry-After`` on a 503).
-    headers: dict[str, str] = {}
+    #: The headers of that answer: those of every error of a class (``Retry-After`` on a 503),
+    #: and those of one error, which the HTTP layer adds where it knows the request (the
+    #: challenge of a 401 names the request's own token endpoint).
+    headers: Mapping[str, str] = {}
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if headers:
+            self.add_headers(headers)
+
+    def add_headers(self, headers: Mapping[str, str]) -> None:
+        """Answer this error with ``headers`` too (they win over the class's)."""
+        self.headers = {**self.headers, **headers}
 
 
 class ConfigurationError(RiverMLError, ValueError):

@@ -5,24 +5,25 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dill
 from flask import Flask
 
-from . import access, keys, limits
+from . import keys, limits
 from . import settings as settings_module
-from .access import rate_limit_key
 from .auth import SCOPES, Auth, CredentialsCheck, ScopeNames
 from .cli import river_ml_cli
 from .engine import Engine
 from .errors import ConfigurationError, StoreUnavailable
+from .http import access
+from .http.access import rate_limit_key
+from .http.views import create_blueprint
 from .serialization import Codec
 from .service import Service
-from .settings import EXTENSION_KEY
+from .settings import EXTENSION_KEY, Settings
 from .storage import Backend, create_backend
-from .views import create_blueprint
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 class State:
     """What one app's registration owns, kept in ``app.extensions["river_ml"]``."""
 
-    settings: dict[str, Any]
+    settings: Settings
     backend: Backend
     engine: Engine
     service: Service
@@ -90,13 +91,14 @@ class FlaskRiverML:
             raise RuntimeError("flask-river-ml is already registered on this app.")
         for key, value in self.options.items():
             app.config.setdefault(key, value)
-        values = settings_module.load(app)
-        blob_key, token_key = keys.host_keys(values, app.config.get("SECRET_KEY"))
-        values[keys.BLOB_KEY], values[keys.TOKEN_KEY] = blob_key.value, token_key.value
-        backend = create_backend(values)
+        configured = settings_module.load(app)
+        blob_key, token_key = keys.host_keys(configured, app.config.get("SECRET_KEY"))
+        # The settings name the keys in force, wherever each came from.
+        settings = replace(configured, shelve_secret_key=blob_key.value, jwt_secret_key=token_key.value)
+        backend = create_backend(settings.as_config())
         # The token key matters only where tokens are issued: hosts with authentication off may
         # each keep their own.
-        checked = [blob_key] if values["RIVER_ML_DISABLE_AUTHENTICATION"] else [blob_key, token_key]
+        checked = [blob_key] if settings.disable_authentication else [blob_key, token_key]
         check = keys.KeyCheck(backend, checked)
         try:
             check.start()
@@ -105,24 +107,24 @@ class FlaskRiverML:
             raise
         engine = Engine(
             backend,
-            Codec(values[keys.BLOB_KEY]),
-            snapshot_every=values["RIVER_ML_SNAPSHOT_EVERY"],
-            waiting_ttl=values["RIVER_ML_IDENTIFIER_EXPIRES_SECONDS"],
+            Codec(blob_key.value),
+            snapshot_every=settings.snapshot_every,
+            waiting_ttl=settings.identifier_expires_seconds,
         )
         service = Service(
             engine,
-            generate_identifiers=values["RIVER_ML_GENERATE_IDENTIFIERS"],
-            unpickle_allowed_modules=values["RIVER_ML_UNPICKLE_ALLOWED_MODULES"],
-            upload_max_bytes=values["RIVER_ML_UPLOAD_MAX_BYTES"],
-            max_features=values["RIVER_ML_MAX_FEATURES"],
+            generate_identifiers=settings.generate_identifiers,
+            unpickle_allowed_modules=list(settings.unpickle_allowed_modules),
+            upload_max_bytes=settings.upload_max_bytes,
+            max_features=settings.max_features,
         )
-        auth = Auth(backend, values[keys.TOKEN_KEY], values["RIVER_ML_TOKEN_EXPIRES_SECONDS"])
-        state = State(values, backend, engine, service, auth, self, check)
+        auth = Auth(backend, token_key.value, settings.token_expires_seconds)
+        state = State(settings, backend, engine, service, auth, self, check)
         app.extensions[EXTENSION_KEY] = state
-        blueprint = create_blueprint(values)
+        blueprint = create_blueprint(settings)
         blueprint.before_request(_keys_checked)
-        if not values["RIVER_ML_VIEW_RATE_LIMIT_DISABLE"]:
-            limits.install(app, blueprint, values, rate_limit_key)
+        if not settings.view_rate_limit_disable:
+            limits.install(app, blueprint, settings, rate_limit_key)
         app.register_blueprint(blueprint)
         app.cli.add_command(river_ml_cli)
         # A clean exit folds the logs into snapshots; the weak reference lets apps made by
@@ -132,14 +134,14 @@ class FlaskRiverML:
     @staticmethod
     def state(app: Flask | None = None) -> State:
         """The registration state of ``app`` (default: the current app)."""
-        return access.state(app)  # type: ignore[no-any-return]
+        return access.state(app)
 
     @staticmethod
     def _checked() -> State:
         # The in-process client serves nothing either before this host's keys agree with the store.
         state = access.state()
         state.keys.ensure()
-        return state  # type: ignore[no-any-return]
+        return state
 
     @property
     def service(self) -> Service:

@@ -35,6 +35,7 @@ from typing import Any
 
 from . import layout
 from .errors import ConfigurationError, StoreUnavailable
+from .settings import Settings
 from .storage import Backend
 
 logger = logging.getLogger("flask_river_ml.keys")
@@ -115,12 +116,11 @@ def resolve(setting: str, configured: str | None, secret_key: Any, cache_dir: st
     return _cached(role, cache_dir)
 
 
-def host_keys(settings: Mapping[str, Any], secret_key: Any) -> tuple[Key, Key]:
+def host_keys(settings: Settings, secret_key: Any) -> tuple[Key, Key]:
     """This host's blob key and token key, from the validated settings and Flask's SECRET_KEY."""
-    cache_dir = settings["RIVER_ML_CACHE_DIR"]
     return (
-        resolve(BLOB_KEY, settings[BLOB_KEY], secret_key, cache_dir),
-        resolve(TOKEN_KEY, settings[TOKEN_KEY], secret_key, cache_dir),
+        resolve(BLOB_KEY, settings.shelve_secret_key, secret_key, settings.cache_dir),
+        resolve(TOKEN_KEY, settings.jwt_secret_key, secret_key, settings.cache_dir),
     )
 
 

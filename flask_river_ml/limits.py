@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask
 from flask_limiter import Limiter
 from limits import parse_many
+
+if TYPE_CHECKING:  # settings imports limit_string from here
+    from .settings import Settings
 
 _DJANGO_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])[a-z]*\s*$", re.IGNORECASE)
 _UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
@@ -41,23 +44,23 @@ def limit_string(rate: str) -> str:
     return rate
 
 
-def storage_uri(settings: dict[str, Any]) -> str:
+def storage_uri(settings: Settings) -> str:
     """Where the counters live: the models' redis with the redis backend, so the limit holds
     across processes and hosts; this process's memory with the embedded stores."""
-    if settings["RIVER_ML_STORAGE_BACKEND"] != "redis":
+    if settings.storage_backend != "redis":
         return "memory://"
-    if settings["RIVER_ML_REDIS_URL"]:
-        url = str(settings["RIVER_ML_REDIS_URL"])
+    if settings.redis_url:
+        url = settings.redis_url
         # redis-py's unix:// is redis+unix:// to the limits library.
         return "redis+" + url if url.startswith("unix://") else url
-    return f"redis://{settings['RIVER_ML_REDIS_HOST']}:{settings['RIVER_ML_REDIS_PORT']}/{settings['RIVER_ML_REDIS_DB']}"
+    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
 
 
-def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func: Callable[[], str]) -> Limiter:
+def install(app: Flask, blueprint: Blueprint, settings: Settings, key_func: Callable[[], str]) -> Limiter:
     """Limit every view of ``blueprint`` as the settings say."""
     # The counters live under the models' key prefix, so two apps on one redis count apart
     # and whatever cleans the prefix cleans them.
-    prefix = settings["RIVER_ML_REDIS_PREFIX"]
+    prefix = settings.redis_prefix
     uri = storage_uri(settings)
     options: dict[str, Any] = {}
     if uri.startswith("redis"):
@@ -84,8 +87,8 @@ def install(app: Flask, blueprint: Blueprint, settings: dict[str, Any], key_func
         default_limits=[],
         application_limits=[],
     )
-    block = settings["RIVER_ML_VIEW_RATE_LIMIT_BLOCK"]
-    rate = limit_string(settings["RIVER_ML_VIEW_RATE_LIMIT"])
+    block = settings.view_rate_limit_block
+    rate = limit_string(settings.view_rate_limit)
     items = parse_many(rate)
 
     def cost() -> int:

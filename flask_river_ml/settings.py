@@ -2,13 +2,16 @@
 
 ``load(app)`` fills in the defaults with ``app.config.setdefault``, so the values in force can
 be read back from ``app.config``, and raises :class:`ConfigurationError` naming the key of the
-first bad value, at start-up rather than at the first request.
+first bad value, at start-up rather than at the first request. What it returns, a frozen
+:class:`Settings`, is what the extension reads from then on: typed attributes, which mypy
+checks, rather than string keys, which only a request would.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from flask import Flask
@@ -99,11 +102,11 @@ def _path(value: Any) -> str:
     return os.fspath(value)
 
 
-def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], list[str]]:
-    def check(value: Any) -> list[str]:
+def _names(allowed: tuple[str, ...] | None = None) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
         if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
             raise ValueError("must be a list of names")
-        names = list(value)
+        names = tuple(value)
         for name in names:
             if not isinstance(name, str):
                 raise ValueError(f"must be a list of names, not contain {name!r}")
@@ -123,52 +126,80 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return check
 
 
-#: key (without the prefix) -> (default, check). A default of None for a path means "derived"
-#: (see load), for a secret key "found" (see flask_river_ml.keys).
-SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
-    "URL_PREFIX": ("api", _text),
-    "APP_DIR": (None, _optional(_path)),
-    "CACHE_DIR": (None, _optional(_path)),
-    "STORAGE_BACKEND": ("shelve", _one_of(BACKENDS)),
-    "SHELVE_PATH": (None, _optional(_path)),
-    "SHELVE_SECRET_KEY": (None, _optional(_secret)),
-    "REDIS_URL": (None, _optional(_text)),
-    "REDIS_HOST": ("localhost", _text),
-    "REDIS_PORT": (6379, _integer(1)),
-    "REDIS_DB": (0, _integer(0)),
+def _setting(default: Any, check: Callable[[Any], Any]) -> Any:
+    """A field of :class:`Settings`: the default ``load`` writes into ``app.config`` and the
+    check that turns the configured value into the attribute (or raises ValueError)."""
+    return field(metadata={"default": default, "check": check})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one app, built once by :func:`load` when it is registered.
+
+    One attribute per ``RIVER_ML_*`` key, named after the key without its prefix in lower case
+    (RIVER_ML_MAX_FEATURES is ``max_features``). Frozen, and lists are tuples: changing
+    ``app.config`` after ``init_app`` changes nothing served, and no request can change what
+    the next one sees. A default of None for a path means "derived" (see :func:`load`), for a
+    secret key "found" (see :mod:`flask_river_ml.keys`).
+    """
+
+    url_prefix: str = _setting("api", _text)
+    app_dir: str = _setting(None, _optional(_path))
+    cache_dir: str = _setting(None, _optional(_path))
+    storage_backend: str = _setting("shelve", _one_of(BACKENDS))
+    shelve_path: str = _setting(None, _optional(_path))
+    shelve_secret_key: str | None = _setting(None, _optional(_secret))
+    redis_url: str | None = _setting(None, _optional(_text))
+    redis_host: str = _setting("localhost", _text)
+    redis_port: int = _setting(6379, _integer(1))
+    redis_db: int = _setting(0, _integer(0))
     # New: every redis key of the extension starts with this, so it can share a database.
-    "REDIS_PREFIX": ("river_ml:", _text),
-    "GENERATE_IDENTIFIERS": (True, _boolean),
-    "IDENTIFIER_EXPIRES_SECONDS": (604800, _integer(1)),
-    "DISABLE_AUTHENTICATION": (True, _boolean),
-    "AUTHENTICATED_VIEWS": ([v for v in VIEWS if v not in _PUBLIC_VIEWS], _names(VIEWS)),
-    "JWT_SECRET_KEY": (None, _optional(_secret)),
-    "TOKEN_EXPIRES_SECONDS": (600, _integer(1)),
-    "DOMAIN_URL": (None, _optional(_text)),
-    "VIEW_RATE_LIMIT": ("10000/1day", _rate),
-    "VIEW_RATE_LIMIT_BLOCK": (True, _boolean),
-    "VIEW_RATE_LIMIT_DISABLE": (True, _boolean),
-    "API_VIEWS_ENABLED": ([], _names(VIEWS)),
-    "UPLOAD_MAX_BYTES": (256 * 1024 * 1024, _integer(1)),
+    redis_prefix: str = _setting("river_ml:", _text)
+    generate_identifiers: bool = _setting(True, _boolean)
+    identifier_expires_seconds: int = _setting(604800, _integer(1))
+    disable_authentication: bool = _setting(True, _boolean)
+    authenticated_views: tuple[str, ...] = _setting([v for v in VIEWS if v not in _PUBLIC_VIEWS], _names(VIEWS))
+    jwt_secret_key: str | None = _setting(None, _optional(_secret))
+    token_expires_seconds: int = _setting(600, _integer(1))
+    domain_url: str | None = _setting(None, _optional(_text))
+    view_rate_limit: str = _setting("10000/1day", _rate)
+    view_rate_limit_block: bool = _setting(True, _boolean)
+    view_rate_limit_disable: bool = _setting(True, _boolean)
+    api_views_enabled: tuple[str, ...] = _setting([], _names(VIEWS))
+    upload_max_bytes: int = _setting(256 * 1024 * 1024, _integer(1))
     # New: every other body (a learn, a predict, a model's JSON description) is refused with
     # 413 over this: a JSON value takes many times its size in memory once parsed.
-    "JSON_MAX_BYTES": (1024 * 1024, _integer(1)),
+    json_max_bytes: int = _setting(1024 * 1024, _integer(1))
     # New: the most features one sample may have (learn, predict, a stored prediction): some
     # models' cost per sample grows with their square or faster.
-    "MAX_FEATURES": (1000, _integer(1)),
-    "UNPICKLE_ALLOWED_MODULES": ([], _names()),
+    max_features: int = _setting(1000, _integer(1))
+    unpickle_allowed_modules: tuple[str, ...] = _setting([], _names())
     # New: who may upload a pickle while authentication is off: "loopback" clients only, or
     # "any" client (a closed network). With authentication on, users with the manage scope.
-    "UPLOAD_PICKLES": ("loopback", _one_of(UPLOAD_PICKLES)),
+    upload_pickles: str = _setting("loopback", _one_of(UPLOAD_PICKLES))
     # New: a model's log is folded into a snapshot every this many learn and label records.
-    "SNAPSHOT_EVERY": (1000, _integer(1)),
+    snapshot_every: int = _setting(1000, _integer(1))
     # New: an idle stream sends a comment this often, which also notices closed clients.
-    "STREAM_KEEPALIVE_SECONDS": (15, _integer(1)),
+    stream_keepalive_seconds: int = _setting(15, _integer(1))
+
+    def protects(self, view: str) -> bool:
+        """Whether ``view`` (a name of :data:`VIEWS`) needs an access token."""
+        return not self.disable_authentication and view in self.authenticated_views
+
+    def as_config(self) -> dict[str, Any]:
+        """The values keyed as in ``app.config`` (``RIVER_ML_STORAGE_BACKEND``), for the code
+        that takes them so: :func:`flask_river_ml.storage.create_backend`."""
+        return {PREFIX + setting.name.upper(): getattr(self, setting.name) for setting in fields(self)}
+
+
+#: key without the prefix -> (default, check), in the order of :class:`Settings`.
+SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    setting.name.upper(): (setting.metadata["default"], setting.metadata["check"]) for setting in fields(Settings)
 }
 
 
-def load(app: Flask) -> dict[str, Any]:
-    """The validated settings of ``app``, keyed with the ``RIVER_ML_`` prefix.
+def load(app: Flask) -> Settings:
+    """The validated settings of ``app``, its defaults written into ``app.config``.
 
     Derived folders and paths are filled in too; the two secret keys stay None when they are not
     set (:mod:`flask_river_ml.keys` finds them then). Raises :class:`ConfigurationError` naming
@@ -180,12 +211,12 @@ def load(app: Flask) -> dict[str, Any]:
         # Lists are copied so that one app changing its list does not change the defaults.
         app.config.setdefault(key, list(default) if isinstance(default, list) else default)
         try:
-            values[key] = check(app.config[key])
+            values[name.lower()] = check(app.config[key])
         except ValueError as error:
             raise ConfigurationError(f"{key} {error} (got {app.config[key]!r}).") from None
 
-    app_dir = values["RIVER_ML_APP_DIR"] or app.instance_path
-    values["RIVER_ML_APP_DIR"] = app_dir
-    values["RIVER_ML_CACHE_DIR"] = values["RIVER_ML_CACHE_DIR"] or os.path.join(app_dir, "cache")
-    values["RIVER_ML_SHELVE_PATH"] = values["RIVER_ML_SHELVE_PATH"] or os.path.join(app_dir, "river_ml.shelve")
-    return values
+    app_dir = values["app_dir"] or app.instance_path
+    values["app_dir"] = app_dir
+    values["cache_dir"] = values["cache_dir"] or os.path.join(app_dir, "cache")
+    values["shelve_path"] = values["shelve_path"] or os.path.join(app_dir, "river_ml.shelve")
+    return Settings(**values)

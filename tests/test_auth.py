@@ -379,6 +379,17 @@ def test_token_endpoint_without_credentials(auth_app):
     assert_unauthorized(auth_app.test_client().get("/api/auth/token/"))
 
 
+def test_token_endpoint_refusals_carry_the_challenge(auth_app):
+    """Every 401 of the token endpoint names the realm again: no credentials, malformed ones, a
+    wrong token and an unknown user alike."""
+    api_token = new_user(auth_app)
+    client = auth_app.test_client()
+    assert_challenge(client.get("/api/auth/token/"))
+    assert_challenge(client.get("/api/auth/token/", headers={"Authorization": MALFORMED["no-colon"]}))
+    assert_challenge(client.get("/api/auth/token/", headers=basic("alice", "not-the-token")))
+    assert_challenge(client.get("/api/auth/token/", headers=basic("mallory", api_token)))
+
+
 @pytest.mark.parametrize(
     "header",
     ["Bearer garbage", "Bearer ", "Bearer a.b.c", "Bearer " + "x" * 5000, "Token abc", "Basic abc"],

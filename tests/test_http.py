@@ -788,6 +788,31 @@ def test_url_prefix_moves_every_route(client_with):
     assert MODEL not in client.get("/ml/models/").get_json()["models"]
 
 
+def test_endpoints_are_named_by_the_routes(client_with):
+    """Each rule's endpoint is the name views.ROUTES gives it, whatever the views enabled: url_for
+    builds every rule under the prefix, and a view left out leaves the others' names alone."""
+    from flask import url_for
+
+    from flask_river_ml.http.views import ROUTES
+
+    app = client_with(RIVER_ML_URL_PREFIX="ml").application
+    arguments = {"name": MODEL, "flavor": "regression"}
+    with app.test_request_context():
+        for route in ROUTES:
+            path = url_for(
+                f"river_ml.{route.endpoint}", **{k: v for k, v in arguments.items() if f"<{k}>" in route.rule}
+            )
+            assert path == "/ml" + route.rule.replace("<name>", MODEL).replace("<flavor>", "regression")
+    app = client_with(RIVER_ML_API_VIEWS_ENABLED=["dashboard", "learn"]).application
+    assert {rule.endpoint for rule in app.url_map.iter_rules() if rule.endpoint.startswith("river_ml.")} == {
+        "river_ml.dashboard",
+        "river_ml.dashboard_data",
+        "river_ml.learn",
+        "river_ml.not_found",
+        "river_ml.static",
+    }
+
+
 # --- 4. malicious uploads ----------------------------------------------------------------------
 
 

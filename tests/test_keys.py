@@ -124,7 +124,7 @@ def test_hosts_with_different_generated_keys_refuse_to_start(make_app, tmp_path,
     assert "the same SECRET_KEY" in refused.value.message
     # The message names no path and no key.
     assert str(tmp_path) not in refused.value.message
-    assert FlaskRiverML.state(first).settings[BLOB_KEY] not in refused.value.message
+    assert FlaskRiverML.state(first).settings.shelve_secret_key not in refused.value.message
     # The first host goes on serving.
     with first.app_context():
         assert FlaskRiverML().models() == ["kept"]
@@ -140,7 +140,7 @@ def test_different_token_keys_refuse_to_start_where_tokens_are_issued(make_app, 
     assert "is set in RIVER_ML_JWT_SECRET_KEY" in refused.value.message
     # Without authentication no token is issued, so the token key is neither checked nor recorded.
     quiet = host(make_app, tmp_path, "d", backend, RIVER_ML_SHELVE_SECRET_KEY="one blob key")
-    assert FlaskRiverML.state(quiet).settings[TOKEN_KEY] != "token key one"
+    assert FlaskRiverML.state(quiet).settings.jwt_secret_key != "token key one"
     assert FlaskRiverML.state(quiet).keys.done
 
 
@@ -152,10 +152,10 @@ def test_hosts_sharing_secret_key_serve_the_same_models(make_app, tmp_path, back
     second = host(make_app, tmp_path, "b", backend, **config)
     for app in (first, second):
         settings = FlaskRiverML.state(app).settings
-        assert settings[BLOB_KEY] == derived_key(config["SECRET_KEY"], BLOB_KEY)
-        assert settings[TOKEN_KEY] == derived_key(config["SECRET_KEY"], TOKEN_KEY)
+        assert settings.shelve_secret_key == derived_key(config["SECRET_KEY"], BLOB_KEY)
+        assert settings.jwt_secret_key == derived_key(config["SECRET_KEY"], TOKEN_KEY)
         # Nothing was generated: SECRET_KEY is all the hosts share.
-        assert not (Path(settings["RIVER_ML_CACHE_DIR"])).exists()
+        assert not (Path(settings.cache_dir)).exists()
     with first.app_context():
         river_ml = FlaskRiverML()
         river_ml.add_model(regressor(), "regression", name="shared")
@@ -180,7 +180,7 @@ def test_hosts_sharing_secret_key_serve_the_same_models(make_app, tmp_path, back
 def test_a_key_generated_earlier_keeps_working(make_app, tmp_path):
     """A deployment that adds SECRET_KEY later keeps its generated blob key: its models still load."""
     before = make_app(instance_path=tmp_path / "a", RIVER_ML_STORAGE_BACKEND="shelve")
-    generated = FlaskRiverML.state(before).settings[BLOB_KEY]
+    generated = FlaskRiverML.state(before).settings.shelve_secret_key
     local = regressor()
     with before.app_context():
         river_ml = FlaskRiverML()
@@ -190,7 +190,7 @@ def test_a_key_generated_earlier_keeps_working(make_app, tmp_path):
             local.learn_one(x, y)
     FlaskRiverML.state(before).close()
     after = make_app(instance_path=tmp_path / "a", RIVER_ML_STORAGE_BACKEND="shelve", SECRET_KEY="added later")
-    assert FlaskRiverML.state(after).settings[BLOB_KEY] == generated
+    assert FlaskRiverML.state(after).settings.shelve_secret_key == generated
     with after.app_context():
         x = SAMPLES[0][0]
         assert FlaskRiverML().predict(x, "old")["prediction"] == local.predict_one(x)
@@ -205,7 +205,7 @@ def test_the_fingerprint_does_not_hold_the_key(make_app, tmp_path):
     raw = FlaskRiverML.state(app).backend.get(layout.fingerprint(BLOB_KEY))
     for form in (chosen.encode(), chosen.encode().hex().encode(), base64.b64encode(chosen.encode())):
         assert form not in raw
-    token_key = FlaskRiverML.state(app).settings[TOKEN_KEY]
+    token_key = FlaskRiverML.state(app).settings.jwt_secret_key
     assert token_key.encode() not in FlaskRiverML.state(app).backend.get(layout.fingerprint(TOKEN_KEY))
     # A chosen key may be guessable: testing a guess costs a memory-hard scrypt of 16 MiB.
     assert blob["algorithm"] == "scrypt-16384-8-1"

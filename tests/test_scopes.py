@@ -23,7 +23,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from flask_river_ml import FlaskRiverML, layout
 from flask_river_ml.auth import SCOPES, scopes_from
 from flask_river_ml.errors import InvalidInput
-from flask_river_ml.views import ROUTES
+from flask_river_ml.http.views import ROUTES
 
 REMOTE = "203.0.113.7"
 
@@ -125,7 +125,7 @@ def scoped_app(make_app) -> Flask:
 def test_every_route_has_the_documented_scope():
     """Every rule and method of the blueprint needs the scope the documentation gives it, and
     every scope is one a user can hold."""
-    routed = {(rule, method): scope for rule, _, handlers in ROUTES for method, (_, scope) in handlers.items()}
+    routed = {(route.rule, method): scope for route in ROUTES for method, (_, scope) in route.handlers.items()}
     assert set(routed) == set(EXPECTED_SCOPES)
     for key, scope in EXPECTED_SCOPES.items():
         if scope is not None:

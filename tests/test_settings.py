@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from river import linear_model
 
 from flask_river_ml import ConfigurationError, FlaskRiverML
+from flask_river_ml.settings import PREFIX, SETTINGS, Settings
 
 
 def new_app(tmp_path, **config) -> Flask:
@@ -35,10 +39,49 @@ def test_defaults_are_filled_in(tmp_path):
     assert "auth_token" not in config["RIVER_ML_AUTHENTICATED_VIEWS"]
     settings = FlaskRiverML.state(app).settings
     # The store lives in the instance folder, never in the package's folder.
-    assert settings["RIVER_ML_APP_DIR"] == app.instance_path
-    assert settings["RIVER_ML_SHELVE_PATH"] == os.path.join(app.instance_path, "river_ml.shelve")
-    assert os.path.exists(settings["RIVER_ML_SHELVE_PATH"] + ".sqlite3")
-    assert settings["RIVER_ML_CACHE_DIR"] == os.path.join(app.instance_path, "cache")
+    assert settings.app_dir == app.instance_path
+    assert settings.shelve_path == os.path.join(app.instance_path, "river_ml.shelve")
+    assert os.path.exists(settings.shelve_path + ".sqlite3")
+    assert settings.cache_dir == os.path.join(app.instance_path, "cache")
+
+
+def test_settings_are_one_frozen_object(tmp_path):
+    """The registration keeps a frozen Settings: typed attributes, lists as tuples, while
+    app.config keeps the values as given; as_config gives them back under their keys."""
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_API_VIEWS_ENABLED=["learn", "predict"])
+    FlaskRiverML(app)
+    settings = FlaskRiverML.state(app).settings
+    assert isinstance(settings, Settings)
+    assert settings.api_views_enabled == ("learn", "predict")
+    assert app.config["RIVER_ML_API_VIEWS_ENABLED"] == ["learn", "predict"]
+    assert settings.max_features == 1000 and settings.redis_port == 6379
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_features = 5  # type: ignore[misc]
+    config = settings.as_config()
+    assert set(config) == {PREFIX + name for name in SETTINGS}
+    assert config["RIVER_ML_STORAGE_BACKEND"] == "memory"
+
+
+def test_settings_are_read_once(tmp_path):
+    """Changing app.config after init_app changes nothing served: the 404 names the prefix the
+    routes were registered under."""
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_URL_PREFIX="ml")
+    FlaskRiverML(app)
+    app.config["RIVER_ML_URL_PREFIX"] = "other"
+    response = app.test_client().get("/ml/nothing/")
+    assert response.status_code == 404
+    assert response.get_json()["message"].endswith("the service's root is /ml/.")
+
+
+def test_every_setting_is_documented():
+    """docs/settings.md lists every key of Settings, and no other."""
+    table = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
+    documented = set()
+    for key, suffixes in re.findall(r"^\| (RIVER_ML_\w+)((?: / _\w+)*) \|", table, re.MULTILINE):
+        documented.add(key)
+        stem = key.rsplit("_", 1)[0]
+        documented |= {stem + suffix for suffix in re.findall(r"_\w+", suffixes)}
+    assert documented == {PREFIX + name for name in SETTINGS}
 
 
 @pytest.mark.parametrize(
@@ -73,10 +116,10 @@ def test_environment_style_values_are_accepted(tmp_path, monkeypatch):
     app.config.from_prefixed_env()
     FlaskRiverML(app)
     settings = FlaskRiverML.state(app).settings
-    assert settings["RIVER_ML_STORAGE_BACKEND"] == "memory"
-    assert settings["RIVER_ML_GENERATE_IDENTIFIERS"] is False
-    assert settings["RIVER_ML_REDIS_PORT"] == 6380
-    assert settings["RIVER_ML_DISABLE_AUTHENTICATION"] is False
+    assert settings.storage_backend == "memory"
+    assert settings.generate_identifiers is False
+    assert settings.redis_port == 6380
+    assert settings.disable_authentication is False
 
 
 def test_options_are_defaults(tmp_path):
@@ -122,10 +165,10 @@ def test_generated_secret_is_kept_and_shared(tmp_path):
     FlaskRiverML(first)
     second = new_app(tmp_path)
     FlaskRiverML(second)
-    key = FlaskRiverML.state(first).settings["RIVER_ML_SHELVE_SECRET_KEY"]
+    key = FlaskRiverML.state(first).settings.shelve_secret_key
     assert len(key) >= 32
-    assert FlaskRiverML.state(second).settings["RIVER_ML_SHELVE_SECRET_KEY"] == key
-    cache = FlaskRiverML.state(first).settings["RIVER_ML_CACHE_DIR"]
+    assert FlaskRiverML.state(second).settings.shelve_secret_key == key
+    cache = FlaskRiverML.state(first).settings.cache_dir
     assert sorted(os.listdir(cache)) == ["jwt_secret_key", "shelve_secret_key"]
     assert oct(os.stat(os.path.join(cache, "shelve_secret_key")).st_mode & 0o777) == "0o600"
 

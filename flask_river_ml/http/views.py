@@ -9,8 +9,9 @@ blueprint's error handlers otherwise, and the host app's own error pages stay un
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import river
 from flask import Blueprint, Response, current_app, render_template, request, url_for
@@ -18,18 +19,20 @@ from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
-from .access import challenge, check_pickle_upload, require_scope, state
-from .auth import LEARN, MANAGE, PREDICT, Unauthorized
-from .encoding import jsonable
-from .errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
-from .events import EVENTS, METRICS, sse
-from .payloads import parse_json
+from ..auth import LEARN, MANAGE, PREDICT
+from ..encoding import jsonable
+from ..errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
+from ..events import EVENTS, METRICS, sse
+from ..payloads import parse_json
+from ..service import Service
+from ..settings import VIEWS, Settings
+from ..version import __version__
+from .access import check_pickle_upload, issue_token, require_scope, state
 from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
-from .service import Service
-from .settings import VIEWS
-from .version import __version__
 
-logger = logging.getLogger(__name__)
+# Named as before the views moved into this subpackage: logging configurations name it.
+logger = logging.getLogger("flask_river_ml.views")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
 _LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
@@ -37,7 +40,7 @@ Handler = Callable[..., Response]
 
 
 def _service() -> Service:
-    return state().service  # type: ignore[no-any-return]
+    return state().service
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -89,13 +92,7 @@ def service_info() -> Response:
 
 
 def auth_token() -> Response:
-    credentials = request.authorization
-    if credentials is None or credentials.type != "basic" or not credentials.username:
-        raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
-    registration = state()
-    check = registration.extension.credentials_check
-    grant = registration.auth.issue(credentials.username, credentials.password or "", check)
-    return _json(grant)
+    return _json(issue_token())
 
 
 def upload(flavor: str, name: str | None = None) -> Response:
@@ -105,12 +102,12 @@ def upload(flavor: str, name: str | None = None) -> Response:
     # A pickle may be as large as RIVER_ML_UPLOAD_MAX_BYTES; a description, like every JSON
     # body, RIVER_ML_JSON_MAX_BYTES. Told apart by content, not Content-Type: riverapi sends
     # pickles with none, other clients with any. No pickle opcode is "{" or "[".
-    request.max_content_length = settings["RIVER_ML_UPLOAD_MAX_BYTES"]
+    request.max_content_length = settings.upload_max_bytes
     data = request.get_data(cache=True)
     if data.lstrip()[:1] in (b"{", b"["):
-        if len(data) > settings["RIVER_ML_JSON_MAX_BYTES"]:
+        if len(data) > settings.json_max_bytes:
             raise RequestEntityTooLarge(
-                f"A model's JSON description may be {settings['RIVER_ML_JSON_MAX_BYTES']} bytes long at most "
+                f"A model's JSON description may be {settings.json_max_bytes} bytes long at most "
                 "(RIVER_ML_JSON_MAX_BYTES)."
             )
         return _json({"name": _service().create(_body(), flavor, name)}, 201)
@@ -180,7 +177,7 @@ def _stream(hub_name: str) -> Response:
     """A text/event-stream of one channel's messages, for as long as the client listens."""
     events = _service().events
     hub = events.events if hub_name == EVENTS else events.metrics
-    keep_alive = state().settings["RIVER_ML_STREAM_KEEPALIVE_SECONDS"]
+    keep_alive = state().settings.stream_keepalive_seconds
     # A store that cannot carry events answers 503 now: once the body is under way, no error
     # can be told to the client.
     events.check()
@@ -218,10 +215,9 @@ def dashboard() -> Response:
     settings = state().settings
     config = {
         # A token is asked for when the page's data or its streams need one.
-        "authRequired": not settings["RIVER_ML_DISABLE_AUTHENTICATION"]
-        and bool({"dashboard", "stream_events", "stream_metrics"} & set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])),
+        "authRequired": any(settings.protects(view) for view in ("dashboard", "stream_events", "stream_metrics")),
         "tokenUrl": _url(".auth_token"),
-        "dataUrl": _url(".dashboard_2"),
+        "dataUrl": _url(".dashboard_data"),
         "eventsUrl": _url(".stream_events"),
         "metricsUrl": _url(".stream_metrics"),
     }
@@ -245,36 +241,47 @@ def stats() -> Response:
     return _json(_service().stats(_model_name()))
 
 
-#: rule -> (view name, {method: (handler, scope)}). A view name is what API_VIEWS_ENABLED and
-#: AUTHENTICATED_VIEWS refer to; the scope is what a token needs when the view is protected.
-ROUTES: list[tuple[str, str, dict[str, tuple[Handler, str]]]] = [
-    ("/", "service_info", {"GET": (service_info, PREDICT)}),
-    ("/auth/token/", "auth_token", {"GET": (auth_token, PREDICT)}),
-    ("/models/", "models", {"GET": (models, PREDICT)}),
-    ("/model/", "model", {"DELETE": (delete_model, MANAGE)}),
-    (
+class Route(NamedTuple):
+    """One rule of the blueprint and the view that serves it."""
+
+    rule: str
+    #: What API_VIEWS_ENABLED and AUTHENTICATED_VIEWS refer to; one view may serve several rules.
+    view: str
+    #: The rule's name for url_for, chosen here so that no name depends on the order of the rules.
+    endpoint: str
+    #: method -> (handler, the scope a token needs when the view is protected).
+    handlers: dict[str, tuple[Handler, str]]
+
+
+ROUTES: list[Route] = [
+    Route("/", "service_info", "service_info", {"GET": (service_info, PREDICT)}),
+    Route("/auth/token/", "auth_token", "auth_token", {"GET": (auth_token, PREDICT)}),
+    Route("/models/", "models", "models", {"GET": (models, PREDICT)}),
+    Route("/model/", "model", "model", {"DELETE": (delete_model, MANAGE)}),
+    Route(
         "/model/<name>/",
         "model",
+        "model_named",
         {
             "GET": (model_json, PREDICT),
             "DELETE": (delete_model, MANAGE),
             "POST": (lambda name: upload(flavor=name), MANAGE),
         },
     ),
-    ("/model/<flavor>/<name>/", "model", {"POST": (upload, MANAGE)}),
-    ("/model/download/<name>/", "model_download", {"GET": (download, MANAGE)}),
-    ("/learn/", "learn", {"POST": (learn, LEARN)}),
-    ("/predict/", "predict", {"POST": (predict, PREDICT)}),
-    ("/label/", "label", {"POST": (label, LEARN)}),
-    ("/metrics/", "metrics", {"GET": (metrics, PREDICT)}),
-    ("/stats/", "stats", {"GET": (stats, PREDICT)}),
-    ("/stream/events/", "stream_events", {"GET": (stream_events, PREDICT)}),
-    ("/stream/metrics/", "stream_metrics", {"GET": (stream_metrics, PREDICT)}),
-    ("/dashboard/", "dashboard", {"GET": (dashboard, PREDICT)}),
-    ("/dashboard/data/", "dashboard", {"GET": (dashboard_data, PREDICT)}),
+    Route("/model/<flavor>/<name>/", "model", "model_upload", {"POST": (upload, MANAGE)}),
+    Route("/model/download/<name>/", "model_download", "model_download", {"GET": (download, MANAGE)}),
+    Route("/learn/", "learn", "learn", {"POST": (learn, LEARN)}),
+    Route("/predict/", "predict", "predict", {"POST": (predict, PREDICT)}),
+    Route("/label/", "label", "label", {"POST": (label, LEARN)}),
+    Route("/metrics/", "metrics", "metrics", {"GET": (metrics, PREDICT)}),
+    Route("/stats/", "stats", "stats", {"GET": (stats, PREDICT)}),
+    Route("/stream/events/", "stream_events", "stream_events", {"GET": (stream_events, PREDICT)}),
+    Route("/stream/metrics/", "stream_metrics", "stream_metrics", {"GET": (stream_metrics, PREDICT)}),
+    Route("/dashboard/", "dashboard", "dashboard", {"GET": (dashboard, PREDICT)}),
+    Route("/dashboard/data/", "dashboard", "dashboard_data", {"GET": (dashboard_data, PREDICT)}),
 ]
-#: Rules that never need a token: the dashboard's page holds no data and asks for one.
-_OPEN_RULES = ("/dashboard/",)
+#: Endpoints that never need a token: the dashboard's page holds no data and asks for one.
+_OPEN_ENDPOINTS = ("dashboard",)
 
 
 def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool) -> Handler:
@@ -297,7 +304,7 @@ def _not_found(path: str) -> Response:
 
 
 def _prefix_root() -> str:
-    return "/" + current_app.config["RIVER_ML_URL_PREFIX"].strip("/") + "/"
+    return "/" + state().settings.url_prefix.strip("/") + "/"
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -306,8 +313,6 @@ def _prefix_root() -> str:
 def _package_error(error: RiverMLError) -> Response:
     response = _json({"message": error.message}, error.status)
     response.headers.update(error.headers)
-    if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = challenge()
     return response
 
 
@@ -329,28 +334,27 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
-def create_blueprint(settings: dict[str, Any]) -> Blueprint:
+def create_blueprint(settings: Settings) -> Blueprint:
     """The blueprint for one app's settings: its prefix and its enabled views."""
-    prefix = "/" + settings["RIVER_ML_URL_PREFIX"].strip("/")
+    prefix = "/" + settings.url_prefix.strip("/")
     blueprint = Blueprint(
         "river_ml",
         __name__,
+        # The templates and static files stay at the package's root, where it ships them.
+        root_path=_PACKAGE_ROOT,
         url_prefix=prefix if prefix != "/" else None,
         static_folder="static",
         static_url_path="/static",
         template_folder="templates",
     )
-    enabled = set(settings["RIVER_ML_API_VIEWS_ENABLED"] or VIEWS)
-    protected = set() if settings["RIVER_ML_DISABLE_AUTHENTICATION"] else set(settings["RIVER_ML_AUTHENTICATED_VIEWS"])
-    endpoints: dict[str, int] = {}
-    for rule, view_name, handlers in ROUTES:
-        if view_name in enabled:
-            # The first rule of a view is named after it (url_for("river_ml.learn")).
-            count = endpoints[view_name] = endpoints.get(view_name, 0) + 1
+    enabled = set(settings.api_views_enabled or VIEWS)
+    for route in ROUTES:
+        if route.view in enabled:
+            protected = settings.protects(route.view) and route.endpoint not in _OPEN_ENDPOINTS
             blueprint.add_url_rule(
-                rule,
-                endpoint=view_name if count == 1 else f"{view_name}_{count}",
-                view_func=_dispatch(handlers, view_name in protected and rule not in _OPEN_RULES),
+                route.rule,
+                endpoint=route.endpoint,
+                view_func=_dispatch(route.handlers, protected),
                 methods=_METHODS,
                 strict_slashes=False,
             )
@@ -361,7 +365,7 @@ def create_blueprint(settings: dict[str, Any]) -> Blueprint:
     @blueprint.before_request
     def _limit_body() -> None:
         # A larger body is refused with 413 before it is read; the upload view allows pickles more.
-        request.max_content_length = settings["RIVER_ML_JSON_MAX_BYTES"]
+        request.max_content_length = settings.json_max_bytes
 
     blueprint.register_error_handler(RiverMLError, _package_error)
     blueprint.register_error_handler(ValidationError, _invalid_payload)

@@ -9,17 +9,19 @@ follows.
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request, url_for
 
-from .auth import MANAGE, Principal, Unauthorized
-from .errors import Forbidden
-from .settings import EXTENSION_KEY
+from ..auth import MANAGE, Principal, Unauthorized
+from ..errors import Forbidden
+from ..settings import EXTENSION_KEY
+
+if TYPE_CHECKING:  # the extension imports this module
+    from ..extension import State
 
 
-def state(app: Flask | None = None) -> Any:
+def state(app: Flask | None = None) -> State:
     """The registration of ``app`` (default: the current app) in ``app.extensions["river_ml"]``."""
     app = app or current_app
     try:
@@ -28,31 +30,26 @@ def state(app: Flask | None = None) -> Any:
         raise RuntimeError("flask-river-ml is not registered on this app; call init_app(app) first.") from None
 
 
-#: Views that also take the access token as ``?token=``: browsers cannot set headers on
+#: Endpoints that also take the access token as ``?token=``: browsers cannot set headers on
 #: EventSource.
-_QUERY_TOKEN_VIEWS = ("stream_metrics", "stream_events")
+_QUERY_TOKEN_ENDPOINTS = ("stream_metrics", "stream_events")
 
 
-def _access_token(view_name: str) -> str | None:
+def _access_token() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    if view_name in _QUERY_TOKEN_VIEWS:
+    # request.endpoint is "<blueprint>.<endpoint>", with the endpoints that views.ROUTES names.
+    if (request.endpoint or "").rpartition(".")[2] in _QUERY_TOKEN_ENDPOINTS:
         return request.args.get("token") or None
     return None
-
-
-def _view_name() -> str:
-    # Endpoints are "<blueprint>.<view>" or "<blueprint>.<view>_<n>" (see create_blueprint).
-    endpoint = (request.endpoint or "").rpartition(".")[2]
-    return re.sub(r"_\d+$", "", endpoint)
 
 
 def current_principal() -> Principal | None:
     """Who a valid access token on this request speaks for, or None (checked once a request)."""
     if "river_ml_principal" not in g:
-        token = _access_token(_view_name())
+        token = _access_token()
         registration = state()
         host_checked = registration.extension.credentials_check is not None
         try:
@@ -73,7 +70,9 @@ def require_user() -> Principal:
     when there is none."""
     principal = current_principal()
     if principal is None:
-        raise g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+        error = g.get("river_ml_auth_error") or Unauthorized("This view needs an access token.")
+        error.add_headers({"WWW-Authenticate": challenge()})
+        raise error
     return principal
 
 
@@ -83,11 +82,28 @@ def require_scope(scope: str) -> None:
     principal = require_user()
     if scope not in principal.scopes:
         held = ", ".join(principal.scopes) or "none"
-        error = Forbidden(f"This view needs the '{scope}' scope; the user '{principal.name}' has {held}.")
         # RFC 6750's answer to a token that is valid but not enough; clients that do not read
         # it (riverapi reads the header on a 401 only) lose nothing.
-        error.headers = {"WWW-Authenticate": f'{challenge()},error="insufficient_scope",scope="{scope}"'}
-        raise error
+        raise Forbidden(
+            f"This view needs the '{scope}' scope; the user '{principal.name}' has {held}.",
+            {"WWW-Authenticate": f'{challenge()},error="insufficient_scope",scope="{scope}"'},
+        )
+
+
+def issue_token() -> dict[str, Any]:
+    """An access token for the request's Basic credentials (``user:api_token``);
+    :class:`Unauthorized` with the challenge when they are missing or refused, so that a client
+    sent here by one learns where it is again."""
+    credentials = request.authorization
+    registration = state()
+    try:
+        if credentials is None or credentials.type != "basic" or not credentials.username:
+            raise Unauthorized("Send Authorization: Basic base64(user:api_token) to get an access token.")
+        check = registration.extension.credentials_check
+        return registration.auth.issue(credentials.username, credentials.password or "", check)
+    except Unauthorized as error:
+        error.add_headers({"WWW-Authenticate": challenge()})
+        raise
 
 
 def check_pickle_upload() -> None:
@@ -99,10 +115,10 @@ def check_pickle_upload() -> None:
     behind a reverse proxy it is the proxy's, unless the app is wrapped in ``ProxyFix``.
     """
     settings = state().settings
-    if not settings["RIVER_ML_DISABLE_AUTHENTICATION"] and "model" in settings["RIVER_ML_AUTHENTICATED_VIEWS"]:
+    if settings.protects("model"):
         require_scope(MANAGE)
         return
-    if settings["RIVER_ML_UPLOAD_PICKLES"] == "any" or _is_loopback(request.remote_addr):
+    if settings.upload_pickles == "any" or _is_loopback(request.remote_addr):
         return
     raise Forbidden(
         f"Pickle uploads are accepted from loopback clients only, and {request.remote_addr or 'this client'} "
@@ -132,7 +148,7 @@ def rate_limit_key() -> str:
 
 def challenge() -> str:
     """Where riverapi (or any client) gets an access token: realm is the token endpoint."""
-    domain = state().settings["RIVER_ML_DOMAIN_URL"]
+    domain = state().settings.domain_url
     if domain:
         service = domain.rstrip("/")
         realm = service + url_for(f"{request.blueprint}.auth_token")
