@@ -95,7 +95,7 @@ class FlaskRiverML:
         blob_key, token_key = keys.host_keys(configured, app.config.get("SECRET_KEY"))
         # The settings name the keys in force, wherever each came from.
         settings = replace(configured, shelve_secret_key=blob_key.value, jwt_secret_key=token_key.value)
-        backend = create_backend(settings.as_config())
+        backend = create_backend(settings.store_url, root=settings.app_dir, prefix=settings.redis_prefix)
         # The token key matters only where tokens are issued: hosts with authentication off may
         # each keep their own.
         checked = [blob_key] if settings.disable_authentication else [blob_key, token_key]

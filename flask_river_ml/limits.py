@@ -23,6 +23,8 @@ from flask import Blueprint, Flask
 from flask_limiter import Limiter
 from limits import parse_many
 
+from .storage import scheme
+
 if TYPE_CHECKING:  # settings imports limit_string from here
     from .settings import Settings
 
@@ -45,15 +47,13 @@ def limit_string(rate: str) -> str:
 
 
 def storage_uri(settings: Settings) -> str:
-    """Where the counters live: the models' redis with the redis backend, so the limit holds
-    across processes and hosts; this process's memory with the embedded stores."""
-    if settings.storage_backend != "redis":
-        return "memory://"
-    if settings.redis_url:
-        url = settings.redis_url
-        # redis-py's unix:// is redis+unix:// to the limits library.
-        return "redis+" + url if url.startswith("unix://") else url
-    return f"redis://{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+    """Where the counters live: the models' redis when they are stored in redis, so the limit
+    holds across processes and hosts; this process's memory with any other store."""
+    url = settings.store_url
+    if scheme(url) in ("redis", "rediss"):
+        return url
+    # redis-py's unix:// is redis+unix:// to the limits library.
+    return "redis+" + url if scheme(url) == "unix" else "memory://"
 
 
 def install(app: Flask, blueprint: Blueprint, settings: Settings, key_func: Callable[[], str]) -> Limiter:

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask
 
 from .errors import ConfigurationError
-from .storage import BACKENDS
+from .storage import BACKENDS, scheme
 
 PREFIX = "RIVER_ML_"
 #: Where an app keeps its registration: ``app.extensions["river_ml"]``.
@@ -92,6 +92,12 @@ def _rate(value: Any) -> str:
         raise ValueError("must be a rate such as '100/1day', '5/m' or '100 per day'") from None
 
 
+def _storage_url(value: Any) -> str:
+    url = _text(value)
+    scheme(url)
+    return url
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -147,6 +153,9 @@ class Settings:
     app_dir: str = _setting(None, _optional(_path))
     cache_dir: str = _setting(None, _optional(_path))
     storage_backend: str = _setting("shelve", _one_of(BACKENDS))
+    # New: the store as a URL (memory://, sqlite:///path, redis://...): wins over the backend's
+    # name and its settings.
+    storage_url: str | None = _setting(None, _optional(_storage_url))
     shelve_path: str = _setting(None, _optional(_path))
     shelve_secret_key: str | None = _setting(None, _optional(_secret))
     redis_url: str | None = _setting(None, _optional(_text))
@@ -186,10 +195,17 @@ class Settings:
         """Whether ``view`` (a name of :data:`VIEWS`) needs an access token."""
         return not self.disable_authentication and view in self.authenticated_views
 
-    def as_config(self) -> dict[str, Any]:
-        """The values keyed as in ``app.config`` (``RIVER_ML_STORAGE_BACKEND``), for the code
-        that takes them so: :func:`flask_river_ml.storage.create_backend`."""
-        return {PREFIX + setting.name.upper(): getattr(self, setting.name) for setting in fields(self)}
+    @property
+    def store_url(self) -> str:
+        """The URL of the store: ``RIVER_ML_STORAGE_URL``, else the one that
+        ``RIVER_ML_STORAGE_BACKEND`` and its own settings name."""
+        if self.storage_url:
+            return self.storage_url
+        if self.storage_backend == "memory":
+            return "memory://"
+        if self.storage_backend == "shelve":
+            return "sqlite:///" + os.path.abspath(self.shelve_path)
+        return self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
 
 #: key without the prefix -> (default, check), in the order of :class:`Settings`.

@@ -12,7 +12,7 @@ from flask import Flask
 from river import linear_model
 
 from flask_river_ml import ConfigurationError, FlaskRiverML
-from flask_river_ml.settings import PREFIX, SETTINGS, Settings
+from flask_river_ml.settings import PREFIX, SETTINGS, Settings, load
 
 
 def new_app(tmp_path, **config) -> Flask:
@@ -47,7 +47,7 @@ def test_defaults_are_filled_in(tmp_path):
 
 def test_settings_are_one_frozen_object(tmp_path):
     """The registration keeps a frozen Settings: typed attributes, lists as tuples, while
-    app.config keeps the values as given; as_config gives them back under their keys."""
+    app.config keeps the values as given."""
     app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_API_VIEWS_ENABLED=["learn", "predict"])
     FlaskRiverML(app)
     settings = FlaskRiverML.state(app).settings
@@ -57,9 +57,37 @@ def test_settings_are_one_frozen_object(tmp_path):
     assert settings.max_features == 1000 and settings.redis_port == 6379
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.max_features = 5  # type: ignore[misc]
-    config = settings.as_config()
-    assert set(config) == {PREFIX + name for name in SETTINGS}
-    assert config["RIVER_ML_STORAGE_BACKEND"] == "memory"
+    assert settings.store_url == "memory://"
+
+
+@pytest.mark.parametrize(
+    "config, url",
+    [
+        ({"RIVER_ML_STORAGE_BACKEND": "memory"}, "memory://"),
+        ({"RIVER_ML_STORAGE_BACKEND": "redis"}, "redis://localhost:6379/0"),
+        (
+            {"RIVER_ML_STORAGE_BACKEND": "redis", "RIVER_ML_REDIS_HOST": "db", "RIVER_ML_REDIS_DB": 3},
+            "redis://db:6379/3",
+        ),
+        ({"RIVER_ML_STORAGE_BACKEND": "redis", "RIVER_ML_REDIS_URL": "unix:///run/r.sock"}, "unix:///run/r.sock"),
+        ({"RIVER_ML_STORAGE_BACKEND": "redis", "RIVER_ML_STORAGE_URL": "memory://"}, "memory://"),
+        ({"RIVER_ML_STORAGE_URL": "rediss://cache:6380/1"}, "rediss://cache:6380/1"),
+    ],
+)
+def test_the_store_url_is_the_setting_or_what_the_backend_settings_name(tmp_path, config, url):
+    app = new_app(tmp_path, **config)
+    assert load(app).store_url == url
+
+
+def test_the_shelve_backend_is_an_sqlite_url_of_its_path(tmp_path):
+    app = new_app(tmp_path)
+    assert load(app).store_url == "sqlite:///" + os.path.join(app.instance_path, "river_ml.shelve")
+
+
+@pytest.mark.parametrize("url", ["postgres://db/models", "models.sqlite3", "", 5])
+def test_a_storage_url_of_no_backend_refuses_to_start(tmp_path, url):
+    with pytest.raises(ConfigurationError, match="RIVER_ML_STORAGE_URL"):
+        FlaskRiverML(new_app(tmp_path, RIVER_ML_STORAGE_URL=url))
 
 
 def test_settings_are_read_once(tmp_path):

@@ -17,32 +17,39 @@ import pytest
 import redis
 from conftest import REDIS_URL
 from redis_server import RedisServer
-from stores import append
+from stores import SharedMemoryBackend, append
 
 from flask_river_ml.errors import StoreUnavailable
 from flask_river_ml.storage import Backend, create_backend
 from flask_river_ml.storage.base import EXISTS, TAKEN, Change, Guard, Outcome
 
-
-def store_settings(backend_name: str, redis_prefix: str, shelve_path: str = "unused") -> dict:
-    return {
-        "RIVER_ML_STORAGE_BACKEND": backend_name,
-        "RIVER_ML_SHELVE_PATH": shelve_path,
-        "RIVER_ML_REDIS_URL": REDIS_URL,
-        "RIVER_ML_REDIS_HOST": "unused",
-        "RIVER_ML_REDIS_PORT": 0,
-        "RIVER_ML_REDIS_DB": 0,
-        "RIVER_ML_REDIS_PREFIX": redis_prefix,
-    }
+#: The URL of each backend the conformance suite runs against (a relative path: in the test's
+#: folder; {test}: a name of the test's own), the documented custom backend included.
+URLS = {
+    "memory": "memory://",
+    "shelve": "sqlite:///store.sqlite3",
+    "redis": REDIS_URL,
+    SharedMemoryBackend.name: "shared-memory://{test}",
+}
 
 
-def redis_backend(redis_prefix: str) -> Backend:
-    return create_backend(store_settings("redis", redis_prefix))
+@pytest.fixture(params=list(URLS))
+def backend_name(request) -> str:
+    return request.param
+
+
+def redis_backend(redis_prefix: str, url: str = REDIS_URL) -> Backend:
+    return create_backend(url, root="unused", prefix=redis_prefix)
+
+
+def shelve_at(path: Path) -> Backend:
+    return create_backend(f"sqlite:///{path}", root="unused", prefix="unused")
 
 
 @pytest.fixture
 def backend(backend_name, tmp_path, redis_prefix) -> Iterator[Backend]:
-    store = create_backend(store_settings(backend_name, redis_prefix, str(tmp_path / "store")))
+    url = URLS[backend_name].format(test=uuid.uuid4().hex)
+    store = create_backend(url, root=str(tmp_path), prefix=redis_prefix)
     yield store
     store.close()
 
@@ -256,8 +263,7 @@ def test_lock_timeout(backend):
 
 def test_shelve_is_shared_between_instances(tmp_path):
     """Two shelve backends on one path see each other's writes (as two processes would)."""
-    settings = {"RIVER_ML_STORAGE_BACKEND": "shelve", "RIVER_ML_SHELVE_PATH": str(tmp_path / "s")}
-    first, second = create_backend(settings), create_backend(settings)
+    first, second = shelve_at(tmp_path / "s"), shelve_at(tmp_path / "s")
     first.set("k", b"v")
     assert second.get("k") == b"v"
     assert append(first, "log", b"1") == 1
@@ -272,15 +278,7 @@ def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
     """Two apps (prefixes) share a database without seeing each other's keys."""
     import redis
 
-    settings = {
-        "RIVER_ML_STORAGE_BACKEND": "redis",
-        "RIVER_ML_REDIS_URL": None,
-        "RIVER_ML_REDIS_HOST": "127.0.0.1",
-        "RIVER_ML_REDIS_PORT": 6379,
-        "RIVER_ML_REDIS_DB": 0,
-    }
-    first = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "a:"})
-    second = create_backend({**settings, "RIVER_ML_REDIS_PREFIX": redis_prefix + "b:"})
+    first, second = redis_backend(redis_prefix + "a:"), redis_backend(redis_prefix + "b:")
     first.set("model:x", b"1", ttl=60)
     append(first, "log:x", b"r")
     first.observe("stats:x", 5, 0.3)
@@ -518,9 +516,7 @@ def test_a_redis_that_is_down_is_unavailable_until_it_is_back(tmp_path):
     with RedisServer(tmp_path / "redis") as server:
         admin = redis.Redis(port=server.port)
         admin.config_set("requirepass", password)
-        backend = create_backend(
-            {**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": f"redis://:{password}@127.0.0.1:{server.port}/0"}
-        )
+        backend = redis_backend("p:", f"redis://:{password}@127.0.0.1:{server.port}/0")
         backend.set("k", b"v")
         assert append(backend, "log", b"a") == 1
         server.stop()
@@ -564,7 +560,7 @@ def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
     """Writes are refused as StoreUnavailable; reads go on; once it takes writes again, so does
     the backend."""
     with RedisServer(tmp_path / "redis") as server, contextlib.ExitStack() as stack:
-        backend = create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url})
+        backend = redis_backend("p:", server.url)
         stack.callback(backend.close)
         backend.set("k", b"v")
         undo = refuse_writes(how, server, stack)
@@ -579,7 +575,7 @@ def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
 
 @pytest.fixture
 def shelve_backend(tmp_path) -> Iterator[Backend]:
-    store = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    store = shelve_at(tmp_path / "folder" / "store")
     yield store
     store.close()
 
@@ -612,7 +608,7 @@ def test_a_removed_sqlite_folder_is_unavailable_until_it_is_back(shelve_backend,
     with shelve_backend.lock("l", timeout=1):
         pass
     # A second backend on the path (another process) sees the new store.
-    other = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    other = shelve_at(tmp_path / "folder" / "store")
     assert other.read("log") == [(1, b"b")]
     other.close()
 
@@ -623,7 +619,7 @@ def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
     removed one its connections had open."""
     path = tmp_path / "folder" / "store.sqlite3"
     shelve_backend.set("k", b"old")
-    copy = create_backend(store_settings("shelve", "unused", str(tmp_path / "copy")))
+    copy = shelve_at(tmp_path / "copy")
     copy.set("k", b"restored")
     copy.close()  # the last connection's close writes its log into the file
     for suffix in ("-wal", "-shm"):
@@ -631,7 +627,7 @@ def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
     os.replace(f"{tmp_path / 'copy'}.sqlite3", path)
     assert shelve_backend.get("k") == b"restored"
     shelve_backend.set("k", b"new")
-    reader = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    reader = shelve_at(tmp_path / "folder" / "store")
     assert reader.get("k") == b"new"
     reader.close()
 
@@ -643,7 +639,7 @@ def test_a_sqlite_file_locked_too_long_is_unavailable_for_writes(shelve_backend,
 
     monkeypatch.setattr(shelve_module, "_BUSY_SECONDS", 0.2)
     shelve_backend.close()
-    backend = create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store")))
+    backend = shelve_at(tmp_path / "folder" / "store")
     backend.set("k", b"v")
     holder = sqlite3.connect(tmp_path / "folder" / "store.sqlite3", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
@@ -660,12 +656,12 @@ def test_a_damaged_sqlite_file_is_unavailable(tmp_path):
     """A file that is not an SQLite database (overwritten) is refused as unavailable, not
     with a driver error."""
     path = tmp_path / "folder" / "store"
-    create_backend(store_settings("shelve", "unused", str(path))).close()
+    shelve_at(path).close()
     for suffix in ("-wal", "-shm"):
         Path(f"{path}.sqlite3{suffix}").unlink(missing_ok=True)
     Path(f"{path}.sqlite3").write_bytes(b"not a database at all" * 512)
     with pytest.raises(StoreUnavailable, match="file is not a database"):
-        create_backend(store_settings("shelve", "unused", str(path)))
+        shelve_at(path)
 
 
 def test_errors_of_callers_pass_unchanged(backend):
@@ -685,8 +681,8 @@ def test_listeners_survive_an_outage(tmp_path):
     was removed and made again, get the messages published after the store is back."""
     with RedisServer(tmp_path / "redis") as server:
         stores = [
-            create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url}),
-            create_backend(store_settings("shelve", "unused", str(tmp_path / "folder" / "store"))),
+            redis_backend("p:", server.url),
+            shelve_at(tmp_path / "folder" / "store"),
         ]
         received: list[list[bytes]] = [[], []]
         stops = [store.listen("c", got.append) for store, got in zip(stores, received, strict=True)]
@@ -716,7 +712,7 @@ def test_redis_lock_outlives_a_failed_renewal(tmp_path, monkeypatch):
 
     monkeypatch.setattr(redis_module, "_LOCK_EXPIRY", 0.3)
     with RedisServer(tmp_path / "redis") as server:
-        backend = create_backend({**store_settings("redis", "p:"), "RIVER_ML_REDIS_URL": server.url})
+        backend = redis_backend("p:", server.url)
         with backend.lock("m"):
             server.stop()
             time.sleep(0.5)

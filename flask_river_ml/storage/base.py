@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from ..errors import StoreUnavailable
 
@@ -225,8 +225,13 @@ class Backend(Store, GuardedLog, Timings, Locks, Bus):
     mean that, and every method of the interfaces it defines is wrapped to apply it.
     """
 
-    #: The name used in ``RIVER_ML_STORAGE_BACKEND`` and reported by ``service_info``.
+    #: The name reported by ``service_info`` (and, for the built-in backends, the value of
+    #: ``RIVER_ML_STORAGE_BACKEND`` that chooses them).
     name: str = ""
+    #: The URL schemes this class serves; a subclass that sets its own joins :attr:`registry`.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: The class serving each scheme: the last class defined for it.
+    registry: ClassVar[dict[str, type[Backend]]] = {}
     #: When the last failure of the store was logged (see :data:`_REPORT_EVERY`).
     _reported: float = float("-inf")
 
@@ -235,10 +240,20 @@ class Backend(Store, GuardedLog, Timings, Locks, Bus):
         :meth:`unavailable` recognises leave them as :class:`StoreUnavailable`: one place per
         backend, however many methods it has, and a third-party backend gets it for free."""
         super().__init_subclass__(**kwargs)
+        # Only schemes of its own: a subclass of a built-in backend does not take its schemes.
+        for scheme in cls.__dict__.get("schemes", ()):
+            Backend.registry[scheme] = cls
         for name in _STORE_CALLS & cls.__dict__.keys():
             setattr(cls, name, _guarded(cls.__dict__[name]))
         if "lock" in cls.__dict__:
             cls.lock = _guarded_lock(cls.__dict__["lock"])  # type: ignore[method-assign]
+
+    @classmethod
+    def from_url(cls, url: str, *, root: str, prefix: str) -> Backend:
+        """The backend ``url`` names: a path in it relative to ``root`` (the app's folder),
+        keys under ``prefix`` where the store is shared with others. By default the URL names
+        nothing more than the class (``memory://``)."""
+        return cls()
 
     def unavailable(self, error: Exception) -> StoreUnavailable | None:
         """The :class:`StoreUnavailable` that ``error``, raised by a call of this backend,

@@ -19,6 +19,7 @@ class MemoryBackend(Backend):
     are handed to this process's listeners directly."""
 
     name = "memory"
+    schemes = ("memory",)
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[Callable[[bytes], None]]] = {}

@@ -164,6 +164,7 @@ class RedisBackend(Backend):
     """A backend on a redis server, through redis-py's connection pool (which survives forks)."""
 
     name = "redis"
+    schemes = ("redis", "rediss", "unix")
 
     def __init__(self, client: redis.Redis, prefix: str = "river_ml:") -> None:
         # Any: redis-py types every reply as a union of bytes, str and awaitables.
@@ -173,11 +174,10 @@ class RedisBackend(Backend):
         self._listening = ListenerCheck(self._ask_listeners)
 
     @classmethod
-    def from_settings(cls, url: str | None, host: str, port: int, db: int, prefix: str) -> RedisBackend:
-        """A backend on ``url``, or on host, port and database number when there is no URL."""
-        options = client_options()
-        client = redis.Redis.from_url(url, **options) if url else redis.Redis(host=host, port=port, db=db, **options)
-        return cls(client, prefix)
+    def from_url(cls, url: str, *, root: str, prefix: str) -> RedisBackend:
+        """A backend on the server ``url`` names, as redis-py's ``from_url`` takes it; its
+        keys under ``prefix``."""
+        return cls(redis.Redis.from_url(url, **client_options()), prefix)
 
     @property
     def description(self) -> str:

@@ -33,6 +33,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import StoreUnavailable
 from .base import Backend, Change, Guard, ListenerCheck, Outcome, Records
@@ -88,6 +89,7 @@ class ShelveBackend(Backend):
     """
 
     name = "shelve"
+    schemes = ("sqlite",)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(f"{os.fspath(path)}.sqlite3")
@@ -103,6 +105,16 @@ class ShelveBackend(Backend):
         self._known: tuple[int, int] | None = None
         # Opened now, so that a wrong path fails at start-up (a store call: StoreUnavailable).
         self.ping()
+
+    @classmethod
+    def from_url(cls, url: str, *, root: str, prefix: str) -> ShelveBackend:
+        """``sqlite:///relative/path`` (to ``root``) or ``sqlite:////absolute/path``: the file
+        is the path, its ``.sqlite3`` suffix added when it has none."""
+        parts = urlsplit(url)
+        if parts.netloc or not parts.path.strip("/"):
+            raise ValueError("names no SQLite file; use sqlite:///relative/path or sqlite:////absolute/path")
+        path = Path(root, parts.path[1:])  # an absolute path (a second slash) wins over root
+        return cls(path.with_suffix("") if path.suffix == ".sqlite3" else path)
 
     @property
     def description(self) -> str:
