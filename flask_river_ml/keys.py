@@ -31,12 +31,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import layout
 from .errors import ConfigurationError, StoreUnavailable
-from .settings import Settings
 from .storage import Backend
+
+if TYPE_CHECKING:  # settings imports Flask; the keys are needed without it
+    from .settings import Settings
 
 logger = logging.getLogger("flask_river_ml.keys")
 

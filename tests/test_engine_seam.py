@@ -8,6 +8,8 @@ no model.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -198,3 +200,15 @@ def test_the_engine_predicts_like_river(engine, backend):
     x = {"a": 3.5, "b": 1.0}
     assert engine.predict("linear", Predict(x)).value == local.predict_one(x)
     assert make_engine(backend).predict("linear", Predict(x)).value == local.predict_one(x)
+
+
+def test_the_engine_the_service_and_the_stores_import_without_flask():
+    code = (
+        "import sys\n"
+        "import flask_river_ml.engine, flask_river_ml.service, flask_river_ml.layout\n"
+        "import flask_river_ml.storage.memory, flask_river_ml.storage.shelve\n"
+        "assert 'flask' not in sys.modules, sorted(m for m in sys.modules if m.startswith('flask'))\n"
+        "import flask_river_ml\n"
+        "assert flask_river_ml.FlaskRiverML.__name__ == 'FlaskRiverML' and 'flask' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
