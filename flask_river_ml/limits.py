@@ -50,7 +50,7 @@ def storage_uri(settings: Settings) -> str:
     """Where the counters live: the models' redis when they are stored in redis, so the limit
     holds across processes and hosts; this process's memory with any other store."""
     url = settings.store_url
-    if scheme(url) in ("redis", "rediss"):
+    if scheme(url) in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         return url
     # redis-py's unix:// is redis+unix:// to the limits library.
     return "redis+" + url if scheme(url) == "unix" else "memory://"

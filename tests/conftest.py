@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test run on the redis backend (a parameter of value "redis") ``redis``."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if "redis" in params.values():
+        if any(value in ("redis", "redis-cluster") for value in params.values() if isinstance(value, str)):
             item.add_marker(pytest.mark.redis)
 
 
@@ -77,6 +77,15 @@ def make_app(tmp_path, redis_prefix) -> Iterator[AppFactory]:
     yield factory
     for app in made:
         FlaskRiverML.state(app).close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a private Redis Cluster of three masters, for the whole session."""
+    from redis_server import RedisClusterServers
+
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(params=["memory", "shelve", "redis"])

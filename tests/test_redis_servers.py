@@ -1,7 +1,8 @@
 """The redis backend behind real servers (docs/engine.md, docs/deploy.md):
 gunicorn workers learning into one model, two servers ("hosts") sharing one redis, a crash of a
 whole server under load, upload, replace and delete seen by every worker, events fanned out
-from every worker, and a rate limit that holds across processes.
+from every worker, and a rate limit that holds across processes; all but the rate limit on one
+redis server and on a Redis Cluster of three masters.
 
 Concurrent learns reach the model in an order nobody knows, so the models here do not depend
 on it: a multinomial naive Bayes on the word counts of texts only counts. Whatever order a
@@ -108,12 +109,17 @@ def assert_proba(served: Any, local: dict[Any, float]) -> None:
 # --- talking to the servers ------------------------------------------------------------------------
 
 
-def redis_env(prefix: str, **settings: str) -> dict[str, str]:
-    """A server's environment: the redis backend under ``prefix``, the shared secret, then
-    ``settings`` (``SNAPSHOT_EVERY="50"`` for FLASK_RIVER_ML_SNAPSHOT_EVERY)."""
+@pytest.fixture(params=["redis", "redis-cluster"])
+def store(request) -> str:
+    """The store the servers share: the redis server, or a Redis Cluster of three masters."""
+    return REDIS_URL if request.param == "redis" else request.getfixturevalue("redis_cluster")
+
+
+def redis_env(prefix: str, url: str = REDIS_URL, **settings: str) -> dict[str, str]:
+    """A server's environment: the redis store at ``url`` under ``prefix``, the shared secret,
+    then ``settings`` (``SNAPSHOT_EVERY="50"`` for FLASK_RIVER_ML_SNAPSHOT_EVERY)."""
     env = {
-        "FLASK_RIVER_ML_STORAGE_BACKEND": "redis",
-        "FLASK_RIVER_ML_REDIS_URL": REDIS_URL,
+        "FLASK_RIVER_ML_STORAGE_URL": url,
         "FLASK_RIVER_ML_REDIS_PREFIX": prefix,
         "FLASK_RIVER_ML_SHELVE_SECRET_KEY": SECRET,
     }
@@ -239,7 +245,7 @@ def assert_clean(server: Server, workers: int) -> None:
 # --- the tests -----------------------------------------------------------------------------------
 
 
-def test_four_workers_learn_into_one_model(tmp_path, redis_prefix):
+def test_four_workers_learn_into_one_model(tmp_path, redis_prefix, store):
     """600 learns from 12 threads through 4 workers: every one acknowledged, the served model
     holds exactly the counts of a local model trained on the 600 samples, every worker learnt
     some and predicts as that model does, and the stats count every call once."""
@@ -247,7 +253,7 @@ def test_four_workers_learn_into_one_model(tmp_path, redis_prefix):
     samples = make_samples(1, 600)
     probes = make_samples(2, 5 * ROUND)
     local = trained(samples)
-    env = redis_env(redis_prefix, SNAPSHOT_EVERY="100")
+    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="100")
     with serve(tmp_path, env, workers=4, threads=1, access_log=True) as server:
         upload(server.url, name, new_model())
 
@@ -267,7 +273,7 @@ def test_four_workers_learn_into_one_model(tmp_path, redis_prefix):
         assert_clean(server, 4)
 
 
-def test_two_servers_share_one_model(tmp_path, redis_prefix):
+def test_two_servers_share_one_model(tmp_path, redis_prefix, store):
     """Two servers ("hosts": 2 workers and a folder each) on one redis learn into the same model
     at the same time; both then hold the local model's counts, predict identically and as it
     does, and report the same metrics and stats."""
@@ -275,7 +281,7 @@ def test_two_servers_share_one_model(tmp_path, redis_prefix):
     samples = make_samples(3, 400)
     probes = make_samples(4, 60)
     local = trained(samples)
-    env = redis_env(redis_prefix, SNAPSHOT_EVERY="100")
+    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="100")
     with (
         serve(tmp_path / "a", env, workers=2, access_log=True) as first,
         serve(tmp_path / "b", env, workers=2, access_log=True) as second,
@@ -303,7 +309,7 @@ def test_two_servers_share_one_model(tmp_path, redis_prefix):
             assert_clean(server, 2)
 
 
-def test_acknowledged_learns_survive_a_crash(tmp_path, redis_prefix):
+def test_acknowledged_learns_survive_a_crash(tmp_path, redis_prefix, store):
     """The whole server (master and workers) is killed with SIGKILL under load from 8 threads.
     A new server on the same redis serves every learn that was answered 201: its counts are at
     least those of a local model trained on the acknowledged samples, at most those of one
@@ -311,7 +317,7 @@ def test_acknowledged_learns_survive_a_crash(tmp_path, redis_prefix):
     some of those in flight), and it goes on learning and predicting."""
     name = "crash-proof"
     samples = make_samples(5, 4000)
-    env = redis_env(redis_prefix, SNAPSHOT_EVERY="50")
+    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="50")
     threads = 8
     acknowledged: list[Sample] = []
     in_flight: list[Sample] = []
@@ -374,7 +380,7 @@ def test_acknowledged_learns_survive_a_crash(tmp_path, redis_prefix):
         assert_clean(server, 2)
 
 
-def test_every_worker_sees_upload_replace_and_delete(tmp_path, redis_prefix):
+def test_every_worker_sees_upload_replace_and_delete(tmp_path, redis_prefix, store):
     """Upload, replace (delete, then upload another model under the name) and delete, each sent
     to one of 4 workers, are seen by every worker at its next request: after each change, rounds
     of predictions reach every worker, and every answer is the new model's (404 JSON once it is
@@ -386,7 +392,7 @@ def test_every_worker_sees_upload_replace_and_delete(tmp_path, redis_prefix):
     probes = make_samples(10, 5 * ROUND)
     learnt = iter([make_samples(11, 20), make_samples(12, 20)])
 
-    with serve(tmp_path, redis_env(redis_prefix), workers=4, threads=1, access_log=True) as server:
+    with serve(tmp_path, redis_env(redis_prefix, store), workers=4, threads=1, access_log=True) as server:
 
         def predict_on_every_worker() -> list[requests.Response]:
             return on_every_worker(server, lambda i: predict(server.url, name, probes[i][0]), "/api/predict/")
@@ -430,13 +436,13 @@ def drain(subscription: Any, count: int) -> list[bytes]:
     return messages
 
 
-def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix, make_app):
+def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix, make_app, store):
     """A subscriber in this process, on the server's redis as a stream would subscribe, gets every
     learn, predict and label handled by any of 4 workers exactly once, as {"event", "data"} with
     the documented payloads; a subscriber to the metrics gets one message per learn and label, carrying
     the model's name."""
     name = "watched"
-    state = FlaskRiverML.state(make_app(RIVER_ML_STORAGE_BACKEND="redis", RIVER_ML_SHELVE_SECRET_KEY=SECRET))
+    state = FlaskRiverML.state(make_app(RIVER_ML_STORAGE_URL=store, RIVER_ML_SHELVE_SECRET_KEY=SECRET))
     events = state.service.events.events.subscribe()
     metrics = state.service.events.metrics.subscribe()
     learnt = make_samples(13, 80)
@@ -444,7 +450,7 @@ def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix
     mixed = [("learn", sample) for sample in learnt] + [("predict", sample) for sample in asked]
     random.Random(15).shuffle(mixed)
 
-    with serve(tmp_path / "server", redis_env(redis_prefix), workers=4, threads=1, access_log=True) as server:
+    with serve(tmp_path / "server", redis_env(redis_prefix, store), workers=4, threads=1, access_log=True) as server:
         upload(server.url, name, new_model())
         # Each worker asks redis whether anyone listens at most every 0.25 s.
         time.sleep(0.6)

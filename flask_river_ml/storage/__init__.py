@@ -11,6 +11,7 @@ with the package are imported only when their scheme is asked for, so an optiona
 ``sqlite:///relative/path.sqlite3``       an SQLite file, relative to the app's folder
 ``sqlite:////absolute/path.sqlite3``      (the "shelve" backend)
 ``redis://``, ``rediss://``, ``unix://``  a redis server, as redis-py's ``from_url`` takes it
+``redis+cluster://``                      a Redis Cluster, by any of its nodes
 =======================================  ==========================================
 """
 
@@ -24,7 +25,12 @@ from .base import Backend
 #: The names RIVER_ML_STORAGE_BACKEND accepts.
 BACKENDS = ("shelve", "redis", "memory")
 #: The schemes of the backends that come with the package, and the module of each.
-_BUILT_IN = {"memory": "memory", "sqlite": "shelve", "redis": "redis", "rediss": "redis", "unix": "redis"}
+_BUILT_IN = {
+    "memory": "memory",
+    "sqlite": "shelve",
+    **dict.fromkeys(("redis", "rediss", "unix"), "redis"),
+    **dict.fromkeys(("redis+cluster", "rediss+cluster"), "redis_cluster"),
+}
 
 
 def scheme(url: str) -> str:

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -164,9 +164,9 @@ class RedisBackend(Backend):
     """A backend on a redis server, through redis-py's connection pool (which survives forks)."""
 
     name = "redis"
-    schemes = ("redis", "rediss", "unix")
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix")
 
-    def __init__(self, client: redis.Redis, prefix: str = "river_ml:") -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster, prefix: str = "river_ml:") -> None:
         # Any: redis-py types every reply as a union of bytes, str and awaitables.
         self.client: Any = client
         self.prefix = prefix
@@ -243,7 +243,7 @@ class RedisBackend(Backend):
     def update(self, key: str, func: Callable[[bytes | None], bytes]) -> bytes:
         name = self._k(key)
         while True:
-            with self.client.pipeline() as pipe:
+            with self.client.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(name)
                     value = func(pipe.get(name))
