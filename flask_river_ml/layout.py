@@ -22,6 +22,9 @@ For the store as a whole::
     user:<name>                  a user's JSON record (salted password hash, scopes)
     key-fingerprint:<setting>    a keyed fingerprint of a host's secret key
     events, metrics              the channels of the streams
+
+The rate limiter counts requests by :func:`rate_limited` (``user:<name>``, ``address:<ip>``)
+in storage of its own (the same redis, under the prefix plus ``limits``, or memory).
 """
 
 from __future__ import annotations
@@ -93,6 +96,12 @@ USERS = _USER
 
 def user_names(keys: list[str]) -> list[str]:
     return [key[len(_USER) :] for key in keys]
+
+
+def rate_limited(user: str | None, address: str | None) -> str:
+    """Who a request counts against in the rate limit: its user, else its address (the rate
+    limiter keeps its counters under this, in its own storage)."""
+    return f"user:{user}" if user else f"address:{address}"
 
 
 def fingerprint(setting: str) -> str:

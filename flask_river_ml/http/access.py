@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, g, request, url_for
 
+from .. import layout
 from ..auth import MANAGE, Principal, Unauthorized
 from ..errors import Forbidden
 from ..settings import EXTENSION_KEY
@@ -143,7 +144,7 @@ def _is_loopback(address: str | None) -> bool:
 def rate_limit_key() -> str:
     """Who a request counts against: its user when authenticated, else its address."""
     user = current_user()
-    return f"user:{user}" if user else f"address:{request.remote_addr}"
+    return layout.rate_limited(user, request.remote_addr)
 
 
 def challenge() -> str:
