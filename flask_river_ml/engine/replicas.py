@@ -227,13 +227,19 @@ class Replicas:
         return True
 
     def applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, scored: Scored | None) -> None:
-        """Bring the replica to record ``seq``, just appended from ``x``, ``y`` and ``scored``, and past it."""
+        """Bring the replica to record ``seq``, just appended from ``x``, ``y`` and ``scored``.
+
+        When it comes right after the replica's position, nobody wrote in between: the record
+        is applied from memory, and nothing is read (records appended since are the next
+        request's to apply, as they would be had they come a moment later). Otherwise the
+        replica catches up through it from the log.
+        """
         with replica.lock:
             if seq == replica.seq + 1:
-                # Nobody wrote in between: apply the record from memory rather than read it back.
                 try:
                     replica.apply(x, y, scored or Scored(None))
                     replica.seq = seq
+                    return
                 except ModelFailed as error:
                     replica.skipped[seq] = error.message
                     self.rebuild(name, replica)
