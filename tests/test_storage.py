@@ -645,9 +645,9 @@ def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
 def test_a_sqlite_file_locked_too_long_is_unavailable_for_writes(shelve_backend, tmp_path, monkeypatch):
     """Another writer holds the file's lock longer than a write waits: writes are refused,
     saying so; reads go on (WAL); once it lets go, writes go through."""
-    from flask_river_ml.storage import shelve as shelve_module
+    from flask_river_ml.storage import sqlite_files
 
-    monkeypatch.setattr(shelve_module, "_BUSY_SECONDS", 0.2)
+    monkeypatch.setattr(sqlite_files, "_BUSY_SECONDS", 0.2)
     shelve_backend.close()
     backend = shelve_at(tmp_path / "folder" / "store")
     backend.set("k", b"v")
@@ -683,6 +683,18 @@ def test_errors_of_callers_pass_unchanged(backend):
         raise PermissionError(13, "the block's own")
     with backend.lock("l", timeout=0.5):
         pass
+
+
+def test_store_calls_defined_in_a_backend_base_are_guarded():
+    """The built-in backends take capabilities from base classes of their own (a bus, a commit
+    script, a file's connections): each store call they have translates store failures, where
+    it is defined, unless it is a default of the interfaces made of other calls."""
+    from flask_river_ml.storage.shelve import ShelveBackend
+
+    for cls in (ShelveBackend, RedisClusterBackend):
+        for name in STORE_CALLS:
+            owner = next(base for base in cls.__mro__ if name in base.__dict__)
+            assert owner in Backend.__mro__ or hasattr(owner.__dict__[name], "__wrapped__"), (cls, name)
 
 
 @pytest.mark.redis

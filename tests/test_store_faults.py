@@ -345,9 +345,9 @@ def test_a_redis_outage_under_gunicorn(tmp_path):
 @pytest.fixture
 def shelve_app(make_app, tmp_path, monkeypatch) -> tuple[Any, Path]:
     """An app on a shelve store in a folder of its own (a write waits 0.3 s for a lock)."""
-    from flask_river_ml.storage import shelve as shelve_module
+    from flask_river_ml.storage import sqlite_files
 
-    monkeypatch.setattr(shelve_module, "_BUSY_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite_files, "_BUSY_SECONDS", 0.3)
     folder = tmp_path / "store"
     return make_app(RIVER_ML_STORAGE_BACKEND="shelve", RIVER_ML_SHELVE_PATH=str(folder / "river_ml.shelve")), folder
 

@@ -1,0 +1,133 @@
+"""The script of a commit on redis: the rules of :func:`flask_river_ml.storage.local.commit_in`
+in Lua, run atomically on the server in one round trip, and how a change is packed into its
+KEYS and ARGV and its reply read back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .base import EXISTS, TAKEN, Change, Guard, Outcome
+from .redis_client import RedisClient
+
+# The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
+# head and the guarded key; then the key to take, the key to create (when there are), the
+# keys to set, the timings' keys. ARGV: [1] '1' with a guard, [2] the head the writer saw
+# ('' when not checked), [3] the value it saw, [4] '1' with a record, [5] the record, [6] '1'
+# with a take, [7] the value to take, [8] '1' with a create, [9] its value, [10] its time to
+# live in milliseconds (0: none), [11] the number of sets; then per set its value and time to
+# live, per timing its duration and alpha. Replies: {1, number or 0} when written, {0,
+# entries after the head} when the log moved on, {-1} when the guarded key changed, {-2}
+# when the key to take was gone, {-3} when the key to create existed. The record is added
+# before the head moves: a script that fails halfway keeps what it wrote, and a record
+# number must never be given out without its record.
+_COMMIT = """
+local k = 0
+if ARGV[1] == '1' then
+    if redis.call('GET', KEYS[3]) ~= ARGV[3] then
+        return {-1}
+    end
+    if ARGV[2] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
+        return {0, redis.call('XRANGE', KEYS[1], (tonumber(ARGV[2]) + 1) .. '-0', '+')}
+    end
+    k = 3
+end
+local take, create
+if ARGV[6] == '1' then
+    k = k + 1
+    take = KEYS[k]
+    if redis.call('GET', take) ~= ARGV[7] then
+        return {-2}
+    end
+end
+if ARGV[8] == '1' then
+    k = k + 1
+    create = KEYS[k]
+    if redis.call('EXISTS', create) == 1 then
+        return {-3}
+    end
+end
+local seq = 0
+if ARGV[4] == '1' then
+    seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+    redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[5])
+    redis.call('SET', KEYS[2], seq)
+end
+local function put(key, value, px)
+    if tonumber(px) > 0 then
+        redis.call('SET', key, value, 'PX', px)
+    else
+        redis.call('SET', key, value)
+    end
+end
+local sets = tonumber(ARGV[11])
+local a = 12
+for i = k + 1, k + sets do
+    put(KEYS[i], ARGV[a], ARGV[a + 1])
+    a = a + 2
+end
+if create then
+    put(create, ARGV[9], ARGV[10])
+end
+if take then
+    redis.call('DEL', take)
+end
+for i = k + sets + 1, #KEYS do
+    local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
+    redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
+    local mean = tonumber(ARGV[a])
+    if count > 1 then
+        local alpha = tonumber(ARGV[a + 1])
+        mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
+    end
+    redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+    a = a + 2
+end
+return {1, seq}
+"""
+_CONFLICTS = {-2: TAKEN, -3: EXISTS}
+
+
+class RedisScripts(RedisClient):
+    """Commits made by the script, registered on the client (redis-py loads it again on a
+    server that lost it)."""
+
+    def __init__(self, client: redis.Redis | redis.RedisCluster, prefix: str = "river_ml:") -> None:
+        super().__init__(client, prefix)
+        self._commit = client.register_script(_COMMIT)
+
+    def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
+        keys: list[str] = []
+        args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0, len(change.sets)]
+        if guard is not None:
+            keys += [*self._logs(guard.log), self._k(guard.key)]
+            args[0:3] = ["1", "" if guard.head is None else guard.head, guard.value]
+        if change.record is not None:
+            if guard is None:
+                raise ValueError("A record is appended to the log of a guard; none was given.")
+            args[3:5] = ["1", change.record]
+        if change.take is not None:
+            keys.append(self._k(change.take[0]))
+            args[5:7] = ["1", change.take[1]]
+        if change.create is not None:
+            keys.append(self._k(change.create[0]))
+            args[7:10] = ["1", change.create[1], self._px(change.create[2])]
+        for key, value, ttl in change.sets:
+            keys.append(self._k(key))
+            args += [value, self._px(ttl)]
+        for key, duration, alpha in change.observes:
+            keys.append(self._t(key))
+            args += [duration, repr(alpha)]
+        reply = self._commit(keys=keys, args=args)
+        if reply[0] == 1:
+            return Outcome(True, int(reply[1]) or None)
+        if reply[0] == 0:
+            # A script's entries are [id, [field, value]].
+            return Outcome(False, unseen=[(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in reply[1]])
+        return Outcome(False, conflict=_CONFLICTS.get(reply[0]))
+
+    @classmethod
+    def _px(cls, ttl: float | None) -> int:
+        return cls._expiry(ttl).get("px", 0)
