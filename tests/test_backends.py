@@ -64,3 +64,55 @@ def test_an_unknown_scheme_names_the_known_ones(tmp_path):
     known = "memory, redis, redis+cluster, rediss, rediss+cluster, shared-memory, sqlite, unix"
     with pytest.raises(ConfigurationError, match=re.escape(known)):
         FlaskRiverML(app)
+
+
+def serves_like_river(url: str, tmp_path, **config) -> str:
+    """An app on the store at ``url`` serves a model as river predicts it; the backend's name."""
+    app = Flask("app", instance_path=str(tmp_path / "instance"))
+    app.config.update(TESTING=True, RIVER_ML_STORAGE_URL=url, **config)
+    FlaskRiverML(app)
+    river_ml, local = FlaskRiverML(), linear_model.LinearRegression()
+    try:
+        with app.app_context():
+            river_ml.add_model(local.clone(), "regression", name="m")
+            for i in range(5):
+                river_ml.learn("m", ground_truth=float(i), features={"a": float(i)})
+                local.learn_one({"a": float(i)}, float(i))
+            assert river_ml.predict({"a": 2.5}, "m")["prediction"] == local.predict_one({"a": 2.5})
+            river_ml.delete_model("m")
+            return FlaskRiverML.state(app).backend.name
+    finally:
+        FlaskRiverML.state(app).close()
+
+
+@pytest.mark.parametrize("url, name", [("memory://", "memory"), ("sqlite:///models.sqlite3", "shelve")])
+def test_an_app_on_each_in_process_scheme(tmp_path, url, name):
+    assert serves_like_river(url, tmp_path) == name
+
+
+def test_an_sqlite_url_names_the_file_the_app_stores_in(tmp_path):
+    serves_like_river(f"sqlite:///{tmp_path / 'elsewhere' / 'store.sqlite3'}", tmp_path)
+    assert (tmp_path / "elsewhere" / "store.sqlite3").exists()
+    serves_like_river("sqlite:///relative/store", tmp_path)
+    assert (tmp_path / "instance" / "relative" / "store.sqlite3").exists()
+
+
+@pytest.mark.redis
+def test_an_app_on_each_redis_scheme(tmp_path, redis_prefix, redis_cluster):
+    from redis_server import RedisServer
+
+    socket = tmp_path / "redis.sock"
+    with RedisServer(tmp_path / "redis", "--unixsocket", str(socket), "--unixsocketperm", "700") as server:
+        for url in (server.url, f"unix://{socket}?db=0", redis_cluster):
+            assert serves_like_river(url, tmp_path, RIVER_ML_REDIS_PREFIX=redis_prefix) == "redis"
+
+
+def test_a_rediss_url_makes_a_tls_client():
+    """Without a TLS server to reach, the client is checked: rediss:// connects with TLS."""
+    from redis.connection import SSLConnection
+
+    store = create_backend("rediss://cache.example:6380/2", root="unused", prefix="p:")
+    pool = store.client.connection_pool  # type: ignore[attr-defined]
+    assert pool.connection_class is SSLConnection and pool.connection_kwargs["port"] == 6380
+    assert store.description == "redis store at cache.example:6380/2"  # type: ignore[attr-defined]
+    store.close()
