@@ -50,10 +50,10 @@ def expansion_plan(model: Any) -> Plan:
 def check_expansion(plan: Plan, features: int) -> None:
     """Refuses a sample of ``features`` features that the model would expand beyond
     :data:`MAX_TERMS` anywhere along its steps (a sample's own features are bounded apart)."""
-    from .bounds import OutOfBounds
-
     if plan is None:
         return
+    from .bounds import OutOfBounds  # bounds imports this module
+
     if plan == UNREADABLE:
         raise OutOfBounds(
             "This model's state could not be read to bound how far it expands a sample, so it refuses every "

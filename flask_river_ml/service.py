@@ -196,11 +196,12 @@ class Service:
         started = time.perf_counter_ns()
         features = _check_features(features, self.max_features)
         check_name(name)
-        if identifier is not None:
-            identifier = _check_identifier(identifier)
-        elif self.generate_identifiers:
+        generated = identifier is None and self.generate_identifiers
+        if generated:
             identifier = str(uuid.uuid4())
-        scored = self.engine.predict(name, Predict(features, identifier, started))
+        elif identifier is not None:
+            identifier = _check_identifier(identifier)
+        scored = self.engine.predict(name, Predict(features, identifier, started, generated))
         result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is not None:
             result["identifier"] = identifier

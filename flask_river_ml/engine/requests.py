@@ -44,7 +44,7 @@ _TRIES = 5
 _Result = TypeVar("_Result")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Predict:
     """What a predict wants done: predict ``features``, keep the prediction waiting for its
     label under ``identifier`` (unless None), time the call from ``started`` (perf_counter_ns;
@@ -53,9 +53,12 @@ class Predict:
     features: dict
     identifier: str | None = None
     started: int | None = None
+    #: The identifier is one the server just generated (a random UUID): no prediction can wait
+    #: under it yet, so the commit does not look.
+    generated: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Learn:
     """What a learn or a label wants done: learn ``ground_truth`` (None: learn unsupervised)
     from ``features``, or from the prediction waiting under ``identifier``, which is consumed
@@ -69,7 +72,7 @@ class Learn:
     started: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Learned:
     """A learn that was written: the features learned and the prediction scored, if any."""
 
@@ -97,11 +100,14 @@ class Requests:
         def decide(replica: Replica) -> tuple[Change, Scored]:
             replica.check_sample(x)
             scored = replica.predict(x)
-            waiting = None
-            if request.identifier is not None:
-                record = self.codec.dumps((x, scored.value, scored.label, scored.proba))
-                waiting = (layout.waiting(name, request.identifier), record, self.waiting_ttl)
-            return Change(create=waiting, observes=_timing(name, "predict", request.started)), scored
+            timing = _timing(name, "predict", request.started)
+            if request.identifier is None:
+                return Change(observes=timing), scored
+            record = self.codec.dumps((x, scored.value, scored.label, scored.proba))
+            waiting = (layout.waiting(name, request.identifier), record, self.waiting_ttl)
+            if request.generated:
+                return Change(sets=(waiting,), observes=timing), scored
+            return Change(create=waiting, observes=timing), scored
 
         _, scored, outcome = self._commit(name, decide)
         if outcome.conflict == EXISTS:

@@ -54,7 +54,7 @@ def model_code(failure: str) -> Iterator[None]:
         raise ModelFailed(f"{failure}: {describe(error)}") from error
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Scored:
     """A prediction: ``value`` is returned; ``label`` and ``proba`` feed the metrics."""
 

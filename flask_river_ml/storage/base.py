@@ -50,7 +50,7 @@ Put = tuple[str, bytes, float | None]
 Timing = tuple[str, int, float]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Guard:
     """What a writer decided on: ``log`` ended at record ``head`` and ``key`` held ``value``.
 
@@ -65,7 +65,7 @@ class Guard:
     value: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Change:
     """What one request writes: all of it, in one atomic step, or none of it.
 
@@ -86,7 +86,7 @@ class Change:
 TAKEN, EXISTS = "taken", "exists"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What a commit did: ``written``, with the appended record's number; otherwise the
     records the writer had not seen (the log moved on), none (the guarded key changed), or

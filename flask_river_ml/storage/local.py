@@ -7,20 +7,24 @@ script. What a commit checks and writes, and how a timing moves, is decided here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
+
+#: ``(count, total, weighted mean)`` of a timing.
+Timed = tuple[int, int, float]
+#: What :meth:`View.load` reads: the values, the log's head, the timings.
+Loaded = tuple[list[bytes | None], int, list[Timed | None]]
 
 
 class View(Protocol):
     """A store's data inside one of its atomic steps."""
 
-    def value(self, key: str) -> bytes | None:
-        """The live value under ``key``."""
-
-    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
-        """The live value under ``key`` and the number of the last record ever appended to
-        ``log`` (0 for none), read together (one statement where the store is SQL)."""
+    def load(self, keys: Sequence[str], log: str | None, timings: Sequence[str]) -> Loaded:
+        """What a commit reads, read together (one statement where the store is SQL): the
+        live values under ``keys``, the number of the last record ever appended to ``log``
+        (0 for none, or without a log), and the timings under ``timings``."""
 
     def records(self, log: str, after: int) -> Records:
         """The records of ``log`` after ``after``."""
@@ -32,23 +36,24 @@ class View(Protocol):
     def push(self, log: str, record: bytes) -> int:
         """Append ``record`` after the last record ever appended to ``log``; its number."""
 
-    def timing(self, key: str) -> tuple[int, int, float] | None: ...
-
     def put_timing(self, key: str, timing: tuple[int, int, float]) -> None: ...
 
 
 def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
     """Make ``change`` through ``view`` if ``guard`` holds, and its ``take`` and ``create``
     can be made; otherwise change nothing and say why (see :class:`Outcome`)."""
+    keys = [] if guard is None else [guard.key]
+    keys += [item[0] for item in (change.take, change.create) if item is not None]
+    values, head, timings = view.load(keys, None if guard is None else guard.log, [t[0] for t in change.observes])
+    found = dict(zip(keys, values, strict=True))
     if guard is not None:
-        value, head = view.guarded(guard.key, guard.log)
-        if value != guard.value:
+        if found[guard.key] != guard.value:
             return Outcome(False)
         if guard.head is not None and head != guard.head:
             return Outcome(False, unseen=view.records(guard.log, guard.head))
-    if change.take is not None and view.value(change.take[0]) != change.take[1]:
+    if change.take is not None and found[change.take[0]] != change.take[1]:
         return Outcome(False, conflict=TAKEN)
-    if change.create is not None and view.value(change.create[0]) is not None:
+    if change.create is not None and found[change.create[0]] is not None:
         return Outcome(False, conflict=EXISTS)
     seq = None
     if change.record is not None:
@@ -59,8 +64,10 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         view.put(key, value, ttl)
     if change.take is not None:
         view.remove(change.take[0])
+    current = dict(zip((t[0] for t in change.observes), timings, strict=True))
     for key, duration, alpha in change.observes:
-        view.put_timing(key, moved(view.timing(key), duration, alpha))
+        timing = current[key] = moved(current[key], duration, alpha)
+        view.put_timing(key, timing)
     return Outcome(True, seq)
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from .base import Backend, Change, Guard, Outcome, Records
-from .local import commit_in
+from .local import Loaded, commit_in
 
 
 class MemoryBackend(Backend):
@@ -59,7 +59,7 @@ class MemoryBackend(Backend):
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
         with self._mutex:
-            return self._data.timing(key)
+            return self._data.timings.get(key)
 
     def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         with self._mutex:
@@ -129,8 +129,9 @@ class _Data:
             return None
         return value
 
-    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
-        return self.value(key), self.heads.get(log, 0)
+    def load(self, keys: Sequence[str], log: str | None, timings: Sequence[str]) -> Loaded:
+        head = 0 if log is None else self.heads.get(log, 0)
+        return [self.value(key) for key in keys], head, [self.timings.get(key) for key in timings]
 
     def records(self, log: str, after: int) -> Records:
         records = self.logs.get(log, {})
@@ -153,9 +154,6 @@ class _Data:
         self.heads[log] = seq
         self.logs.setdefault(log, {})[seq] = bytes(record)
         return seq
-
-    def timing(self, key: str) -> tuple[int, int, float] | None:
-        return self.timings.get(key)
 
     def put_timing(self, key: str, timing: tuple[int, int, float]) -> None:
         self.timings[key] = timing

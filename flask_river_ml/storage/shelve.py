@@ -17,12 +17,12 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .base import Change, Guard, Outcome, Records
-from .local import commit_in
+from .local import Loaded, commit_in
 from .sqlite_bus import SqliteBus
 from .sqlite_files import SWEEP_EVERY
 
@@ -104,7 +104,7 @@ class ShelveBackend(SqliteBus):
             return value
 
     def observed(self, key: str) -> tuple[int, int, float] | None:
-        return _View(self, self._db()).timing(key)
+        return _View(self, self._db()).load([], None, [key])[2][0]
 
     def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         # The transaction holds the write lock from its first statement: nothing the rules
@@ -160,16 +160,28 @@ class _View:
         self._store = store
         self._db = db
 
-    def value(self, key: str) -> bytes | None:
-        return self._store._read_value(self._db, key)
-
-    def guarded(self, key: str, log: str) -> tuple[bytes | None, int]:
-        value, head = self._db.execute(
-            f"SELECT (SELECT value FROM kv WHERE key = ?1 AND {_LIVE.replace('?', '?3')}), "
-            "(SELECT seq FROM heads WHERE name = ?2)",
-            (key, log, time.time()),
-        ).fetchone()
-        return None if value is None else bytes(value), head or 0
+    def load(self, keys: Sequence[str], log: str | None, timings: Sequence[str]) -> Loaded:
+        # One statement: a union of the values, the head and the timings, told apart by kind.
+        parts, args = [], []
+        if keys:
+            marks = ", ".join("?" * len(keys))
+            parts.append(f"SELECT 0, key, value, 0, 0, 0 FROM kv WHERE key IN ({marks}) AND {_LIVE}")
+            args += [*keys, time.time()]
+        if log is not None:
+            parts.append("SELECT 1, name, NULL, seq, 0, 0 FROM heads WHERE name = ?")
+            args.append(log)
+        if timings:
+            marks = ", ".join("?" * len(timings))
+            parts.append(f"SELECT 2, key, NULL, count, total, mean FROM timings WHERE key IN ({marks})")
+            args += timings
+        found: dict[tuple[int, str], tuple] = {}
+        if parts:
+            for kind, key, value, *numbers in self._db.execute(" UNION ALL ".join(parts), args):
+                found[kind, key] = (bytes(value),) if kind == 0 else tuple(numbers)
+        values = [found.get((0, key), (None,))[0] for key in keys]
+        head = int(found[1, log][0]) if log is not None and (1, log) in found else 0
+        counted = [found.get((2, key)) for key in timings]
+        return values, head, [None if t is None else (int(t[0]), int(t[1]), float(t[2])) for t in counted]
 
     def records(self, log: str, after: int) -> Records:
         return _records(self._db, log, after)
@@ -188,10 +200,6 @@ class _View:
             (log, record),
         ).fetchone()
         return int(seq)
-
-    def timing(self, key: str) -> tuple[int, int, float] | None:
-        row = self._db.execute("SELECT count, total, mean FROM timings WHERE key = ?", (key,)).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
 
     def put_timing(self, key: str, timing: tuple[int, int, float]) -> None:
         self._db.execute("INSERT OR REPLACE INTO timings (key, count, total, mean) VALUES (?, ?, ?, ?)", (key, *timing))
