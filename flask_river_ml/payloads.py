@@ -50,6 +50,10 @@ def check_values(value: Any, what: str) -> None:
     """Raise :class:`InvalidInput` when ``value`` holds a non-finite float or nests dicts,
     lists or tuples deeper than :data:`MAX_DEPTH`: what an in-process call is held to, as a
     JSON body is by :func:`parse_json`. Iterative, so a deep value cannot overflow the stack."""
+    # Every learn and predict checks its features: a flat dictionary of numbers and strings
+    # is scanned in one pass; anything else takes the walk below.
+    if _flat_and_finite(value.values() if type(value) is dict else (value,)):
+        return
     pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()
@@ -66,3 +70,22 @@ def check_values(value: Any, what: str) -> None:
         if depth > MAX_DEPTH:
             raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels; send flatter values.")
         pending.extend((child, depth + 1) for child in children)
+
+
+_FLOAT_MAX = sys.float_info.max
+
+
+def _flat_and_finite(items: Any) -> bool:
+    """Whether ``items`` are all finite floats, floats' worth of integers, strings, booleans
+    or None: True says the value is fine, False only that it needs the full walk."""
+    for item in items:
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is int:
+            if not -_FLOAT_MAX <= item <= _FLOAT_MAX:
+                return False
+        elif kind is not str and kind is not bool and item is not None:
+            return False
+    return True

@@ -41,33 +41,47 @@ class View(Protocol):
 
 def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
     """Make ``change`` through ``view`` if ``guard`` holds, and its ``take`` and ``create``
-    can be made; otherwise change nothing and say why (see :class:`Outcome`)."""
+    can be made; otherwise change nothing and say why (see :class:`Outcome`).
+
+    Every commit of every learn and predict runs this: it reads by position rather than
+    building lookups, and each part costs only where the change has it.
+    """
+    take, create, observes = change.take, change.create, change.observes
     keys = [] if guard is None else [guard.key]
-    keys += [item[0] for item in (change.take, change.create) if item is not None]
-    values, head, timings = view.load(keys, None if guard is None else guard.log, [t[0] for t in change.observes])
-    found = dict(zip(keys, values, strict=True))
+    if take is not None:
+        keys.append(take[0])
+    if create is not None:
+        keys.append(create[0])
+    values, head, timings = view.load(keys, None if guard is None else guard.log, [t[0] for t in observes])
+    at = 0
     if guard is not None:
-        if found[guard.key] != guard.value:
+        if values[0] != guard.value:
             return Outcome(False)
         if guard.head is not None and head != guard.head:
             return Outcome(False, unseen=view.records(guard.log, guard.head))
-    if change.take is not None and found[change.take[0]] != change.take[1]:
-        return Outcome(False, conflict=TAKEN)
-    if change.create is not None and found[change.create[0]] is not None:
+        at = 1
+    if take is not None:
+        if values[at] != take[1]:
+            return Outcome(False, conflict=TAKEN)
+        at += 1
+    if create is not None and values[at] is not None:
         return Outcome(False, conflict=EXISTS)
     seq = None
     if change.record is not None:
         if guard is None:
             raise ValueError("A record is appended to the log of a guard; none was given.")
         seq = view.push(guard.log, change.record)
-    for key, value, ttl in (*change.sets, *(() if change.create is None else (change.create,))):
+    for key, value, ttl in change.sets:
         view.put(key, value, ttl)
-    if change.take is not None:
-        view.remove(change.take[0])
-    current = dict(zip((t[0] for t in change.observes), timings, strict=True))
-    for key, duration, alpha in change.observes:
-        timing = current[key] = moved(current[key], duration, alpha)
-        view.put_timing(key, timing)
+    if create is not None:
+        view.put(*create)
+    if take is not None:
+        view.remove(take[0])
+    if observes:
+        current = dict(zip([t[0] for t in observes], timings, strict=True))
+        for key, duration, alpha in observes:
+            timing = current[key] = moved(current[key], duration, alpha)
+            view.put_timing(key, timing)
     return Outcome(True, seq)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import sqlite3
@@ -153,6 +154,20 @@ def _records(db: sqlite3.Connection, log: str, after: int) -> Records:
     return [(int(seq), bytes(record)) for seq, record in rows]
 
 
+@functools.lru_cache(maxsize=64)
+def _load_query(keys: int, log: bool, timings: int) -> str:
+    """One statement for :meth:`_View.load`: a union of the values, the head and the timings,
+    told apart by their first column."""
+    parts = []
+    if keys:
+        parts.append(f"SELECT 0, key, value, 0, 0, 0 FROM kv WHERE key IN ({', '.join('?' * keys)}) AND {_LIVE}")
+    if log:
+        parts.append("SELECT 1, name, NULL, seq, 0, 0 FROM heads WHERE name = ?")
+    if timings:
+        parts.append(f"SELECT 2, key, NULL, count, total, mean FROM timings WHERE key IN ({', '.join('?' * timings)})")
+    return " UNION ALL ".join(parts)
+
+
 class _View:
     """The file's data inside one transaction (a :class:`~.local.View`)."""
 
@@ -161,22 +176,14 @@ class _View:
         self._db = db
 
     def load(self, keys: Sequence[str], log: str | None, timings: Sequence[str]) -> Loaded:
-        # One statement: a union of the values, the head and the timings, told apart by kind.
-        parts, args = [], []
-        if keys:
-            marks = ", ".join("?" * len(keys))
-            parts.append(f"SELECT 0, key, value, 0, 0, 0 FROM kv WHERE key IN ({marks}) AND {_LIVE}")
-            args += [*keys, time.time()]
+        args: list = [*keys, time.time()] if keys else []
         if log is not None:
-            parts.append("SELECT 1, name, NULL, seq, 0, 0 FROM heads WHERE name = ?")
             args.append(log)
-        if timings:
-            marks = ", ".join("?" * len(timings))
-            parts.append(f"SELECT 2, key, NULL, count, total, mean FROM timings WHERE key IN ({marks})")
-            args += timings
+        args += timings
         found: dict[tuple[int, str], tuple] = {}
-        if parts:
-            for kind, key, value, *numbers in self._db.execute(" UNION ALL ".join(parts), args):
+        query = _load_query(len(keys), log is not None, len(timings))
+        if query:
+            for kind, key, value, *numbers in self._db.execute(query, args):
                 found[kind, key] = (bytes(value),) if kind == 0 else tuple(numbers)
         values = [found.get((0, key), (None,))[0] for key in keys]
         head = int(found[1, log][0]) if log is not None and (1, log) in found else 0
@@ -202,4 +209,9 @@ class _View:
         return int(seq)
 
     def put_timing(self, key: str, timing: tuple[int, int, float]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO timings (key, count, total, mean) VALUES (?, ?, ?, ?)", (key, *timing))
+        # An upsert updates the row in place, where a REPLACE would delete and insert it.
+        self._db.execute(
+            "INSERT INTO timings (key, count, total, mean) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET count = excluded.count, total = excluded.total, mean = excluded.mean",
+            (key, *timing),
+        )
