@@ -73,8 +73,9 @@ def timings(name: str, kind: str) -> str:
 
 
 def model_keys(name: str) -> tuple[str, ...]:
-    """The keys a model's deletion removes besides its log and its waiting predictions."""
-    return (model(name), snapshot(name), snapshot_seq(name), *(timings(name, kind) for kind in TIMED))
+    """The keys a model's deletion removes after its entry, besides its log and its waiting
+    predictions."""
+    return (snapshot(name), snapshot_seq(name), *(timings(name, kind) for kind in TIMED))
 
 
 def model_names(keys: list[str]) -> list[str]:

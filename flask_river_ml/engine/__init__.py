@@ -136,10 +136,6 @@ class Engine:
         self.replicas.drop(name)
         return existed
 
-    def snapshot(self, name: str, replica: Replica | None = None) -> None:
-        """Snapshot the model now (a CLI, a test), waiting for one in progress elsewhere."""
-        self.snapshots.take(name, replica or self.replicas.get(name))
-
     def close(self) -> None:
         """Snapshot every replica that applied records since its last snapshot (clean shutdown)."""
         self.snapshots.close()

@@ -130,11 +130,12 @@ class Requests:
         waiting prediction it consumed waits again.
         """
         y = request.ground_truth
-        taken = self._waiting(name, request.identifier, y)
-        if taken is None:
+        # The waiting prediction learned from, as (key, value): the commit takes it.
+        waiting = None if request.identifier is None else self._waiting(name, request.identifier, y)
+        if waiting is None:
             x, given = request.features or {}, None
         else:
-            x, value, label, proba = self.codec.loads(taken)
+            x, value, label, proba = self.codec.loads(waiting[1])
             given = Scored(value, label, proba)
 
         def decide(replica: Replica) -> tuple[Change, Scored | None]:
@@ -147,8 +148,7 @@ class Requests:
                 with contextlib.suppress(ModelFailed):
                     made = replica.predict(x)
             parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
-            take = None if taken is None else (layout.waiting(name, request.identifier or ""), taken)
-            return Change(record=self.codec.dumps((x, y, *parts)), take=take), made
+            return Change(record=self.codec.dumps((x, y, *parts)), take=waiting), made
 
         replica, made, outcome = self._commit(name, decide)
         if outcome.conflict == TAKEN:
@@ -156,24 +156,23 @@ class Requests:
         assert outcome.seq is not None
         failure = self._after_append(name, replica, outcome.seq, x, y, made)
         if failure is not None:
-            if taken is not None:
+            if waiting is not None:
                 # The record is skipped everywhere: its prediction waits for a label again.
-                self.backend.add(layout.waiting(name, request.identifier or ""), taken, self.waiting_ttl)
+                self.backend.add(*waiting, self.waiting_ttl)
             raise ModelFailed(failure)
         for timing in _timing(name, "learn", request.started):
             self._observe(name, timing)
         return Learned(x, made)
 
-    def _waiting(self, name: str, identifier: str | None, y: Any) -> bytes | None:
-        """The waiting prediction a learn names, if it names one; an absent model and a
-        ground truth its flavor refuses are told before the identifier is looked up."""
-        if identifier is None:
-            return None
+    def _waiting(self, name: str, identifier: str, y: Any) -> tuple[str, bytes]:
+        """The key and value of the prediction a learn names; an absent model and a ground
+        truth its flavor refuses are told before the identifier is looked up."""
         get_flavor(read_entry(self.backend, name)["flavor"]).check_target(y)
-        blob = self.backend.get(layout.waiting(name, identifier))
+        key = layout.waiting(name, identifier)
+        blob = self.backend.get(key)
         if blob is None:
             raise self._not_waiting(name, identifier)
-        return blob
+        return key, blob
 
     @staticmethod
     def _not_waiting(name: str, identifier: str | None) -> IdentifierNotFound:
