@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, ClassVar
 
-from river import metrics
+from river import compose, metrics
 
 from ..encoding import jsonable
 from ..errors import INTERPRETER_EXITS, IncompatibleModel, InvalidFlavor, InvalidInput, ModelFailed, RiverMLError
@@ -61,6 +61,16 @@ class Scored:
     value: Any
     label: Any = None
     proba: dict[Any, float] | None = None
+
+
+def final_step(model: Any) -> Any:
+    """The estimator that makes a pipeline's predictions: its last step, nested pipelines
+    included; any other model is its own. What a pipeline is follows from it (river reads
+    it the same way in ``Pipeline._supervised``), and river before 0.22 does not make
+    ``isinstance(pipeline, base.Classifier)`` say so."""
+    while isinstance(model, compose.Pipeline):
+        model = list(model.steps.values())[-1]
+    return model
 
 
 def argmax(proba: dict[Any, float] | None) -> Any:
@@ -145,7 +155,7 @@ class Flavor:
             )
 
     def _check_class(self, model: Any) -> None:
-        if not isinstance(model, self.river_class):
+        if not isinstance(final_step(model), self.river_class):
             raise IncompatibleModel(
                 f"The {self.name} flavor serves instances of river.base.{self.river_class.__name__}; "
                 f"{type(model).__name__} is not one."

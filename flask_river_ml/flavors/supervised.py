@@ -9,10 +9,10 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
-from river import base, compose, metrics
+from river import base, metrics
 
 from ..errors import IncompatibleModel, InvalidInput
-from .base import Flavor, Scored, argmax
+from .base import Flavor, Scored, argmax, final_step
 
 
 class Supervised(Flavor):
@@ -85,9 +85,8 @@ class Multiclass(Supervised):
 def _has_probabilities(model: Any) -> bool:
     # Every river classifier inherits a predict_proba_one that raises NotImplementedError;
     # in a pipeline, the last step decides.
-    while isinstance(model, compose.Pipeline):
-        model = list(model.steps.values())[-1]
-    return getattr(type(model), "predict_proba_one", None) not in (None, base.Classifier.predict_proba_one)
+    predictor = final_step(model)
+    return getattr(type(predictor), "predict_proba_one", None) not in (None, base.Classifier.predict_proba_one)
 
 
 def _probabilities(model: Any, x: dict) -> dict[Any, float] | None:
