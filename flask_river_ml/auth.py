@@ -24,7 +24,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -230,7 +230,7 @@ class Auth:
         return {
             "token": self._serializer.dumps({"user": name, "stamp": stamp, "scopes": list(scopes)}),
             "expires_in": self.expires_seconds,
-            "issued_at": datetime.now(timezone.utc).isoformat(),
+            "issued_at": datetime.now(UTC).isoformat(),
         }
 
     def verify(self, access_token: str, host_checked: bool = False) -> Principal:

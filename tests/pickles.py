@@ -318,7 +318,7 @@ def _getattr(owner: Any, name: str) -> Call:
 
 
 def _chain_to_eval(start: Any, marker: Path) -> Call:
-    """The issue's chain: ``start.__globals__["__builtins__"]["eval"](code)``, every step an
+    """The classic escape: ``start.__globals__["__builtins__"]["eval"](code)``, every step an
     attribute or item fetched with getattr and dict.get."""
     dict_get = _getattr(Global("builtins", "dict"), "get")
     globals_ = _getattr(start, "__globals__")

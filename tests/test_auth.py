@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +272,7 @@ def test_token_endpoint_grant(user_app):
     assert body["expires_in"] == 600
     issued = datetime.fromisoformat(body["issued_at"])
     assert issued.tzinfo is not None
-    assert abs(datetime.now(timezone.utc) - issued) < timedelta(seconds=30)
+    assert abs(datetime.now(UTC) - issued) < timedelta(seconds=30)
 
 
 def test_bearer_token_opens_every_protected_view(user_app):

@@ -65,9 +65,8 @@ class Scored:
 
 def final_step(model: Any) -> Any:
     """The estimator that makes a pipeline's predictions: its last step, nested pipelines
-    included; any other model is its own. What a pipeline is follows from it (river reads
-    it the same way in ``Pipeline._supervised``), and river before 0.22 does not make
-    ``isinstance(pipeline, base.Classifier)`` say so."""
+    included; any other model is its own. What a pipeline is follows from it, as river reads
+    it (``Pipeline._supervised``)."""
     while isinstance(model, compose.Pipeline):
         model = list(model.steps.values())[-1]
     return model

@@ -90,7 +90,8 @@ def _numpy_classes() -> list[type]:
     import numpy
     import numpy.random
 
-    scalars, pending = [], [numpy.generic]
+    scalars: list[type] = []
+    pending: list[type] = [numpy.generic]
     while pending:
         cls = pending.pop()
         scalars.append(cls)
