@@ -103,8 +103,8 @@ class Flavor:
     ``methods`` are the methods a model must have; ``any_of`` lists alternatives of which it
     needs one; ``river_class`` is the river class it must be an instance of (``object``: any
     model); ``metric_factories`` make the metrics of a newly uploaded model. A flavor that
-    predicts, checks or takes ground truths differently overrides :meth:`_predict`,
-    :meth:`_check` or :meth:`check_target`.
+    predicts, checks, takes or reads ground truths differently overrides :meth:`_predict`,
+    :meth:`_check`, :meth:`check_target` or :meth:`read_classes`.
 
     The one instance of a flavor serves every model of that flavor, from every thread: it
     keeps no state of its own.
@@ -189,6 +189,15 @@ class Flavor:
                 raise InvalidInput(f"A prediction given as a dictionary maps labels to probabilities, not {value!r}.")
             return Scored(value, argmax(value), value)
         return Scored(value, value)
+
+    def read_classes(
+        self, model: Any, metric_list: list[metrics.base.Metric], x: dict, made: Scored | None, y: Any, prediction: Any
+    ) -> tuple[Any, Any]:
+        """The ground truth ``y`` and the caller's ``prediction`` of a learn on ``x`` as the
+        model's classes, before the learn is recorded; ``made`` is the server's own
+        prediction at hand (stored at predict time, or just made), if any. Labels are taken
+        as they are here; classifiers read the strings JSON makes of their classes."""
+        return y, prediction
 
     def score(self, metric_list: list[metrics.base.Metric], y: Any, scored: Scored) -> None:
         """Update the metrics with ground truth ``y`` (prequential: the prediction came first).
