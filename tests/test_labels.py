@@ -1,9 +1,10 @@
-"""Labels as the server spells them.
+"""Labels as the server spells them, and metrics never fed.
 
 A binary prediction comes back over JSON keyed ``"true"``/``"false"``; a classifier reads a
 label, a ground truth or a caller's prediction given as the string JSON writes for one of its
 classes as that class, in process and over HTTP, before the learn is recorded. A string that
-is a class itself, or that names none, stays what it is.
+is a class itself, or that names none, stays what it is. A metric that was never fed reads
+None (JSON null), not its initial value.
 
 Served models are checked against the same river model trained locally on the classes.
 """
@@ -24,10 +25,13 @@ from test_flavors import FLAVOR_METRICS
 
 from flask_river_ml import FlaskRiverML
 from flask_river_ml.encoding import jsonable
+from flask_river_ml.flavors import metric_values
+from flask_river_ml.flavors.base import fed
 from flask_river_ml.flavors.classes import Classes
 
 PHISHING = list(datasets.Phishing().take(60))
 BINARY_METRICS = tuple(FLAVOR_METRICS["binary"])
+MULTICLASS_METRICS = tuple(FLAVOR_METRICS["multiclass"])
 TOLERANCE = 1e-9
 
 
@@ -374,6 +378,78 @@ def test_http_ground_truths_spelled_zero_and_false(app):
         assert dict(counts) == {classes[0]: 4, classes[1]: 2}, counts
 
 
+# --- metrics never fed ----------------------------------------------------------------------------
+
+
+def test_metrics_of_a_fresh_model_are_null(app):
+    """Before anything is scored, every metric is null, in process and in the JSON."""
+    client = app.test_client()
+    river_ml = FlaskRiverML()
+    for flavor, model, names in [
+        ("regression", linear_model.LinearRegression(), ("MAE", "RMSE", "SMAPE")),
+        ("binary", binary_model(), BINARY_METRICS),
+        ("multiclass", naive_bayes.GaussianNB(), MULTICLASS_METRICS),
+    ]:
+        river_ml.add_model(model, flavor, name=f"fresh-{flavor}")
+        assert river_ml.metrics(f"fresh-{flavor}") == dict.fromkeys(names)
+        response = client.get("/api/metrics/", query_string={"model": f"fresh-{flavor}"})
+        assert response.status_code == 200
+        assert response.get_json() == dict.fromkeys(names)
+        assert json.loads(response.get_data()) == dict.fromkeys(names)
+
+
+def test_cross_entropy_of_a_model_without_probabilities_is_null(app):
+    """OneVsOneClassifier has no predict_proba_one: CrossEntropy is never fed and reads null,
+    not a perfect 0.0, while the label metrics move."""
+    client = app.test_client()
+    river_ml = FlaskRiverML()
+    name = river_ml.add_model(one_vs_one(), "multiclass")
+    rows = list(datasets.ImageSegments().take(40))
+    local = {metric: getattr(metrics, metric)() for metric in MULTICLASS_METRICS if metric != "CrossEntropy"}
+    model = one_vs_one()
+    for x, y in rows:
+        river_ml.learn(name, ground_truth=y, features=x)
+        label = model.predict_one(x)
+        if label is not None:
+            for metric in local.values():
+                metric.update(y, label)
+        model.learn_one(x, y)
+    served = river_ml.metrics(name)
+    assert served["CrossEntropy"] is None
+    for metric_name, metric in local.items():
+        assert isinstance(served[metric_name], float), (metric_name, served)
+        assert math.isclose(served[metric_name], metric.get(), rel_tol=0.0, abs_tol=TOLERANCE), metric_name
+    response = client.get("/api/metrics/", json={"model": name})
+    assert response.status_code == 200
+    assert b'"CrossEntropy":null' in response.get_data().replace(b" ", b"")
+    assert response.get_json() == served
+
+
+def test_a_metric_is_fed_by_its_first_update():
+    """What ``fed`` reads: the running mean, the confusion matrix; a wrapper asks what it
+    wraps; a metric that keeps its count elsewhere (R2) is reported as it is."""
+    unfed = [metrics.MAE(), metrics.LogLoss(), metrics.CrossEntropy(), metrics.Accuracy(), metrics.F1()]
+    assert not any(fed(metric) for metric in unfed)
+    assert metric_values(unfed) == dict.fromkeys(["MAE", "LogLoss", "CrossEntropy", "Accuracy", "F1"])
+    assert fed(metrics.R2())
+    assert metric_values([metrics.R2()]) == {"R2": 0.0}
+    assert not fed(metrics.ConfusionMatrix())
+
+    mae, log_loss, cross_entropy, accuracy, f1 = unfed
+    mae.update(1.0, 1.0)
+    log_loss.update(True, {True: 0.5, False: 0.5})
+    cross_entropy.update("a", {"a": 1.0})
+    accuracy.update(0, 1)
+    f1.update(False, False)
+    assert all(fed(metric) for metric in unfed)
+    # Fed, at values equal to the initial ones: no longer null.
+    assert metric_values([mae, accuracy, f1]) == {"MAE": 0.0, "Accuracy": 0.0, "F1": 0.0}
+    assert metric_values([cross_entropy])["CrossEntropy"] == pytest.approx(0.0, abs=1e-12)
+
+    wrapped = metrics.multioutput.MacroAverage(metrics.MAE())
+    assert not fed(wrapped)
+
+
 # --- end to end: riverapi against gunicorn -------------------------------------------------------
 
 
@@ -385,6 +461,7 @@ def test_riverapi_labels_with_the_keys_the_server_returns(tmp_path):
     with serve(tmp_path, workers=2) as server:
         cli = Client(server.url, quiet=True)
         name = cli.upload_model(binary_model(), "binary")
+        assert cli.metrics(name) == dict.fromkeys(BINARY_METRICS)
         local, scores = binary_model(), Prequential()
         for x, y in PHISHING[:40]:
             local_proba = local.predict_proba_one(x)

@@ -79,14 +79,41 @@ def argmax(proba: dict[Any, float] | None) -> Any:
     return max(proba, key=proba.__getitem__) if proba else None
 
 
+#: The updates of river's classification metrics that go to the metric's confusion matrix.
+_COUNTED_UPDATES = (metrics.base.ClassificationMetric.update, metrics.base.BinaryMetric.update)
+
+
 def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
-    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
+    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``,
+    and None for a metric never fed (see :func:`fed`)."""
     values = {}
     for metric in metric_list:
         name = type(metric).__name__
         with model_code(f"The metric {name} could not be computed"):
-            values[name] = jsonable(metric.get())
+            values[name] = jsonable(metric.get()) if fed(metric) else None
     return values
+
+
+def fed(metric: Any) -> bool:
+    """Whether ``metric`` has been updated, read from its own state; the initial value of one
+    never fed (a CrossEntropy of 0.0 for a model without probabilities) is no score.
+
+    River keeps no count common to all its metrics, so the count is read where river's own
+    updates put it: the running mean of the metrics that average (``MeanMetric``: MAE, RMSE,
+    SMAPE, LogLoss, CrossEntropy) and the confusion matrix of the classification metrics
+    that count (Accuracy, Precision, F1, their macro and micro forms); a wrapper is fed when
+    the metric it wraps is. A metric that updates otherwise is taken as fed.
+    """
+    if isinstance(metric, metrics.base.WrapperMetric):
+        return fed(metric.metric)
+    update = getattr(type(metric), "update", None)
+    if update is metrics.base.MeanMetric.update:
+        return bool(metric._mean.n)
+    if update in _COUNTED_UPDATES:
+        return bool(metric.cm.total_weight)
+    if isinstance(metric, metrics.ConfusionMatrix):
+        return bool(metric.total_weight)
+    return True
 
 
 #: The flavors served, by name, in the order their classes were defined (the order an unknown
