@@ -14,7 +14,9 @@ from typing import Any
 from .errors import INTERPRETER_EXITS, InvalidInput, RiverMLError
 
 
-def _key(key: Any) -> str:
+def json_key(key: Any) -> str:
+    """The string a dictionary key becomes in the server's JSON: ``True`` -> ``"true"``,
+    ``1`` -> ``"1"``, ``None`` -> ``"null"``, a string as it is."""
     if isinstance(key, str):
         return key
     if isinstance(key, bool) or key is None:
@@ -31,7 +33,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {_key(key): jsonable(item) for key, item in value.items()}
+        return {json_key(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(item) for item in value]
     # numpy scalars and arrays know their Python form.
@@ -92,7 +94,7 @@ class _Walk:
         return plain
 
     def key(self, key: Any) -> str:
-        text = _key(key)
+        text = json_key(key)
         self.spend(0, len(text))
         return text
 

@@ -178,6 +178,8 @@ class Service:
 
         With ``identifier``, the features and prediction stored by an earlier predict are used
         and that record is consumed. A ``ground_truth`` of None means an unsupervised learn.
+        A classifier's ground truth or prediction given as the string JSON makes of one of its
+        classes (``"true"``, ``"1"``) is learnt and scored as that class.
         """
         started = time.perf_counter_ns()
         check_name(name)
@@ -187,8 +189,7 @@ class Service:
             request = Learn(ground_truth, identifier=_check_identifier(identifier), started=started)
         else:
             request = Learn(ground_truth, _check_features(features, self.max_features), None, prediction, started)
-        learned = self.engine.learn(name, request)
-        self._announce("learn", name, learned, ground_truth)
+        self._announce("learn", name, self.engine.learn(name, request))
         return "Successful learn."
 
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
@@ -209,17 +210,18 @@ class Service:
         return result
 
     def label(self, label: Any, identifier: Any, name: str) -> str:
-        """Learn from the prediction stored under ``identifier`` with its true ``label``."""
+        """Learn from the prediction stored under ``identifier`` with its true ``label`` (for a
+        classifier, the string form of a class it knows is that class)."""
         check_name(name)
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
         check_values(label, "label")
-        learned = self.engine.learn(name, Learn(label, identifier=_check_identifier(identifier)))
-        self._announce("label", name, learned, label)
+        self._announce("label", name, self.engine.learn(name, Learn(label, identifier=_check_identifier(identifier))))
         return "Successful label."
 
-    def _announce(self, event: str, name: str, learned: Learned, y: Any = None) -> None:
-        """Publish the event (and the metrics it moved) to the streams, if any listen."""
+    def _announce(self, event: str, name: str, learned: Learned) -> None:
+        """Publish the event (and the metrics it moved) to the streams, if any listen; the
+        ground truth as the model learnt it."""
         if not self.events.wanted():
             return
         scored = learned.scored
@@ -227,4 +229,6 @@ class Service:
         if event == "predict":
             self.events.publish(event, data)
         else:
-            self.events.publish(event, {**data, "ground_truth": y}, self.engine.held_metrics(name) or {})
+            self.events.publish(
+                event, {**data, "ground_truth": learned.ground_truth}, self.engine.held_metrics(name) or {}
+            )

@@ -287,9 +287,18 @@ def test_live_dashboard_in_chromium(tmp_path, page):
         for x, y in first:
             cli.learn(name, x, y)
 
+        # A model never scored (its replica loaded by a predict): its metrics are null.
+        unfed = cli.upload_model(binary_model(), "binary", "unfed-model")
+        cli.predict(unfed, first[0][0])
+
         page.goto(f"{server.url}/api/dashboard/")
         assert page.locator("#login").is_hidden()
         check_live_updates(page, name, lambda x, y: cli.learn(name, x, y), len(first))
+        # Null metrics show as dashes (in the data's order, sorted), and their charts wait for
+        # a first value.
+        cells = page.locator(f"#models tr[data-model='{unfed}'] td")
+        assert cells.nth(6).inner_text() == ", ".join(f"{metric} —" for metric in sorted(BINARY_METRICS))
+        assert chart_points(page, unfed, "Accuracy") == 0
 
         screenshot = tmp_path / "dashboard.png"
         page.screenshot(path=str(screenshot), full_page=True)

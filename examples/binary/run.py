@@ -44,8 +44,9 @@ with tempfile.TemporaryDirectory() as folder:
         downloaded = dill.load(handle)
 assert downloaded.predict_proba_one(x)[True] == proba["true"]
 
-# The truth arrives later: label the prediction by its identifier.
-cli.label(y, result["identifier"], name)
+# The truth arrives later: label the prediction by its identifier. The label may be spelled
+# as the prediction's keys are: "true" is the class True.
+cli.label("true" if y else "false", result["identifier"], name)
 
 metrics = cli.metrics(name)
 assert set(metrics) == {"Accuracy", "LogLoss", "Precision", "Recall", "F1"}, metrics

@@ -74,10 +74,12 @@ class Learn:
 
 @dataclass(slots=True)
 class Learned:
-    """A learn that was written: the features learned and the prediction scored, if any."""
+    """A learn that was written: the features learned, the prediction scored, if any, and the
+    ground truth as it was recorded (a label read as the model's class)."""
 
     features: dict
     scored: Scored | None
+    ground_truth: Any = None
 
 
 class Requests:
@@ -129,28 +131,32 @@ class Requests:
         skips, is an error: :class:`ModelFailed`, the record counts as never stored, and the
         waiting prediction it consumed waits again.
         """
-        y = request.ground_truth
         # The waiting prediction learned from, as (key, value): the commit takes it.
-        waiting = None if request.identifier is None else self._waiting(name, request.identifier, y)
+        waiting = None if request.identifier is None else self._waiting(name, request.identifier, request.ground_truth)
         if waiting is None:
             x, given = request.features or {}, None
         else:
             x, value, label, proba = self.codec.loads(waiting[1])
             given = Scored(value, label, proba)
 
-        def decide(replica: Replica) -> tuple[Change, Scored | None]:
+        def decide(replica: Replica) -> tuple[Change, tuple[Any, Scored | None]]:
             replica.check_sample(x)
-            replica.flavor.check_target(y)
+            flavor = replica.flavor
             made = given
-            if made is None and request.prediction is not None:
-                made = replica.flavor.from_value(request.prediction)
-            if made is None and y is not None:
+            if made is None and request.prediction is None and request.ground_truth is not None:
                 with contextlib.suppress(ModelFailed):
                     made = replica.predict(x)
+            # Read before the record is written: every replica, and every replay, learns the class.
+            y, prediction = flavor.read_classes(
+                replica.model, replica.metrics, x, made, request.ground_truth, request.prediction
+            )
+            flavor.check_target(y)
+            if made is None and prediction is not None:
+                made = flavor.from_value(prediction)
             parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
-            return Change(record=self.codec.dumps((x, y, *parts)), take=waiting), made
+            return Change(record=self.codec.dumps((x, y, *parts)), take=waiting), (y, made)
 
-        replica, made, outcome = self._commit(name, decide)
+        replica, (y, made), outcome = self._commit(name, decide)
         if outcome.conflict == TAKEN:
             raise self._not_waiting(name, request.identifier)
         assert outcome.seq is not None
@@ -162,7 +168,7 @@ class Requests:
             raise ModelFailed(failure)
         for timing in _timing(name, "learn", request.started):
             self._observe(name, timing)
-        return Learned(x, made)
+        return Learned(x, made, y)
 
     def _waiting(self, name: str, identifier: str, y: Any) -> tuple[str, bytes]:
         """The key and value of the prediction a learn names; an absent model and a ground

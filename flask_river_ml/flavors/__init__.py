@@ -12,12 +12,13 @@ Each flavor is a class (:mod:`.supervised`, :mod:`.unscored`) and joins the regi
 from .base import FLAVORS, Flavor, Scored, describe, get_flavor, metric_values, model_code
 
 # Imported for the flavors they define, in the order the flavors are listed.
-from .supervised import Binary, Multiclass, Regression, Supervised, _has_probabilities
+from .supervised import Binary, Classification, Multiclass, Regression, Supervised, _has_probabilities
 from .unscored import Cluster, Custom, Neighbor
 
 __all__ = [
     "FLAVORS",
     "Binary",
+    "Classification",
     "Cluster",
     "Custom",
     "Flavor",

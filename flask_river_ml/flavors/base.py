@@ -78,14 +78,41 @@ def argmax(proba: dict[Any, float] | None) -> Any:
     return max(proba, key=proba.__getitem__) if proba else None
 
 
+#: The updates of river's classification metrics that go to the metric's confusion matrix.
+_COUNTED_UPDATES = (metrics.base.ClassificationMetric.update, metrics.base.BinaryMetric.update)
+
+
 def metric_values(metric_list: list[metrics.base.Metric]) -> dict[str, Any]:
-    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``."""
+    """``{MetricName: value}``, with non-finite values as ``"inf"``, ``"-inf"``, ``"nan"``,
+    and None for a metric never fed (see :func:`fed`)."""
     values = {}
     for metric in metric_list:
         name = type(metric).__name__
         with model_code(f"The metric {name} could not be computed"):
-            values[name] = jsonable(metric.get())
+            values[name] = jsonable(metric.get()) if fed(metric) else None
     return values
+
+
+def fed(metric: Any) -> bool:
+    """Whether ``metric`` has been updated, read from its own state; the initial value of one
+    never fed (a CrossEntropy of 0.0 for a model without probabilities) is no score.
+
+    River keeps no count common to all its metrics, so the count is read where river's own
+    updates put it: the running mean of the metrics that average (``MeanMetric``: MAE, RMSE,
+    SMAPE, LogLoss, CrossEntropy) and the confusion matrix of the classification metrics
+    that count (Accuracy, Precision, F1, their macro and micro forms); a wrapper is fed when
+    the metric it wraps is. A metric that updates otherwise is taken as fed.
+    """
+    if isinstance(metric, metrics.base.WrapperMetric):
+        return fed(metric.metric)
+    update = getattr(type(metric), "update", None)
+    if update is metrics.base.MeanMetric.update:
+        return bool(metric._mean.n)
+    if update in _COUNTED_UPDATES:
+        return bool(metric.cm.total_weight)
+    if isinstance(metric, metrics.ConfusionMatrix):
+        return bool(metric.total_weight)
+    return True
 
 
 #: The flavors served, by name, in the order their classes were defined (the order an unknown
@@ -102,8 +129,8 @@ class Flavor:
     ``methods`` are the methods a model must have; ``any_of`` lists alternatives of which it
     needs one; ``river_class`` is the river class it must be an instance of (``object``: any
     model); ``metric_factories`` make the metrics of a newly uploaded model. A flavor that
-    predicts, checks or takes ground truths differently overrides :meth:`_predict`,
-    :meth:`_check` or :meth:`check_target`.
+    predicts, checks, takes or reads ground truths differently overrides :meth:`_predict`,
+    :meth:`_check`, :meth:`check_target` or :meth:`read_classes`.
 
     The one instance of a flavor serves every model of that flavor, from every thread: it
     keeps no state of its own.
@@ -188,6 +215,15 @@ class Flavor:
                 raise InvalidInput(f"A prediction given as a dictionary maps labels to probabilities, not {value!r}.")
             return Scored(value, argmax(value), value)
         return Scored(value, value)
+
+    def read_classes(
+        self, model: Any, metric_list: list[metrics.base.Metric], x: dict, made: Scored | None, y: Any, prediction: Any
+    ) -> tuple[Any, Any]:
+        """The ground truth ``y`` and the caller's ``prediction`` of a learn on ``x`` as the
+        model's classes, before the learn is recorded; ``made`` is the server's own
+        prediction at hand (stored at predict time, or just made), if any. Labels are taken
+        as they are here; classifiers read the strings JSON makes of their classes."""
+        return y, prediction
 
     def score(self, metric_list: list[metrics.base.Metric], y: Any, scored: Scored) -> None:
         """Update the metrics with ground truth ``y`` (prequential: the prediction came first).

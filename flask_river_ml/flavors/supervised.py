@@ -6,6 +6,8 @@ each keeps the metrics that river's own evaluation would compute for it.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from numbers import Real
 from typing import Any
 
@@ -13,6 +15,7 @@ from river import base, metrics
 
 from ..errors import IncompatibleModel, InvalidInput
 from .base import Flavor, Scored, argmax, final_step
+from .classes import Classes, counted, kept, predicted, spells_a_class
 
 
 class Supervised(Flavor):
@@ -37,7 +40,27 @@ class Regression(Supervised):
             raise InvalidInput(f"A {self.name} ground truth must be a number, not {y!r}.")
 
 
-class Binary(Supervised):
+class Classification(Supervised):
+    """The family of the classifier flavors: a label sent as the string JSON makes of a
+    class the model knows (``"true"``, ``"1"``) is read as that class (see :mod:`.classes`)."""
+
+    def read_classes(
+        self, model: Any, metric_list: list[metrics.base.Metric], x: dict, made: Scored | None, y: Any, prediction: Any
+    ) -> tuple[Any, Any]:
+        if not (spells_a_class(y) or spells_a_class(prediction)):
+            return y, prediction  # nothing to read: the classes are not gathered
+
+        def answer() -> Iterator[Any]:
+            yield from predicted(self.predict(model, dict(x)))
+
+        known = itertools.chain(predicted(made), counted(metric_list), kept(model))
+        # Without a prediction of its own at hand (the caller sent one), the model's answer
+        # on these features names its classes too; asked only if a string matches none.
+        classes = Classes(known, None if made is not None else answer())
+        return classes.read(y), classes.read_prediction(prediction)
+
+
+class Binary(Classification):
     """A river classifier with probabilities: serves ``{label: probability}``; the label
     metrics get the most probable class, LogLoss the probabilities."""
 
@@ -60,7 +83,7 @@ class Binary(Supervised):
         return Scored(proba, argmax(proba), proba)
 
 
-class Multiclass(Supervised):
+class Multiclass(Classification):
     """A river classifier: serves its class; CrossEntropy gets the probabilities when the
     model has them."""
 

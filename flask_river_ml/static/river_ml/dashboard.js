@@ -51,7 +51,11 @@
   }
 
   const duration = (stats) => stats.mean_duration_human;
-  const number = (value) => (typeof value === "number" ? value.toPrecision(4) : String(value));
+  // A metric never fed is null: shown as a dash, and its chart waits for its first value.
+  const number = (value) => {
+    if (value === null) return "—";
+    return typeof value === "number" ? value.toPrecision(4) : String(value);
+  };
 
   function renderModels(models) {
     const rows = models.map((model) => {
