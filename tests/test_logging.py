@@ -14,7 +14,7 @@ import pytest
 import redis
 from flask import Flask
 from redis_server import RedisServer
-from river import linear_model, preprocessing
+from river import base, linear_model, preprocessing
 
 from flask_river_ml import FlaskRiverML
 from flask_river_ml.storage import base as storage_base
@@ -33,6 +33,43 @@ def records(caplog: pytest.LogCaptureFixture, level: int, logger: str = "flask_r
 
 def regressor() -> Any:
     return preprocessing.StandardScaler() | linear_model.LinearRegression()
+
+
+class Refusing(base.Regressor):
+    """Refuses to learn a negative ground truth and to predict a sample with a "refuse" feature."""
+
+    def learn_one(self, x: dict, y: float) -> None:
+        if y < 0:
+            raise ValueError("a negative ground truth")
+
+    def predict_one(self, x: dict) -> float:
+        if "refuse" in x:
+            raise ValueError("no prediction for this one")
+        return 0.0
+
+
+@pytest.fixture
+def memory_app(make_app) -> Flask:
+    return make_app(RIVER_ML_STORAGE_BACKEND="memory")
+
+
+# --- warnings ------------------------------------------------------------------------------------
+
+
+def test_a_model_that_fails_to_learn_or_predict_is_a_warning(memory_app, caplog):
+    with memory_app.app_context():
+        FlaskRiverML().add_model(Refusing(), "regression", name="refusing")
+    client = memory_app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_river_ml"):
+        learned = client.post("/api/learn/", json={"model": "refusing", "features": {"a": 1}, "ground_truth": -1})
+        predicted = client.post("/api/predict/", json={"model": "refusing", "features": {"refuse": 1}})
+    assert (learned.status_code, predicted.status_code) == (400, 400)
+    learn, predict = records(caplog, logging.WARNING)
+    assert learn.name == predict.name == "flask_river_ml.engine"
+    assert "'refusing' could not learn record 1" in learn.getMessage()
+    assert "ValueError: a negative ground truth" in learn.getMessage()
+    assert "'refusing' could not predict" in predict.getMessage()
+    assert "ValueError: no prediction for this one" in predict.getMessage()
 
 
 # --- store failures --------------------------------------------------------------------------------
@@ -87,3 +124,28 @@ def test_a_shelve_store_whose_folder_is_gone_is_an_error_without_its_path(make_a
     (record,) = records(caplog, logging.ERROR)
     assert "shelve store (river_ml.shelve.sqlite3) cannot be used: its folder is gone" in record.getMessage()
     assert str(folder) not in caplog.text
+
+
+# --- info and debug ----------------------------------------------------------------------------------
+
+
+def test_snapshots_loads_and_replays_are_info_and_debug(make_app, tmp_path, caplog):
+    """Two processes on one store: the first writes a snapshot every three records; the second
+    loads the model from its snapshot, then replays the record after it."""
+    shared = {"instance_path": tmp_path / "shared", "RIVER_ML_SNAPSHOT_EVERY": 3}
+    first, second = make_app(**shared), make_app(**shared)
+    with caplog.at_level(logging.DEBUG, logger="flask_river_ml"):
+        with first.app_context():
+            river_ml = FlaskRiverML()
+            river_ml.add_model(regressor(), "regression", name="folded")
+            for value in range(4):
+                river_ml.learn("folded", ground_truth=float(value), features={"a": float(value)})
+        with second.app_context():
+            river_ml.predict({"a": 1.0}, "folded")
+    said = {
+        (record.levelname, record.getMessage()) for record in caplog.records if record.name == "flask_river_ml.engine"
+    }
+    assert ("INFO", "Model 'folded' created, served as regression.") in said
+    assert ("INFO", "Model 'folded': snapshot written at record 3; the log before it is trimmed.") in said
+    assert ("INFO", "Model 'folded': loaded from its snapshot at record 3.") in said
+    assert ("DEBUG", "Model 'folded': caught up with the log from record 3 to 4.") in said
