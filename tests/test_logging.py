@@ -13,6 +13,7 @@ import dill
 import pytest
 import redis
 from flask import Flask
+from pickles import Call, Global, assemble
 from redis_server import RedisServer
 from river import base, linear_model, preprocessing
 
@@ -54,6 +55,33 @@ def memory_app(make_app) -> Flask:
 
 
 # --- warnings ------------------------------------------------------------------------------------
+
+
+def test_a_refused_pickle_is_logged_with_its_reason_and_the_client_address(memory_app, tmp_path, caplog):
+    """A hand-assembled pickle that would run a shell command: 400, and a warning that says who
+    sent it and what it named."""
+    hostile = assemble(Call(Global("os", "system"), f"touch '{tmp_path / 'pwned'}'"), protocol=4)
+    with caplog.at_level(logging.WARNING, logger="flask_river_ml"):
+        response = memory_app.test_client().post(
+            "/api/model/custom/hostile/", data=hostile, environ_base={"REMOTE_ADDR": "::1"}
+        )
+    assert response.status_code == 400
+    (record,) = records(caplog, logging.WARNING)
+    assert record.name == "flask_river_ml.views"
+    assert "::1" in record.getMessage() and "os.system" in record.getMessage()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_pickle_from_afar_is_logged_with_the_client_address(memory_app, caplog):
+    """A pickle from a client that may not send one (RIVER_ML_UPLOAD_PICKLES = "loopback"): 403,
+    and a warning naming the client and why it was refused."""
+    with caplog.at_level(logging.WARNING, logger="flask_river_ml"):
+        response = memory_app.test_client().post(
+            "/api/model/regression/remote/", data=dill.dumps(regressor()), environ_base={"REMOTE_ADDR": "203.0.113.7"}
+        )
+    assert response.status_code == 403
+    (record,) = records(caplog, logging.WARNING)
+    assert "203.0.113.7" in record.getMessage() and "loopback clients only" in record.getMessage()
 
 
 def test_a_model_that_fails_to_learn_or_predict_is_a_warning(memory_app, caplog):
@@ -149,3 +177,35 @@ def test_snapshots_loads_and_replays_are_info_and_debug(make_app, tmp_path, capl
     assert ("INFO", "Model 'folded': snapshot written at record 3; the log before it is trimmed.") in said
     assert ("INFO", "Model 'folded': loaded from its snapshot at record 3.") in said
     assert ("DEBUG", "Model 'folded': caught up with the log from record 3 to 4.") in said
+
+
+# --- a healthy server says nothing alarming -------------------------------------------------------------
+
+
+def test_a_healthy_sequence_logs_nothing_at_warning_or_above(make_app, backend_name, caplog):
+    """Upload (a pickle and a JSON description), learn, predict, label, metrics, stats, the
+    model's JSON, download and delete, with snapshots on the way: no logger says anything at
+    warning or above."""
+    app = make_app(RIVER_ML_STORAGE_BACKEND=backend_name, RIVER_ML_SNAPSHOT_EVERY=2)
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG):
+        answers = [
+            client.post("/api/model/regression/pickled/", data=dill.dumps(regressor())),
+            client.post("/api/model/regression/described/", json={"class": "river.linear_model.LinearRegression"}),
+        ]
+        for name in ("pickled", "described"):
+            for value in range(5):
+                sample = {"model": name, "features": {"a": float(value)}, "ground_truth": float(value)}
+                answers.append(client.post("/api/learn/", json=sample))
+            predicted = client.post("/api/predict/", json={"model": name, "features": {"a": 2.0}})
+            answers.append(predicted)
+            label = {"model": name, "identifier": predicted.get_json()["identifier"], "label": 2.0}
+            answers.append(client.post("/api/label/", json=label))
+            for path in (f"/api/metrics/?model={name}", f"/api/stats/?model={name}", f"/api/model/{name}/"):
+                answers.append(client.get(path))
+            answers.append(client.get(f"/api/model/download/{name}/"))
+            answers.append(client.delete(f"/api/model/{name}/"))
+        answers.append(client.get("/api/models/"))
+    assert all(answer.status_code in (200, 201) for answer in answers), [answer.get_json() for answer in answers]
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING], caplog.text
+    assert any("snapshot written" in record.getMessage() for record in records(caplog, logging.INFO)), caplog.text
