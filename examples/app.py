@@ -6,12 +6,22 @@ Models are kept in a shelve store in ``examples/instance/``. Every setting can b
 from the environment with the ``FLASK_`` prefix, e.g. ``FLASK_RIVER_ML_APP_DIR=/tmp/river``.
 """
 
+import logging
 from pathlib import Path
 
 from flask import Flask
 
 import examples.custom.model  # noqa: F401 - the unpickler resolves classes only in modules the app imported
 from flask_river_ml import FlaskRiverML
+
+# The package's own log at INFO (models created and deleted, snapshots, a store that cannot be
+# used), every other logger's at WARNING, on stderr beside gunicorn's lines and in their form.
+logging.basicConfig(
+    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    datefmt="%Y-%m-%d %H:%M:%S %z",
+    level=logging.WARNING,
+)
+logging.getLogger("flask_river_ml").setLevel(logging.INFO)
 
 app = Flask(__name__, instance_path=str(Path(__file__).resolve().parent / "instance"))
 app.config["RIVER_ML_STORAGE_BACKEND"] = "shelve"

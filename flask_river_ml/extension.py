@@ -63,6 +63,12 @@ def _close_at_exit(reference: weakref.ReferenceType[State]) -> None:
         state.close()
 
 
+def _unknown_option(key: str) -> str:
+    close = settings_module.closest_setting(key.upper())
+    hint = f"; did you mean {close.lower()}?" if close else " (the options are the settings, without RIVER_ML_)."
+    return f"Unknown flask-river-ml option {key}{hint}"
+
+
 class FlaskRiverML:
     """Serve river models from a Flask app.
 
@@ -80,7 +86,7 @@ class FlaskRiverML:
         self.credentials_check: CredentialsCheck | None = None
         unknown = sorted(key for key in options if key.upper() not in settings_module.SETTINGS)
         if unknown:
-            raise ConfigurationError(f"Unknown flask-river-ml option(s): {', '.join(unknown)}.")
+            raise ConfigurationError(" ".join(_unknown_option(key) for key in unknown))
         self.options = {settings_module.PREFIX + key.upper(): value for key, value in options.items()}
         if app is not None:
             self.init_app(app)

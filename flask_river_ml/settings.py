@@ -2,13 +2,15 @@
 
 ``load(app)`` fills in the defaults with ``app.config.setdefault``, so the values in force can
 be read back from ``app.config``, and raises :class:`ConfigurationError` naming the key of the
-first bad value, at start-up rather than at the first request. What it returns, a frozen
-:class:`Settings`, is what the extension reads from then on: typed attributes, which mypy
-checks, rather than string keys, which only a request would.
+first bad value, or every ``RIVER_ML_*`` key that is no setting, at start-up rather than at the
+first request. What it returns, a frozen :class:`Settings`, is what the extension reads from
+then on: typed attributes, which mypy checks, rather than string keys, which only a request
+would.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -214,13 +216,55 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 
+_UNREAD = "django-river-ml defines it but never reads it, and nothing here does its part; remove it"
+#: django-river-ml settings that have no key of that name here, and why, which says more than
+#: the closest name would.
+_DJANGO_ONLY = {
+    "JWT_SERVER_SECRET": "django-river-ml signs its tokens with it; the key here is RIVER_ML_JWT_SECRET_KEY",
+    "AUTHENTICATION_SERVER": _UNREAD,
+    "SESSION_EXPIRES_SECONDS": _UNREAD,
+}
+
+
+def closest_setting(name: str) -> str | None:
+    """The setting (without the prefix) that ``name``, which is none, most likely misspells."""
+    # Compared without the prefix, which every key shares: with it, any short name would look
+    # close to some setting.
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    return close[0] if close else None
+
+
+def unknown_setting(key: str) -> str:
+    """What to tell of ``key``, a ``RIVER_ML_*`` key that is no setting."""
+    name = key[len(PREFIX) :]
+    if name in _DJANGO_ONLY:
+        return f"Unknown setting {key}: {_DJANGO_ONLY[name]}."
+    close = closest_setting(name)
+    if close:
+        return f"Unknown setting {key}; did you mean {PREFIX + close}?"
+    return f"Unknown setting {key}; flask-river-ml's settings are listed in its docs/settings.md."
+
+
+def _check_known(app: Flask) -> None:
+    """Refuse every ``RIVER_ML_*`` key of ``app.config`` that is no setting: a misspelt key
+    would otherwise be ignored, and the setting it meant silently keep its default."""
+    unknown = sorted(
+        key
+        for key in app.config
+        if isinstance(key, str) and key.startswith(PREFIX) and key[len(PREFIX) :] not in SETTINGS
+    )
+    if unknown:
+        raise ConfigurationError(" ".join(unknown_setting(key) for key in unknown))
+
+
 def load(app: Flask) -> Settings:
     """The validated settings of ``app``, its defaults written into ``app.config``.
 
     Derived folders and paths are filled in too; the two secret keys stay None when they are not
     set (:mod:`flask_river_ml.keys` finds them then). Raises :class:`ConfigurationError` naming
-    the key of a bad value.
+    the key of a bad value, or every ``RIVER_ML_*`` key that is no setting.
     """
+    _check_known(app)
     values: dict[str, Any] = {}
     for name, (default, check) in SETTINGS.items():
         key = PREFIX + name

@@ -211,3 +211,80 @@ def test_a_different_secret_refuses_the_store(tmp_path):
     with pytest.raises(ConfigurationError, match="RIVER_ML_SHELVE_SECRET_KEY"):
         FlaskRiverML(second)
     assert "river_ml" not in second.extensions
+
+
+def test_a_misspelt_key_fails_at_start_with_the_setting_it_meant(tmp_path):
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_STORAGE_BAKCEND="redis")
+    with pytest.raises(ConfigurationError) as raised:
+        FlaskRiverML(app)
+    assert str(raised.value) == "Unknown setting RIVER_ML_STORAGE_BAKCEND; did you mean RIVER_ML_STORAGE_BACKEND?"
+    assert "river_ml" not in app.extensions
+
+
+def test_a_key_like_no_setting_fails_naming_it(tmp_path):
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_ML_WIDGETS=3)
+    with pytest.raises(ConfigurationError, match=r"^Unknown setting RIVER_ML_WIDGETS; .*docs/settings\.md\.$"):
+        FlaskRiverML(app)
+
+
+def test_every_unknown_key_is_named_at_once(tmp_path, monkeypatch):
+    """Environment overrides are checked too; the typos come in the order of their names."""
+    monkeypatch.setenv("FLASK_RIVER_ML_SNAPSHOTS_EVERY", "10")
+    app = new_app(tmp_path, RIVER_ML_URLPREFIX="ml")
+    app.config.from_prefixed_env()
+    with pytest.raises(ConfigurationError) as raised:
+        FlaskRiverML(app)
+    assert str(raised.value) == (
+        "Unknown setting RIVER_ML_SNAPSHOTS_EVERY; did you mean RIVER_ML_SNAPSHOT_EVERY? "
+        "Unknown setting RIVER_ML_URLPREFIX; did you mean RIVER_ML_URL_PREFIX?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [
+        ("JWT_SERVER_SECRET", "the key here is RIVER_ML_JWT_SECRET_KEY"),
+        ("AUTHENTICATION_SERVER", "never reads it"),
+        ("SESSION_EXPIRES_SECONDS", "never reads it"),
+    ],
+)
+def test_a_django_only_setting_says_what_became_of_it(tmp_path, name, told):
+    with pytest.raises(ConfigurationError, match=f"^Unknown setting RIVER_ML_{name}: .*{told}"):
+        FlaskRiverML(new_app(tmp_path, **{"RIVER_ML_" + name: "x"}))
+
+
+def test_other_keys_of_the_config_are_left_alone(tmp_path):
+    app = new_app(tmp_path, RIVER_ML_STORAGE_BACKEND="memory", RIVER_MLX=1, MY_RIVER_ML_THING=2)
+    app.config[3] = "not a string key"
+    FlaskRiverML(app)
+
+
+def test_a_misspelt_option_is_told_its_setting():
+    with pytest.raises(
+        ConfigurationError, match="^Unknown flask-river-ml option storage_backned; did you mean storage_backend"
+    ):
+        FlaskRiverML(storage_backned="memory")
+
+
+#: RIVER_ML_* names that are the riverapi client's environment variables, not server settings.
+_CLIENT_VARIABLES = {"RIVER_ML_USER", "RIVER_ML_TOKEN", "RIVER_ML_SERVER"}
+
+
+def test_every_key_the_project_mentions_is_a_setting(tmp_path):
+    """Every RIVER_ML_* key written in the docs, the examples, the benchmarks, the package and
+    the tests (but the misspellings of this file, and those the error messages quoted name) is
+    a setting, so none of them is refused; set all at once, to their defaults, they start an app."""
+    root = Path(__file__).parents[1]
+    files = [root / "README.md", root / "Makefile", *root.glob("docs/*.md")]
+    for folder in ("flask_river_ml", "examples", "bench", "tests"):
+        files += [path for path in (root / folder).rglob("*") if path.suffix in (".py", ".md", ".html", ".js")]
+    mentioned = set()
+    for path in files:
+        if path.exists() and path != Path(__file__):
+            # An error message quoted in the docs names a misspelling on purpose.
+            mentioned |= set(re.findall(r"(?<!Unknown setting )RIVER_ML_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    assert "RIVER_ML_STORAGE_URL" in mentioned and "RIVER_ML_JSON_MAX_BYTES" in mentioned
+    assert mentioned - _CLIENT_VARIABLES <= {PREFIX + name for name in SETTINGS}
+    defaults = {PREFIX + name: default for name, (default, _) in SETTINGS.items()}
+    app = new_app(tmp_path, **{**defaults, "RIVER_ML_STORAGE_BACKEND": "memory"})
+    FlaskRiverML(app)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from .entries import next_generation, read_entry
 from .replicas import Replica, Replicas, Snapshot
 from .requests import Learn, Learned, Predict, Requests
 from .snapshots import CHANGE_WAIT, Snapshots
+
+logger = logging.getLogger("flask_river_ml.engine")
 
 
 class Engine:
@@ -115,6 +118,7 @@ class Engine:
             self.backend.delete_log(layout.log(name))
             state = Snapshot(model, flavor.new_metrics(), 0, next_generation(self.backend), flavor.name)
             self.snapshots.publish(name, state)
+        logger.info("Model %r created, served as %s.", name, flavor.name)
 
     def replace(self, name: str, model: Any) -> None:
         """Replace the stored model, keeping its flavor, metrics and stats."""
@@ -125,6 +129,7 @@ class Engine:
                 generation = next_generation(self.backend)
                 state = Snapshot(model, replica.metrics, replica.seq, generation, replica.flavor.name)
                 self.snapshots.publish(name, state)
+        logger.info("Model %r replaced at record %d; its metrics and stats are kept.", name, state.seq)
 
     def delete(self, name: str) -> bool:
         """Delete the model, its log, stats and waiting predictions; False when there was none."""
@@ -134,6 +139,8 @@ class Engine:
             self.backend.delete(*layout.model_keys(name), *self.backend.keys(layout.waiting(name)))
             self.backend.delete_log(layout.log(name))
         self.replicas.drop(name)
+        if existed:
+            logger.info("Model %r deleted.", name)
         return existed
 
     def close(self) -> None:

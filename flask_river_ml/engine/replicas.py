@@ -175,6 +175,7 @@ class Replicas:
             if current is not None and current.generation == replica.generation:
                 return current
             self._replicas[name] = replica
+        logger.info("Model %r: loaded from its snapshot at record %d.", name, state.seq)
         return replica
 
     def catch_up(self, name: str, replica: Replica, records: Records | None = None) -> None:
@@ -187,9 +188,12 @@ class Replicas:
         kept in ``replica.skipped`` for the thread that sent it.
         """
         with replica.lock:
+            start = replica.seq
             while not self._apply_all(replica, self._unapplied(name, replica, records)):
                 self.rebuild(name, replica)
                 records = None
+            if replica.seq != start:
+                logger.debug("Model %r: caught up with the log from record %d to %d.", name, start, replica.seq)
 
     def _unapplied(self, name: str, replica: Replica, records: Records | None) -> Records:
         """The log records after the replica's position, from ``records`` if they continue it,
@@ -206,6 +210,7 @@ class Replicas:
                 # A log that does not continue its snapshot (a store restored in part):
                 # answering beats reloading forever.
                 raise Busy(f"The log of model '{name}' does not continue from its snapshot yet; try again.")
+            logger.info("Model %r: the log was trimmed past record %d; reloading from the snapshot.", name, replica.seq)
             self._reload(name, replica)
             records = self.backend.read(layout.log(name), replica.seq)
             reloads += 1

@@ -111,7 +111,11 @@ class Requests:
                 return Change(sets=(waiting,), observes=timing), scored
             return Change(create=waiting, observes=timing), scored
 
-        _, scored, outcome = self._commit(name, decide)
+        try:
+            _, scored, outcome = self._commit(name, decide)
+        except ModelFailed as error:
+            logger.warning("Model %r could not predict: %s", name, error.message)
+            raise
         if outcome.conflict == EXISTS:
             # Replacing it would make the label that comes for it train on other features.
             raise IdentifierExists(
@@ -162,6 +166,9 @@ class Requests:
         assert outcome.seq is not None
         failure = self._after_append(name, replica, outcome.seq, x, y, made)
         if failure is not None:
+            logger.warning(
+                "Model %r could not learn record %d, which every replica skips: %s", name, outcome.seq, failure
+            )
             if waiting is not None:
                 # The record is skipped everywhere: its prediction waits for a label again.
                 self.backend.add(*waiting, self.waiting_ttl)

@@ -77,6 +77,9 @@ class Snapshots:
                         return
                     # The snapshot's own record stays: a replica behind it sees the gap.
                     self.backend.trim(layout.log(name), replica.seq)
+                    logger.info(
+                        "Model %r: snapshot written at record %d; the log before it is trimmed.", name, replica.seq
+                    )
                 # Failures of records sent by other processes are never collected here; those
                 # older than the previous snapshot have had a whole interval to be.
                 previous_seq, replica.snapshot_seq = replica.snapshot_seq, max(stored_seq, replica.seq)

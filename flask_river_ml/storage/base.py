@@ -20,6 +20,7 @@ import abc
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ _STORE_CALLS = frozenset(
 #: A store failure is logged at most once in this many seconds per backend: an outage under
 #: load would otherwise write a line per request.
 _REPORT_EVERY = 10.0
+#: A URL's password (``redis://user:password@host``, ``?password=...``) after what comes before
+#: it: a failure's message must carry none to a log or a client.
+_PASSWORDS = (re.compile(r"(://[^/:@\s]*:)[^/@\s]+(?=@)"), re.compile(r"(password=)[^&\s]+", re.IGNORECASE))
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 #: Log records with their numbers, in order.
@@ -232,8 +236,10 @@ class Backend(Store, GuardedLog, Timings, Locks, Bus):
     schemes: ClassVar[tuple[str, ...]] = ()
     #: The class serving each scheme: the last class defined for it.
     registry: ClassVar[dict[str, type[Backend]]] = {}
-    #: When the last failure of the store was logged (see :data:`_REPORT_EVERY`).
+    #: When the last failure of the store was logged, and how many were not since (see
+    #: :data:`_REPORT_EVERY`).
     _reported: float = float("-inf")
+    _unreported: int = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap the store calls a backend defines so that the driver errors that
@@ -267,14 +273,30 @@ class Backend(Store, GuardedLog, Timings, Locks, Bus):
         return None
 
     def _fault(self, error: Exception) -> StoreUnavailable | None:
-        """:meth:`unavailable` for ``error``, logged (at most every :data:`_REPORT_EVERY` s)."""
+        """:meth:`unavailable` for ``error``, any password taken out of its message, logged
+        as an error (at most every :data:`_REPORT_EVERY` s, with the count of those not logged
+        in between). Of the driver's error only its type is logged: its text may quote a
+        command's arguments or a URL, and the message says what failed in words chosen not to."""
         if isinstance(error, StoreUnavailable):
             return None  # already translated by an inner call: let it through
         unavailable = self.unavailable(error)
-        if unavailable is not None and time.monotonic() - self._reported > _REPORT_EVERY:
-            self._reported = time.monotonic()
-            logger.warning("%s (%s: %s)", unavailable.message, type(error).__name__, error)
+        if unavailable is None:
+            return None
+        message = _without_passwords(unavailable.message)
+        unavailable.message, unavailable.args = message, (message,)
+        if time.monotonic() - self._reported > _REPORT_EVERY:
+            since = f"; {self._unreported} more calls failed since the last report" if self._unreported else ""
+            self._reported, self._unreported = time.monotonic(), 0
+            logger.error("%s (%s%s)", message, type(error).__name__, since)
+        else:
+            self._unreported += 1
         return unavailable
+
+
+def _without_passwords(text: str) -> str:
+    for password in _PASSWORDS:
+        text = password.sub(r"\1***", text)
+    return text
 
 
 def _reraise(backend: Backend, error: Exception) -> NoReturn:

@@ -146,7 +146,8 @@ class RedisBackend(RedisBus, RedisScripts):
             except LockError:
                 pass  # expired meanwhile: someone else may hold it now
             except redis.RedisError as error:
-                if self.unavailable(error) is None:
+                unavailable = self.unavailable(error)
+                if unavailable is None:
                     raise
                 # What the lock guarded is done; the lock itself expires within _LOCK_EXPIRY.
-                logger.warning("Could not release the lock %r on the %s: %s", name, self.description, error)
+                logger.warning("Could not release the lock %r: %s", name, unavailable.message)
