@@ -20,7 +20,8 @@ A short warm-up run with the same command precedes each measured run.
 
 In the same run, django-river-ml 0.0.21 (``bench/django_app.py``, its default shelve store,
 one sync worker) serves the same two models under the same load: the server this project
-replaces, against which the table gives each configuration's ratio. It runs in its own virtual environment, built on first use in
+replaces, against which the table gives each configuration's ratio. It runs in its own virtual
+environment, built on first use in
 ``bench/.django-venv`` (``--django-venv``) with pip from the package index.
 
 A bare Flask app (``bench/bare_app.py``: ``predict_proba_one`` then

@@ -216,14 +216,13 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 
-_UNREAD = "django-river-ml defines it but never reads it, and nothing here does its part; remove it"
-#: django-river-ml settings that have no key of that name here, and why, which says more than
-#: the closest name would.
-_DJANGO_ONLY = {
-    "JWT_SERVER_SECRET": "django-river-ml signs its tokens with it; the key here is RIVER_ML_JWT_SECRET_KEY",
-    "AUTHENTICATION_SERVER": _UNREAD,
-    "SESSION_EXPIRES_SECONDS": _UNREAD,
-}
+#: django-river-ml's name of a setting that has another here: the same key, under either name.
+_DJANGO_NAMES = {"JWT_SERVER_SECRET": "JWT_SECRET_KEY"}
+#: django-river-ml settings that it defines but never reads: accepted, and nothing reads them
+#: here either, so a Django configuration carries over as it is.
+_DJANGO_UNREAD = ("AUTHENTICATION_SERVER", "SESSION_EXPIRES_SECONDS")
+#: Every name (without the prefix) a ``RIVER_ML_*`` key may have.
+KNOWN = frozenset((*SETTINGS, *_DJANGO_NAMES, *_DJANGO_UNREAD))
 
 
 def closest_setting(name: str) -> str | None:
@@ -237,8 +236,6 @@ def closest_setting(name: str) -> str | None:
 def unknown_setting(key: str) -> str:
     """What to tell of ``key``, a ``RIVER_ML_*`` key that is no setting."""
     name = key[len(PREFIX) :]
-    if name in _DJANGO_ONLY:
-        return f"Unknown setting {key}: {_DJANGO_ONLY[name]}."
     close = closest_setting(name)
     if close:
         return f"Unknown setting {key}; did you mean {PREFIX + close}?"
@@ -249,12 +246,24 @@ def _check_known(app: Flask) -> None:
     """Refuse every ``RIVER_ML_*`` key of ``app.config`` that is no setting: a misspelt key
     would otherwise be ignored, and the setting it meant silently keep its default."""
     unknown = sorted(
-        key
-        for key in app.config
-        if isinstance(key, str) and key.startswith(PREFIX) and key[len(PREFIX) :] not in SETTINGS
+        key for key in app.config if isinstance(key, str) and key.startswith(PREFIX) and key[len(PREFIX) :] not in KNOWN
     )
     if unknown:
         raise ConfigurationError(" ".join(unknown_setting(key) for key in unknown))
+
+
+def _take_django_names(app: Flask) -> None:
+    """Move a setting given under django-river-ml's name to its key here; the two may not
+    disagree."""
+    for django, name in _DJANGO_NAMES.items():
+        if PREFIX + django not in app.config:
+            continue
+        value, ours = app.config[PREFIX + django], app.config.get(PREFIX + name)
+        if ours is not None and ours != value:
+            raise ConfigurationError(
+                f"{PREFIX + django} and {PREFIX + name} are two names of one setting and disagree; keep one."
+            )
+        app.config[PREFIX + name] = value
 
 
 def load(app: Flask) -> Settings:
@@ -265,6 +274,7 @@ def load(app: Flask) -> Settings:
     the key of a bad value, or every ``RIVER_ML_*`` key that is no setting.
     """
     _check_known(app)
+    _take_django_names(app)
     values: dict[str, Any] = {}
     for name, (default, check) in SETTINGS.items():
         key = PREFIX + name
