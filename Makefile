@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test run bench lint clean
+.PHONY: test test-deps run bench lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,12 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,redis]'
 	touch $@
 
-test: $(BIN)/.installed
+# What the tests need besides Python: redis-server and Chromium, installed from Debian when
+# missing (as root), else named. The redis tests start redis servers of their own.
+test-deps:
+	@sh tests/setup-machine.sh
+
+test: test-deps $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 # The example server (examples/app.py) on riverapi's default address; its models are kept in
