@@ -20,10 +20,11 @@ test-deps:
 test: test-deps $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# The example server (examples/app.py) on riverapi's default address; its models are kept in
-# examples/instance/. Try it with `python examples/regression/run.py` from another shell.
+# The example server (examples/app.py) on riverapi's default address, with its access log; its
+# models are kept in examples/instance/. Try it with `.venv/bin/python examples/regression/run.py`
+# from another shell.
 run: $(BIN)/.installed
-	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 examples.app:app
+	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 --access-logfile - examples.app:app
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inprocess.py
