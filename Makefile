@@ -1,10 +1,10 @@
-# The two commands a newcomer needs: `make test` and `make run`. Both build the virtual
-# environment from setup.cfg on first use.
+# The commands a newcomer needs: `make test`, `make run` and `make examples`. Each builds the
+# virtual environment from setup.cfg on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test test-deps run bench lint clean
+.PHONY: test test-deps run examples bench lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,14 @@ test: test-deps $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 # The example server (examples/app.py) on riverapi's default address, with its access log; its
-# models are kept in examples/instance/. Try it with `.venv/bin/python examples/regression/run.py`
-# from another shell.
+# models are kept in examples/instance/. Try it with `make examples` from another shell, or one
+# example with `.venv/bin/python examples/regression/run.py`.
 run: $(BIN)/.installed
 	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 --access-logfile - examples.app:app
+
+# Every example against the server of `make run`, or against one started for the run.
+examples: $(BIN)/.installed
+	$(BIN)/python examples/run_all.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inprocess.py
