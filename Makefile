@@ -1,10 +1,10 @@
-# The two commands a newcomer needs: `make test` and `make run`. Both build the virtual
-# environment from setup.cfg on first use.
+# The commands a newcomer needs: `make test`, `make run` and `make examples`. Each builds the
+# virtual environment from setup.cfg on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test run bench lint clean
+.PHONY: test test-deps run examples bench lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,13 +12,23 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,redis]'
 	touch $@
 
-test: $(BIN)/.installed
+# What the tests need besides Python: redis-server and Chromium, installed from Debian when
+# missing (as root), else named. The redis tests start redis servers of their own.
+test-deps:
+	@sh tests/setup-machine.sh
+
+test: test-deps $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# The example server (examples/app.py) on riverapi's default address; its models are kept in
-# examples/instance/. Try it with `python examples/regression/run.py` from another shell.
+# The example server (examples/app.py) on riverapi's default address, with its access log; its
+# models are kept in examples/instance/. Try it with `make examples` from another shell, or one
+# example with `.venv/bin/python examples/regression/run.py`.
 run: $(BIN)/.installed
-	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 examples.app:app
+	$(BIN)/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 --access-logfile - examples.app:app
+
+# Every example against the server of `make run`, or against one started for the run.
+examples: $(BIN)/.installed
+	$(BIN)/python examples/run_all.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inprocess.py

@@ -47,7 +47,7 @@ class RedisServer:
     def __init__(self, folder: Path, *options: str, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed (Debian: apt-get install redis-server).")
+            pytest.fail("redis-server is not installed: apt-get install redis-server, or deselect with -m 'not redis'.")
         self.binary = binary
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)

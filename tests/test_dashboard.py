@@ -190,8 +190,9 @@ def test_static_assets_are_served(make_app):
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium driven by Playwright (a missing Chromium fails the tests: CI has it)."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium package"
+    """Debian's Chromium driven by Playwright (a missing Chromium fails the tests: make test
+    installs it)."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium, or deselect: -m 'not browser'"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched

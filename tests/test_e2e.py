@@ -255,7 +255,8 @@ def test_make_run_installs_first():
     assert dry_run.returncode == 0, dry_run.stderr
     lines = dry_run.stdout.splitlines()
     assert any("pip install" in line for line in lines[:-1])
-    assert lines[-1] == ".venv/bin/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 examples.app:app"
+    served = ".venv/bin/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 8 --access-logfile - examples.app:app"
+    assert lines[-1] == served
 
 
 def test_make_run(tmp_path):
@@ -284,6 +285,11 @@ def test_make_run(tmp_path):
         assert info["id"] == "flask_river_ml"
         # The environment override reached the app: the store is in the tmp folder.
         assert (tmp_path / "instance" / "cache").is_dir()
+        # The requests it answered show in its output, one access log line each.
+        deadline = time.monotonic() + 10
+        while '"GET /api/ HTTP/1.1" 200' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert '"GET /api/ HTTP/1.1" 200' in log.read_text(), log.read_text()
     finally:
         stop(process, lambda signum: os.killpg(process.pid, signum))
         # make is gone; its gunicorn may take a moment more to let the port go.

@@ -19,7 +19,6 @@ import dill
 import pytest
 import redis
 import requests
-from conftest import REDIS_URL
 from flask import Flask
 from river import datasets, linear_model, preprocessing
 from servers import APP, GUNICORN, ROOT, free_port, serve, server_env
@@ -114,7 +113,7 @@ def test_hosts_with_different_generated_keys_refuse_to_start(make_app, tmp_path,
     second.config.update(
         RIVER_ML_STORAGE_BACKEND=backend,
         RIVER_ML_SHELVE_PATH=str(tmp_path / "shared.shelve"),
-        RIVER_ML_REDIS_URL=REDIS_URL,
+        RIVER_ML_REDIS_URL=first.config["RIVER_ML_REDIS_URL"],
         RIVER_ML_REDIS_PREFIX=first.config["RIVER_ML_REDIS_PREFIX"],
     )
     with pytest.raises(ConfigurationError, match=BLOB_KEY) as refused:
@@ -238,9 +237,9 @@ def test_a_fingerprint_flask_river_ml_did_not_write_refuses_start(make_app, tmp_
 
 
 @pytest.mark.redis
-def test_a_flushed_store_records_the_next_hosts_keys(make_app, tmp_path, redis_prefix):
+def test_a_flushed_store_records_the_next_hosts_keys(make_app, tmp_path, redis_url, redis_prefix):
     host(make_app, tmp_path, "a", "redis", RIVER_ML_SHELVE_SECRET_KEY="old key")
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     # What FLUSHALL does to this test's prefix (the shared server itself must not be flushed).
     client.delete(*client.scan_iter(match=redis_prefix + "*"))
     client.close()
@@ -351,10 +350,10 @@ def test_a_host_that_started_during_an_outage_with_another_key_refuses_to_serve(
 # --- real servers ---------------------------------------------------------------------------------
 
 
-def redis_env(prefix: str, **settings: str) -> dict[str, str]:
+def redis_env(url: str, prefix: str, **settings: str) -> dict[str, str]:
     env = {
         "FLASK_RIVER_ML_STORAGE_BACKEND": "redis",
-        "FLASK_RIVER_ML_REDIS_URL": REDIS_URL,
+        "FLASK_RIVER_ML_REDIS_URL": url,
         "FLASK_RIVER_ML_REDIS_PREFIX": prefix,
     }
     return {**env, **settings}
@@ -362,8 +361,8 @@ def redis_env(prefix: str, **settings: str) -> dict[str, str]:
 
 @pytest.mark.gunicorn
 @pytest.mark.redis
-def test_a_second_gunicorn_host_with_other_keys_fails_to_start(tmp_path, redis_prefix):
-    env = redis_env(redis_prefix)
+def test_a_second_gunicorn_host_with_other_keys_fails_to_start(tmp_path, redis_url, redis_prefix):
+    env = redis_env(redis_url, redis_prefix)
     with serve(tmp_path / "a", env=env, workers=1, threads=2) as first:
         folder = tmp_path / "b"
         folder.mkdir()
@@ -382,8 +381,8 @@ def test_a_second_gunicorn_host_with_other_keys_fails_to_start(tmp_path, redis_p
 
 @pytest.mark.gunicorn
 @pytest.mark.redis
-def test_gunicorn_hosts_sharing_secret_key_serve_the_same_models(tmp_path, redis_prefix):
-    env = redis_env(redis_prefix, FLASK_SECRET_KEY="one secret for the deployment")
+def test_gunicorn_hosts_sharing_secret_key_serve_the_same_models(tmp_path, redis_url, redis_prefix):
+    env = redis_env(redis_url, redis_prefix, FLASK_SECRET_KEY="one secret for the deployment")
     with (
         serve(tmp_path / "a", env=env, workers=1, threads=2) as first,
         serve(tmp_path / "b", env=env, workers=1, threads=2) as second,

@@ -31,7 +31,6 @@ import dill
 import pytest
 import redis
 import requests
-from conftest import REDIS_URL
 from requests.adapters import HTTPAdapter
 from river import naive_bayes
 from servers import Server, serve
@@ -112,10 +111,10 @@ def assert_proba(served: Any, local: dict[Any, float]) -> None:
 @pytest.fixture(params=["redis", "redis-cluster"])
 def store(request) -> str:
     """The store the servers share: the redis server, or a Redis Cluster of three masters."""
-    return REDIS_URL if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster")
 
 
-def redis_env(prefix: str, url: str = REDIS_URL, **settings: str) -> dict[str, str]:
+def redis_env(url: str, prefix: str, **settings: str) -> dict[str, str]:
     """A server's environment: the redis store at ``url`` under ``prefix``, the shared secret,
     then ``settings`` (``SNAPSHOT_EVERY="50"`` for FLASK_RIVER_ML_SNAPSHOT_EVERY)."""
     env = {
@@ -253,7 +252,7 @@ def test_four_workers_learn_into_one_model(tmp_path, redis_prefix, store):
     samples = make_samples(1, 600)
     probes = make_samples(2, 5 * ROUND)
     local = trained(samples)
-    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="100")
+    env = redis_env(store, redis_prefix, SNAPSHOT_EVERY="100")
     with serve(tmp_path, env, workers=4, threads=1, access_log=True) as server:
         upload(server.url, name, new_model())
 
@@ -281,7 +280,7 @@ def test_two_servers_share_one_model(tmp_path, redis_prefix, store):
     samples = make_samples(3, 400)
     probes = make_samples(4, 60)
     local = trained(samples)
-    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="100")
+    env = redis_env(store, redis_prefix, SNAPSHOT_EVERY="100")
     with (
         serve(tmp_path / "a", env, workers=2, access_log=True) as first,
         serve(tmp_path / "b", env, workers=2, access_log=True) as second,
@@ -317,7 +316,7 @@ def test_acknowledged_learns_survive_a_crash(tmp_path, redis_prefix, store):
     some of those in flight), and it goes on learning and predicting."""
     name = "crash-proof"
     samples = make_samples(5, 4000)
-    env = redis_env(redis_prefix, store, SNAPSHOT_EVERY="50")
+    env = redis_env(store, redis_prefix, SNAPSHOT_EVERY="50")
     threads = 8
     acknowledged: list[Sample] = []
     in_flight: list[Sample] = []
@@ -392,7 +391,7 @@ def test_every_worker_sees_upload_replace_and_delete(tmp_path, redis_prefix, sto
     probes = make_samples(10, 5 * ROUND)
     learnt = iter([make_samples(11, 20), make_samples(12, 20)])
 
-    with serve(tmp_path, redis_env(redis_prefix, store), workers=4, threads=1, access_log=True) as server:
+    with serve(tmp_path, redis_env(store, redis_prefix), workers=4, threads=1, access_log=True) as server:
 
         def predict_on_every_worker() -> list[requests.Response]:
             return on_every_worker(server, lambda i: predict(server.url, name, probes[i][0]), "/api/predict/")
@@ -450,7 +449,7 @@ def test_events_from_every_worker_reach_a_subscriber_once(tmp_path, redis_prefix
     mixed = [("learn", sample) for sample in learnt] + [("predict", sample) for sample in asked]
     random.Random(15).shuffle(mixed)
 
-    with serve(tmp_path / "server", redis_env(redis_prefix, store), workers=4, threads=1, access_log=True) as server:
+    with serve(tmp_path / "server", redis_env(store, redis_prefix), workers=4, threads=1, access_log=True) as server:
         upload(server.url, name, new_model())
         # Each worker asks redis whether anyone listens at most every 0.25 s.
         time.sleep(0.6)
@@ -502,23 +501,23 @@ class SourceAddress(HTTPAdapter):
 
 
 @pytest.fixture
-def limiter_cleanup(redis_prefix) -> Iterator[None]:
+def limiter_cleanup(redis_url, redis_prefix) -> Iterator[None]:
     """flask-limiter keeps its counters under LIMITS:LIMITER/<prefix>/..., outside the prefix
     that ``redis_prefix`` cleans up."""
     yield
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     counters = list(client.scan_iter(match=f"LIMITS:LIMITER/{redis_prefix}*"))
     if counters:
         client.delete(*counters)
     client.close()
 
 
-def test_rate_limit_holds_across_workers(tmp_path, redis_prefix, limiter_cleanup):
+def test_rate_limit_holds_across_workers(tmp_path, redis_url, redis_prefix, limiter_cleanup):
     """With a limit of 20 a minute, 30 requests of one client spread over 4 workers get exactly
     20 answers and 10 JSON 429s with Retry-After: the workers count in one redis."""
     name = "limited"
     client = "127.0.0.2"
-    env = redis_env(redis_prefix, VIEW_RATE_LIMIT_DISABLE="false", VIEW_RATE_LIMIT="20/m")
+    env = redis_env(redis_url, redis_prefix, VIEW_RATE_LIMIT_DISABLE="false", VIEW_RATE_LIMIT="20/m")
     with serve(tmp_path, env, workers=4, threads=1, access_log=True) as server:
         # From 127.0.0.1, like the server's start-up checks: another client.
         upload(server.url, name, new_model())

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_URL
 from redis.cluster import RedisCluster
 from redis_server import RedisServer
 from stores import SharedMemoryBackend, append
@@ -26,11 +25,12 @@ from flask_river_ml.storage.base import EXISTS, TAKEN, Change, Guard, Outcome
 from flask_river_ml.storage.redis_cluster import RedisClusterBackend
 
 #: The URL of each backend the conformance suite runs against (a relative path: in the test's
-#: folder; {test}: a name of the test's own), the documented custom backend included.
+#: folder; {test}: a name of the test's own; {redis}: the shared redis server), the documented
+#: custom backend included.
 URLS = {
     "memory": "memory://",
     "shelve": "sqlite:///store.sqlite3",
-    "redis": REDIS_URL,
+    "redis": "{redis}",
     SharedMemoryBackend.name: "shared-memory://{test}",
 }
 
@@ -40,8 +40,8 @@ def backend_name(request) -> str:
     return request.param
 
 
-def redis_backend(redis_prefix: str, url: str = REDIS_URL) -> Backend:
-    return create_backend(url, root="unused", prefix=redis_prefix)
+def redis_backend(url: str, prefix: str) -> Backend:
+    return create_backend(url, root="unused", prefix=prefix)
 
 
 def shelve_at(path: Path) -> Backend:
@@ -57,7 +57,8 @@ def backend(request, backend_name, tmp_path, redis_prefix) -> Iterator[Backend]:
         client = RedisCluster.from_url(request.getfixturevalue("redis_cluster").replace("+cluster", ""))
         store: Backend = RedisClusterBackend(client, prefix="{" + redis_prefix + "}")
     else:
-        url = URLS[backend_name].format(test=uuid.uuid4().hex)
+        shared = request.getfixturevalue("redis_url") if backend_name == "redis" else None
+        url = URLS[backend_name].format(test=uuid.uuid4().hex, redis=shared)
         store = create_backend(url, root=str(tmp_path), prefix=redis_prefix)
     yield store
     store.close()
@@ -284,16 +285,16 @@ def test_shelve_is_shared_between_instances(tmp_path):
 
 
 @pytest.mark.redis
-def test_redis_keeps_every_key_under_its_prefix(redis_prefix):
+def test_redis_keeps_every_key_under_its_prefix(redis_url, redis_prefix):
     """Two apps (prefixes) share a database without seeing each other's keys."""
     import redis
 
-    first, second = redis_backend(redis_prefix + "a:"), redis_backend(redis_prefix + "b:")
+    first, second = redis_backend(redis_url, redis_prefix + "a:"), redis_backend(redis_url, redis_prefix + "b:")
     first.set("model:x", b"1", ttl=60)
     append(first, "log:x", b"r")
     first.observe("stats:x", 5, 0.3)
     with first.lock("model:x"):
-        client = redis.Redis.from_url(REDIS_URL)
+        client = redis.Redis.from_url(redis_url)
         # The keys of the value, the append's guard, log, log head, timing and lock, and
         # nothing outside the prefix.
         marker = redis_prefix.split(":")[1]
@@ -371,24 +372,23 @@ def test_guarded_commits_happen_only_on_the_head_and_value_seen(backend):
 
 
 @pytest.mark.redis
-def test_redis_commits_survive_a_server_that_lost_its_scripts(redis_prefix):
+def test_redis_commits_survive_a_server_that_lost_its_scripts(tmp_path):
     """After SCRIPT FLUSH (or a restart) every commit is made once."""
-    import redis
-
-    backend = redis_backend(redis_prefix)
-    client = redis.Redis.from_url(REDIS_URL)
-    backend.set("model", b"g")
-    for round_ in range(3):
-        client.script_flush()
-        backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
-        client.script_flush()
-        guard = Guard("log", round_, "model", b"g")
-        assert backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard) == Outcome(True, round_ + 1)
-        assert backend.get("a") == str(round_).encode()
-    assert backend.observed("t") == (3, 30, 10.0)
-    assert backend.observed("u") == (3, 12, 4.0)
-    client.close()
-    backend.close()
+    with RedisServer(tmp_path / "redis") as server:
+        backend = redis_backend(server.url, "p:")
+        client = redis.Redis(port=server.port)
+        backend.set("model", b"g")
+        for round_ in range(3):
+            client.script_flush()
+            backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
+            client.script_flush()
+            guard = Guard("log", round_, "model", b"g")
+            assert backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard) == Outcome(True, round_ + 1)
+            assert backend.get("a") == str(round_).encode()
+        assert backend.observed("t") == (3, 30, 10.0)
+        assert backend.observed("u") == (3, 12, 4.0)
+        client.close()
+        backend.close()
 
 
 def test_concurrent_guarded_appends_never_skip_a_record(backend):
@@ -420,12 +420,12 @@ def test_concurrent_guarded_appends_never_skip_a_record(backend):
 
 
 @pytest.mark.redis
-def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch):
+def test_redis_lock_is_renewed_while_its_holder_works(redis_url, redis_prefix, monkeypatch):
     """A change that takes longer than the lock's expiry keeps the lock to its end."""
     from flask_river_ml.storage import redis as redis_module
 
     monkeypatch.setattr(redis_module, "_LOCK_EXPIRY", 0.3)
-    holder, other = redis_backend(redis_prefix), redis_backend(redis_prefix)
+    holder, other = redis_backend(redis_url, redis_prefix), redis_backend(redis_url, redis_prefix)
     with holder.lock("model:m"):
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
@@ -438,16 +438,16 @@ def test_redis_lock_is_renewed_while_its_holder_works(redis_prefix, monkeypatch)
 
 
 @pytest.mark.redis
-def test_redis_append_without_its_head_gives_out_no_number(redis_prefix):
+def test_redis_append_without_its_head_gives_out_no_number(redis_url, redis_prefix):
     """A log whose head key was lost (evicted) refuses appends rather than number a record
     that is not there; the head stays where it was."""
     import redis
 
-    backend = redis_backend(redis_prefix)
+    backend = redis_backend(redis_url, redis_prefix)
     backend.set("model", b"g")
     assert append(backend, "log", b"a") == 1
     assert backend.commit(Change(record=b"b"), Guard("log", 1, "model", b"g")) == Outcome(True, 2)
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     client.delete(redis_prefix + "h:log")
     with pytest.raises(redis.ResponseError):
         append(backend, "log", b"c")
@@ -526,7 +526,7 @@ def test_a_redis_that_is_down_is_unavailable_until_it_is_back(tmp_path):
     with RedisServer(tmp_path / "redis") as server:
         admin = redis.Redis(port=server.port)
         admin.config_set("requirepass", password)
-        backend = redis_backend("p:", f"redis://:{password}@127.0.0.1:{server.port}/0")
+        backend = redis_backend(f"redis://:{password}@127.0.0.1:{server.port}/0", "p:")
         backend.set("k", b"v")
         assert append(backend, "log", b"a") == 1
         server.stop()
@@ -570,7 +570,7 @@ def test_a_redis_that_refuses_writes_is_unavailable_for_them(tmp_path, how):
     """Writes are refused as StoreUnavailable; reads go on; once it takes writes again, so does
     the backend."""
     with RedisServer(tmp_path / "redis") as server, contextlib.ExitStack() as stack:
-        backend = redis_backend("p:", server.url)
+        backend = redis_backend(server.url, "p:")
         stack.callback(backend.close)
         backend.set("k", b"v")
         undo = refuse_writes(how, server, stack)
@@ -703,7 +703,7 @@ def test_listeners_survive_an_outage(tmp_path):
     was removed and made again, get the messages published after the store is back."""
     with RedisServer(tmp_path / "redis") as server:
         stores = [
-            redis_backend("p:", server.url),
+            redis_backend(server.url, "p:"),
             shelve_at(tmp_path / "folder" / "store"),
         ]
         received: list[list[bytes]] = [[], []]
@@ -734,7 +734,7 @@ def test_redis_lock_outlives_a_failed_renewal(tmp_path, monkeypatch):
 
     monkeypatch.setattr(redis_module, "_LOCK_EXPIRY", 0.3)
     with RedisServer(tmp_path / "redis") as server:
-        backend = redis_backend("p:", server.url)
+        backend = redis_backend(server.url, "p:")
         with backend.lock("m"):
             server.stop()
             time.sleep(0.5)

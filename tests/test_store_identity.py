@@ -18,7 +18,6 @@ import dill
 import pytest
 import redis
 import requests
-from conftest import REDIS_URL
 from redis_server import RedisServer
 from river import datasets, linear_model, naive_bayes, preprocessing
 from servers import Server, serve
@@ -47,9 +46,9 @@ def generation(app, name: str) -> str:
     return json.loads(FlaskRiverML.state(app).backend.get(layout.model(name)))["generation"]
 
 
-def lose_everything(prefix: str) -> None:
+def lose_everything(url: str, prefix: str) -> None:
     """What a redis restarted without persistence holds for the apps of this test: nothing."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     if keys:
         client.delete(*keys)
@@ -82,7 +81,7 @@ def test_generations_carry_one_identity_per_store_life(make_app, store):
 
 
 @pytest.mark.redis
-def test_a_store_that_lost_its_data_is_not_mistaken_for_the_old_one(make_app, redis_prefix):
+def test_a_store_that_lost_its_data_is_not_mistaken_for_the_old_one(make_app, redis_url, redis_prefix):
     """The store loses everything; the model is uploaded again under the same name. A process
     holding a replica of the old one applies every later learn to the new model, and its exit
     snapshot does not overwrite the new model with the old."""
@@ -95,7 +94,7 @@ def test_a_store_that_lost_its_data_is_not_mistaken_for_the_old_one(make_app, re
         for x, y in old:
             river_ml.learn("m", ground_truth=y, features=x)
         stale = generation(first, "m")
-    lose_everything(redis_prefix)
+    lose_everything(redis_url, redis_prefix)
     with second.app_context():
         river_ml.add_model(pipeline(), "regression", name="m")
         assert generation(second, "m") != stale

@@ -2,7 +2,7 @@
 
 Start the server first (`make run`), then, from the repository root:
 
-    python examples/binary/run.py
+    .venv/bin/python examples/binary/run.py
 
 RIVER_ML_SERVER names another server (default http://127.0.0.1:8000). riverapi exits with
 status 1 on any unsuccessful response; the asserts catch wrong results.

@@ -2,7 +2,7 @@
 
 Start the server first (`make run`), then, from the repository root:
 
-    python examples/custom/run.py
+    .venv/bin/python examples/custom/run.py
 
 The model's class lives in an importable module, examples/custom/model.py, so the pickle
 refers to it by name (examples.custom.model.EWMeanRegressor); the server resolves it because
