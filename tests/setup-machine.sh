@@ -9,6 +9,8 @@ missing=""
 command -v redis-server >/dev/null 2>&1 || missing="redis-server"
 command -v redis-cli >/dev/null 2>&1 || missing="$missing redis-tools"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
+# Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+[ -x .venv/bin/python ] || python3 -c "import ensurepip" 2>/dev/null || missing="$missing python3-venv"
 missing="${missing# }"
 [ -n "$missing" ] || exit 0
 
