@@ -275,8 +275,9 @@ def test_a_misspelt_option_is_told_its_setting():
         FlaskRiverML(storage_backned="memory")
 
 
-#: RIVER_ML_* names that are the riverapi client's environment variables, not server settings.
-_CLIENT_VARIABLES = {"RIVER_ML_USER", "RIVER_ML_TOKEN", "RIVER_ML_SERVER"}
+#: RIVER_ML_* names that are environment variables, not server settings: the riverapi
+#: client's, and the test suite's external redis.
+_CLIENT_VARIABLES = {"RIVER_ML_USER", "RIVER_ML_TOKEN", "RIVER_ML_SERVER", "RIVER_ML_TEST_REDIS_URL"}
 
 
 def test_every_key_the_project_mentions_is_a_setting(tmp_path):

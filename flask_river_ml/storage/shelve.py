@@ -203,8 +203,8 @@ class _View:
         # The trigger moves the head, which outlives trimmed records.
         (seq,) = self._db.execute(
             "INSERT INTO log (name, seq, record) "
-            "VALUES (?1, COALESCE((SELECT seq FROM heads WHERE name = ?1), 0) + 1, ?2) RETURNING seq",
-            (log, record),
+            "VALUES (?, COALESCE((SELECT seq FROM heads WHERE name = ?), 0) + 1, ?) RETURNING seq",
+            (log, log, record),
         ).fetchone()
         return int(seq)
 
