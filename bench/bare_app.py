@@ -1,38 +1,73 @@
-"""The "bare Flask" baseline of bench/served.py: river called directly on a model in memory.
+"""The ceiling of bench/served.py: a Flask app doing the server's river work on models in memory.
 
-Served the same way as the example app (from the repository's root, so that ``bench`` is a
-namespace package and nothing in ``bench/`` shadows the standard library)::
+Served like the example app, from the repository's root (``bench`` is then a namespace
+package and nothing in ``bench/`` shadows the standard library), by the same WSGI server as
+the configurations it is compared with::
 
-    gunicorn --bind 127.0.0.1:8001 --workers 1 bench.bare_app:app
+    BENCH_MODELS_DIR=<folder> gunicorn --bind 127.0.0.1:8001 --workers 1 bench.bare_app:app
 
-POST /api/learn/ takes the same body as the extension's learn (``{model, features,
-ground_truth}``; ``model`` is ignored), calls ``predict_proba_one`` then ``learn_one`` on the
-one model it holds, and answers 201 with the same JSON as the extension. No metrics, no
-storage, no validation beyond what a handler needs: the ceiling of a Python WSGI stack.
+It holds every model of ``BENCH_MODELS_DIR`` (``<name>.pkl``, the very bytes bench/served.py
+uploads to the servers), each with the binary flavor's five metrics, and answers the same
+bodies with the same JSON as the extension:
+
+* POST /api/learn/ ``{model, features, ground_truth}``: ``predict_proba_one``, then
+  ``learn_one``, then the metrics' updates (what the extension does per learn); 201
+  ``"Successful learn."``.
+* POST /api/predict/ ``{model, features}``: ``predict_proba_one`` and its most probable
+  label; 201 ``{model, prediction, identifier}`` with a fresh identifier, as the extension's
+  answer when it keeps the prediction for a label.
+
+No storage, no validation beyond what a handler needs: what a Python WSGI stack can do with
+river's work at best.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
+from pathlib import Path
+from typing import Any
 
+import dill
 from flask import Flask, Response, request
-from river import linear_model, preprocessing
+
+from bench.models import binary_metrics, learn, predict
 
 app = Flask(__name__)
-model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+models: dict[str, tuple[Any, list[Any]]] = {
+    path.stem: (dill.loads(path.read_bytes()), binary_metrics())
+    for path in sorted(Path(os.environ["BENCH_MODELS_DIR"]).glob("*.pkl"))
+}
 lock = threading.Lock()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return app.response_class(app.json.dumps(data), status=status, mimetype="application/json")
+
+
+def _model(payload: dict) -> tuple[Any, list[Any]]:
+    return models[payload["model"]]
 
 
 @app.get("/api/")
 def info() -> Response:
-    return app.json.response({"id": "bare_flask", "status": "running"})
+    return _json({"id": "bare_flask", "status": "running", "models": sorted(models)})
 
 
 @app.post("/api/learn/")
-def learn() -> tuple[Response, int]:
+def learn_route() -> Response:
     payload = request.get_json(force=True)
-    x, y = payload["features"], payload["ground_truth"]
+    model, metric_list = _model(payload)
     with lock:
-        model.predict_proba_one(x)
-        model.learn_one(x, y)
-    return app.json.response("Successful learn."), 201
+        learn(model, metric_list, payload["features"], payload["ground_truth"])
+    return _json("Successful learn.", 201)
+
+
+@app.post("/api/predict/")
+def predict_route() -> Response:
+    payload = request.get_json(force=True)
+    model, _ = _model(payload)
+    with lock:
+        proba, _label = predict(model, payload["features"])
+    return _json({"model": payload["model"], "prediction": proba, "identifier": str(uuid.uuid4())}, 201)

@@ -3,7 +3,8 @@
 bench/served.py serves it beside the extension to compare the two on the same machine, models
 and load. It runs in its own virtual environment (``--django-venv``, built by served.py with
 ``pip install django-river-ml==0.0.21 "django-ratelimit<4" pyjwt gunicorn``: 0.0.21 imports the
-``ratelimit`` package that django-ratelimit 4 renamed), from the repository's root::
+``ratelimit`` package that django-ratelimit 4 renamed), from the repository's root, with as
+many workers as the other servers (``--workers``)::
 
     <django venv>/bin/gunicorn --bind 127.0.0.1:<port> --workers 1 bench.django_app:application
 

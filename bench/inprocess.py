@@ -37,20 +37,12 @@ from typing import Any
 
 import river
 from flask import Flask
-from models import MODEL_DESCRIPTIONS, MODELS, TRAIN_SAMPLES
-from river import datasets, metrics
+from models import MODEL_DESCRIPTIONS, MODELS, TRAIN_SAMPLES, binary_metrics, learn, phishing
 
 from flask_river_ml import FlaskRiverML
 
 BACKENDS = ("memory", "shelve")
 FOREST_TARGET = 0.5
-
-
-def binary_metrics() -> list[Any]:
-    """The metrics the extension's binary flavor keeps for every model."""
-    return [metrics.Accuracy(), metrics.LogLoss(), metrics.Precision(), metrics.Recall(), metrics.F1()]
-
-
 
 
 def timed(samples: Iterable, step: Callable[[dict, Any], Any], count: int) -> float:
@@ -72,15 +64,7 @@ def direct_run(base: Any, samples: list) -> dict[str, float]:
     model = copy.deepcopy(base)
     metric_list = binary_metrics()
 
-    def fair_learn(x: dict, y: Any) -> None:
-        proba = model.predict_proba_one(x)
-        model.learn_one(x, y)
-        if proba:
-            label = max(proba, key=proba.__getitem__)
-            for metric in metric_list:
-                metric.update(y, label if metric.requires_labels else proba)
-
-    result["learn"] = timed(samples, fair_learn, n)
+    result["learn"] = timed(samples, lambda x, y: learn(model, metric_list, x, y), n)
     # The fair model has now learnt exactly what the extension's model learns.
     result["predict"] = timed(samples, lambda x, _y: model.predict_proba_one(x), n)
     return result
@@ -134,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--samples and --repeat must be at least 1")
     backends = [args.backend] if args.backend else list(BACKENDS)
 
-    data = list(datasets.Phishing())
-    train, pool = data[:TRAIN_SAMPLES], data[TRAIN_SAMPLES:]
+    train, pool = phishing()
     samples = [pool[i % len(pool)] for i in range(args.samples)]
 
     print("# flask-river-ml in-process benchmark\n")
@@ -143,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}")
     print(
         f"- {args.samples} learns then {args.samples} predicts per run (Phishing samples "
-        f"{TRAIN_SAMPLES}..{len(data)}, cycled); {args.stat} of {args.repeat} runs"
+        f"{TRAIN_SAMPLES}..{TRAIN_SAMPLES + len(pool)}, cycled); {args.stat} of {args.repeat} runs"
     )
 
     bases = {}
