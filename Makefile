@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test test-deps run examples bench lint clean
+.PHONY: test test-deps run examples bench bench-http lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ examples: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/inprocess.py
+
+# The HTTP benchmark: every configuration and its ceiling, interleaved over rounds (about ten
+# minutes with the defaults; options in BENCH_ARGS, e.g. BENCH_ARGS="--rounds 5").
+bench-http: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/served.py $(BENCH_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet ruff mypy

@@ -30,9 +30,10 @@ def bench(script: str, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.wrk
 def test_served_benchmark_measures_every_configuration(tmp_path: Path) -> None:
     if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (Debian: apt-get install wrk)")
+        pytest.fail("wrk is not installed: apt-get install wrk (make test does), or deselect with -m 'not wrk'.")
     output = tmp_path / "served.json"
     options = ["--rounds", "1", "--duration", "1", "--warmup", "0", "--servers", "gunicorn"]
     options += ["--backends", "shelve", "--models", "small", "--no-django", "--json", str(output)]
