@@ -22,34 +22,11 @@ from .errors import InvalidInput, ModelExists, ModelFailed, ModelNotFound, Unsaf
 from .events import Events
 from .flavors import Flavor, get_flavor, model_code
 from .names import check_name, generate_name
-from .payloads import check_values
+from .payloads import check_features, check_identifier, check_values
 from .spec import MAX_MODEL_BYTES, build
 from .unpickle import safe_loads
 
-_MAX_IDENTIFIER = 256
 logger = logging.getLogger(__name__)
-
-
-def _check_features(features: Any, max_features: int) -> dict:
-    if not isinstance(features, dict):
-        raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
-    if len(features) > max_features:
-        # A model's cost per sample may grow with the square of its features (a covariance,
-        # BayesianLinearRegression's) or faster (polynomial features): bounded per request.
-        raise InvalidInput(
-            f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
-        )
-    check_values(features, "features")
-    return features
-
-
-def _check_identifier(identifier: Any) -> str:
-    # Clients that number their samples send integers; they address the same record as strings.
-    if isinstance(identifier, int) and not isinstance(identifier, bool):
-        identifier = str(identifier)
-    if not isinstance(identifier, str) or not 0 < len(identifier) <= _MAX_IDENTIFIER:
-        raise InvalidInput(f"identifier must be a string of 1 to {_MAX_IDENTIFIER} characters, not {identifier!r}.")
-    return identifier
 
 
 class Service:
@@ -186,22 +163,22 @@ class Service:
         check_values(ground_truth, "ground_truth")
         check_values(prediction, "prediction")
         if identifier is not None:
-            request = Learn(ground_truth, identifier=_check_identifier(identifier), started=started)
+            request = Learn(ground_truth, identifier=check_identifier(identifier), started=started)
         else:
-            request = Learn(ground_truth, _check_features(features, self.max_features), None, prediction, started)
+            request = Learn(ground_truth, check_features(features, self.max_features), None, prediction, started)
         self._announce("learn", name, self.engine.learn(name, request))
         return "Successful learn."
 
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
         """The model's prediction; stored under an identifier (given or generated) for a label."""
         started = time.perf_counter_ns()
-        features = _check_features(features, self.max_features)
+        features = check_features(features, self.max_features)
         check_name(name)
         generated = identifier is None and self.generate_identifiers
         if generated:
             identifier = str(uuid.uuid4())
         elif identifier is not None:
-            identifier = _check_identifier(identifier)
+            identifier = check_identifier(identifier)
         scored = self.engine.predict(name, Predict(features, identifier, started, generated))
         result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is not None:
@@ -216,7 +193,7 @@ class Service:
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
         check_values(label, "label")
-        self._announce("label", name, self.engine.learn(name, Learn(label, identifier=_check_identifier(identifier))))
+        self._announce("label", name, self.engine.learn(name, Learn(label, identifier=check_identifier(identifier))))
         return "Successful label."
 
     def _announce(self, event: str, name: str, learned: Learned) -> None:
