@@ -311,7 +311,10 @@ def _prefix_root() -> str:
 
 
 def _package_error(error: RiverMLError) -> Response:
-    response = _json({"message": error.message}, error.status)
+    body: dict[str, Any] = {"message": error.message}
+    if error.errors:
+        body["errors"] = error.errors
+    response = _json(body, error.status)
     response.headers.update(error.headers)
     return response
 
