@@ -11,10 +11,12 @@ import logging
 import pickle
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import dill
 
+from . import samples as batch_samples
 from . import stats
 from .encoding import model_params
 from .engine import Engine, Learn, Learned, Predict
@@ -40,6 +42,7 @@ class Service:
         unpickle_allowed_modules: list[str],
         upload_max_bytes: int,
         max_features: int,
+        batch_max_samples: int = 1000,
     ) -> None:
         self.engine = engine
         self.events = Events(engine.backend)
@@ -47,6 +50,7 @@ class Service:
         self.unpickle_allowed_modules = unpickle_allowed_modules
         self.upload_max_bytes = upload_max_bytes
         self.max_features = max_features
+        self.batch_max_samples = batch_max_samples
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -196,16 +200,59 @@ class Service:
         self._announce("label", name, self.engine.learn(name, Learn(label, identifier=check_identifier(identifier))))
         return "Successful label."
 
+    # --- batches ---------------------------------------------------------------------------------
+
+    def learn_batch(self, name: str, samples: Iterable[Any]) -> int:
+        """Make the model learn every sample, in order, as as many calls of :meth:`learn` would
+        (the same model, metrics, stats and events), in one durable write; how many it learnt.
+
+        ``samples`` are ``(features, ground_truth)`` pairs (a river stream) or dictionaries of
+        ``features``, ``ground_truth``, ``prediction`` and ``identifier``, at most
+        RIVER_ML_BATCH_MAX_SAMPLES (:class:`TooLarge`). The batch is checked whole first: a
+        sample refused refuses it, its error names the sample, and nothing is learnt.
+        """
+        started = time.perf_counter_ns()
+        check_name(name)
+        requests = batch_samples.learn_requests(samples, self.batch_max_samples, self.max_features)
+        learned = self.engine.learn_batch(name, requests, started, watch=self.events.wanted())
+        for sample, metrics in learned.watched:
+            self._publish("learn", name, sample, metrics)
+        return learned.count
+
+    def predict_batch(
+        self, features: Iterable[Any], name: str, identifiers: Iterable[Any] | None = None
+    ) -> dict[str, Any]:
+        """``{"model", "predictions", "identifiers"}``: the model's prediction for each sample
+        (a feature dictionary, or a ``(features, ground_truth)`` pair), as as many calls of
+        :meth:`predict` would give, each kept for a label under its identifier (given, or
+        generated as :meth:`predict` does; None where none is kept)."""
+        started = time.perf_counter_ns()
+        check_name(name)
+        requests = batch_samples.predict_requests(
+            features, identifiers, self.batch_max_samples, self.max_features, self.generate_identifiers
+        )
+        predictions = self.engine.predict_batch(name, requests, started)
+        if self.events.wanted():
+            for request, scored in zip(requests, predictions, strict=True):
+                self._publish("predict", name, Learned(request.features, scored))
+        return {
+            "model": name,
+            "predictions": [scored.value for scored in predictions],
+            "identifiers": [request.identifier for request in requests],
+        }
+
     def _announce(self, event: str, name: str, learned: Learned) -> None:
         """Publish the event (and the metrics it moved) to the streams, if any listen; the
         ground truth as the model learnt it."""
         if not self.events.wanted():
             return
+        self._publish(event, name, learned, None if event == "predict" else self.engine.held_metrics(name) or {})
+
+    def _publish(self, event: str, name: str, learned: Learned, metrics: dict[str, Any] | None = None) -> None:
+        """Publish one event, with the metrics after it (none for a predict)."""
         scored = learned.scored
         data = {"model": name, "features": learned.features, "prediction": None if scored is None else scored.value}
         if event == "predict":
             self.events.publish(event, data)
         else:
-            self.events.publish(
-                event, {**data, "ground_truth": learned.ground_truth}, self.engine.held_metrics(name) or {}
-            )
+            self.events.publish(event, {**data, "ground_truth": learned.ground_truth}, metrics)
