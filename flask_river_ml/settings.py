@@ -35,6 +35,8 @@ VIEWS = (
     "learn",
     "predict",
     "label",
+    "learn_batch",
+    "predict_batch",
     "metrics",
     "stats",
     "stream_metrics",
