@@ -8,6 +8,7 @@ HTTP layer and in-process callers see the same failures.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 #: What model code may raise that is the interpreter's, not the model's: a worker asked to
 #: stop. Everything else it raises, a Rust panic (a BaseException) included, is the model's
@@ -31,6 +32,11 @@ class RiverMLError(Exception):
     #: and those of one error, which the HTTP layer adds where it knows the request (the
     #: challenge of a 401 names the request's own token endpoint).
     headers: Mapping[str, str] = {}
+    #: What failed where, as the HTTP layer answers it beside the message (``{field:
+    #: [messages]}``): ``{"samples": {"3": [...]}}`` for the sample of a batch that failed.
+    errors: Mapping[str, Any] | None = None
+    #: The index of the sample of a batch this error is about, if it is about one.
+    sample: int | None = None
 
     def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -41,6 +47,16 @@ class RiverMLError(Exception):
     def add_headers(self, headers: Mapping[str, str]) -> None:
         """Answer this error with ``headers`` too (they win over the class's)."""
         self.headers = {**self.headers, **headers}
+
+    def at_sample(self, index: int) -> RiverMLError:
+        """This error, told of sample ``index`` of a batch: the message says which sample, and
+        ``errors`` keeps the sample's own message under its index. The class stays, and with
+        it the status (a 409 for an identifier taken, a 400 for bad features)."""
+        self.errors = {"samples": {str(index): [self.message]}}
+        self.sample = index
+        self.message = f"Sample {index} of the batch: {self.message}"
+        self.args = (self.message,)
+        return self
 
 
 class ConfigurationError(RiverMLError, ValueError):
@@ -105,6 +121,12 @@ class ModelFailed(RiverMLError):
     """The model raised while predicting or learning from the given sample."""
 
 
+class TooLarge(RiverMLError):
+    """A batch holds more samples than RIVER_ML_BATCH_MAX_SAMPLES allows."""
+
+    status = 413
+
+
 class Busy(RiverMLError):
     """Another change of the same model holds its lock; try again shortly."""
 
@@ -141,5 +163,6 @@ __all__ = [
     "RiverMLError",
     "StoreUnavailable",
     "TamperedData",
+    "TooLarge",
     "UnsafePickle",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -123,6 +124,7 @@ class FlaskRiverML:
             unpickle_allowed_modules=list(settings.unpickle_allowed_modules),
             upload_max_bytes=settings.upload_max_bytes,
             max_features=settings.max_features,
+            batch_max_samples=settings.batch_max_samples,
         )
         auth = Auth(backend, token_key.value, settings.token_expires_seconds)
         state = State(settings, backend, engine, service, auth, self, check)
@@ -257,3 +259,18 @@ class FlaskRiverML:
     def label(self, label: Any, identifier: Any, model_name: str) -> str:
         """Learn from the prediction stored under ``identifier`` with its true ``label``."""
         return self.service.label(label, identifier, model_name)
+
+    def learn_batch(self, model_name: str, samples: Iterable[Any]) -> int:
+        """Make the model learn every sample in order, as as many :meth:`learn` calls would, in
+        one durable write; the number learnt. ``samples``: ``(features, ground_truth)`` pairs
+        (``river.datasets.Phishing().take(100)``, ``river.stream.iter_pandas(X, y)``) or
+        dictionaries as the HTTP route takes them; one refused refuses the batch (see
+        :meth:`Service.learn_batch`)."""
+        return self.service.learn_batch(model_name, samples)
+
+    def predict_batch(
+        self, features: Iterable[Any], model_name: str, identifiers: Iterable[Any] | None = None
+    ) -> dict[str, Any]:
+        """``{"model", "predictions", "identifiers"}`` for feature dictionaries (or
+        ``(features, ground_truth)`` pairs), as as many :meth:`predict` calls would answer."""
+        return self.service.predict_batch(features, model_name, identifiers)

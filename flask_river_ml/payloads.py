@@ -19,6 +19,8 @@ from .errors import InvalidInput
 
 #: How deep a payload may nest objects and arrays (a flat ``features`` object is depth 2).
 MAX_DEPTH = 16
+#: How long a prediction's identifier may be.
+MAX_IDENTIFIER = 256
 
 
 def _finite(text: str) -> float:
@@ -70,6 +72,32 @@ def check_values(value: Any, what: str) -> None:
         if depth > MAX_DEPTH:
             raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels; send flatter values.")
         pending.extend((child, depth + 1) for child in children)
+
+
+def check_features(features: Any, max_features: int) -> dict:
+    """``features`` if they are a dictionary of at most ``max_features`` values that
+    :func:`check_values` accepts; :class:`InvalidInput` saying what is wrong otherwise."""
+    if not isinstance(features, dict):
+        raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
+    if len(features) > max_features:
+        # A model's cost per sample may grow with the square of its features (a covariance,
+        # BayesianLinearRegression's) or faster (polynomial features): bounded per request.
+        raise InvalidInput(
+            f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
+        )
+    check_values(features, "features")
+    return features
+
+
+def check_identifier(identifier: Any) -> str:
+    """A prediction's identifier as the string it is kept under; :class:`InvalidInput` when it
+    is neither a string of 1 to :data:`MAX_IDENTIFIER` characters nor an integer."""
+    # Clients that number their samples send integers; they address the same record as strings.
+    if isinstance(identifier, int) and not isinstance(identifier, bool):
+        identifier = str(identifier)
+    if not isinstance(identifier, str) or not 0 < len(identifier) <= MAX_IDENTIFIER:
+        raise InvalidInput(f"identifier must be a string of 1 to {MAX_IDENTIFIER} characters, not {identifier!r}.")
+    return identifier
 
 
 _FLOAT_MAX = sys.float_info.max

@@ -11,10 +11,12 @@ import logging
 import pickle
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import dill
 
+from . import samples as batch_samples
 from . import stats
 from .encoding import model_params
 from .engine import Engine, Learn, Learned, Predict
@@ -22,34 +24,11 @@ from .errors import InvalidInput, ModelExists, ModelFailed, ModelNotFound, Unsaf
 from .events import Events
 from .flavors import Flavor, get_flavor, model_code
 from .names import check_name, generate_name
-from .payloads import check_values
+from .payloads import check_features, check_identifier, check_values
 from .spec import MAX_MODEL_BYTES, build
 from .unpickle import safe_loads
 
-_MAX_IDENTIFIER = 256
 logger = logging.getLogger(__name__)
-
-
-def _check_features(features: Any, max_features: int) -> dict:
-    if not isinstance(features, dict):
-        raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
-    if len(features) > max_features:
-        # A model's cost per sample may grow with the square of its features (a covariance,
-        # BayesianLinearRegression's) or faster (polynomial features): bounded per request.
-        raise InvalidInput(
-            f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
-        )
-    check_values(features, "features")
-    return features
-
-
-def _check_identifier(identifier: Any) -> str:
-    # Clients that number their samples send integers; they address the same record as strings.
-    if isinstance(identifier, int) and not isinstance(identifier, bool):
-        identifier = str(identifier)
-    if not isinstance(identifier, str) or not 0 < len(identifier) <= _MAX_IDENTIFIER:
-        raise InvalidInput(f"identifier must be a string of 1 to {_MAX_IDENTIFIER} characters, not {identifier!r}.")
-    return identifier
 
 
 class Service:
@@ -63,6 +42,7 @@ class Service:
         unpickle_allowed_modules: list[str],
         upload_max_bytes: int,
         max_features: int,
+        batch_max_samples: int = 1000,
     ) -> None:
         self.engine = engine
         self.events = Events(engine.backend)
@@ -70,6 +50,7 @@ class Service:
         self.unpickle_allowed_modules = unpickle_allowed_modules
         self.upload_max_bytes = upload_max_bytes
         self.max_features = max_features
+        self.batch_max_samples = batch_max_samples
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -186,22 +167,22 @@ class Service:
         check_values(ground_truth, "ground_truth")
         check_values(prediction, "prediction")
         if identifier is not None:
-            request = Learn(ground_truth, identifier=_check_identifier(identifier), started=started)
+            request = Learn(ground_truth, identifier=check_identifier(identifier), started=started)
         else:
-            request = Learn(ground_truth, _check_features(features, self.max_features), None, prediction, started)
+            request = Learn(ground_truth, check_features(features, self.max_features), None, prediction, started)
         self._announce("learn", name, self.engine.learn(name, request))
         return "Successful learn."
 
     def predict(self, features: Any, name: str, identifier: Any = None) -> dict[str, Any]:
         """The model's prediction; stored under an identifier (given or generated) for a label."""
         started = time.perf_counter_ns()
-        features = _check_features(features, self.max_features)
+        features = check_features(features, self.max_features)
         check_name(name)
         generated = identifier is None and self.generate_identifiers
         if generated:
             identifier = str(uuid.uuid4())
         elif identifier is not None:
-            identifier = _check_identifier(identifier)
+            identifier = check_identifier(identifier)
         scored = self.engine.predict(name, Predict(features, identifier, started, generated))
         result: dict[str, Any] = {"model": name, "prediction": scored.value}
         if identifier is not None:
@@ -216,19 +197,62 @@ class Service:
         if label is None:
             raise InvalidInput("label is required: the true value of the prediction.")
         check_values(label, "label")
-        self._announce("label", name, self.engine.learn(name, Learn(label, identifier=_check_identifier(identifier))))
+        self._announce("label", name, self.engine.learn(name, Learn(label, identifier=check_identifier(identifier))))
         return "Successful label."
+
+    # --- batches ---------------------------------------------------------------------------------
+
+    def learn_batch(self, name: str, samples: Iterable[Any]) -> int:
+        """Make the model learn every sample, in order, as as many calls of :meth:`learn` would
+        (the same model, metrics, stats and events), in one durable write; how many it learnt.
+
+        ``samples`` are ``(features, ground_truth)`` pairs (a river stream) or dictionaries of
+        ``features``, ``ground_truth``, ``prediction`` and ``identifier``, at most
+        RIVER_ML_BATCH_MAX_SAMPLES (:class:`TooLarge`). The batch is checked whole first: a
+        sample refused refuses it, its error names the sample, and nothing is learnt.
+        """
+        started = time.perf_counter_ns()
+        check_name(name)
+        requests = batch_samples.learn_requests(samples, self.batch_max_samples, self.max_features)
+        learned = self.engine.learn_batch(name, requests, started, watch=self.events.wanted())
+        for sample, metrics in learned.watched:
+            self._publish("learn", name, sample, metrics)
+        return learned.count
+
+    def predict_batch(
+        self, features: Iterable[Any], name: str, identifiers: Iterable[Any] | None = None
+    ) -> dict[str, Any]:
+        """``{"model", "predictions", "identifiers"}``: the model's prediction for each sample
+        (a feature dictionary, or a ``(features, ground_truth)`` pair), as as many calls of
+        :meth:`predict` would give, each kept for a label under its identifier (given, or
+        generated as :meth:`predict` does; None where none is kept)."""
+        started = time.perf_counter_ns()
+        check_name(name)
+        requests = batch_samples.predict_requests(
+            features, identifiers, self.batch_max_samples, self.max_features, self.generate_identifiers
+        )
+        predictions = self.engine.predict_batch(name, requests, started)
+        if self.events.wanted():
+            for request, scored in zip(requests, predictions, strict=True):
+                self._publish("predict", name, Learned(request.features, scored))
+        return {
+            "model": name,
+            "predictions": [scored.value for scored in predictions],
+            "identifiers": [request.identifier for request in requests],
+        }
 
     def _announce(self, event: str, name: str, learned: Learned) -> None:
         """Publish the event (and the metrics it moved) to the streams, if any listen; the
         ground truth as the model learnt it."""
         if not self.events.wanted():
             return
+        self._publish(event, name, learned, None if event == "predict" else self.engine.held_metrics(name) or {})
+
+    def _publish(self, event: str, name: str, learned: Learned, metrics: dict[str, Any] | None = None) -> None:
+        """Publish one event, with the metrics after it (none for a predict)."""
         scored = learned.scored
         data = {"model": name, "features": learned.features, "prediction": None if scored is None else scored.value}
         if event == "predict":
             self.events.publish(event, data)
         else:
-            self.events.publish(
-                event, {**data, "ground_truth": learned.ground_truth}, self.engine.held_metrics(name) or {}
-            )
+            self.events.publish(event, {**data, "ground_truth": learned.ground_truth}, metrics)

@@ -35,6 +35,8 @@ VIEWS = (
     "learn",
     "predict",
     "label",
+    "learn_batch",
+    "predict_batch",
     "metrics",
     "stats",
     "stream_metrics",
@@ -184,6 +186,9 @@ class Settings:
     # New: the most features one sample may have (learn, predict, a stored prediction): some
     # models' cost per sample grows with their square or faster.
     max_features: int = _setting(1000, _integer(1))
+    # New: the most samples one batch may hold (learn_batch, predict_batch): a batch holds its
+    # model's lock while it is learnt, and every process learns its record in one go.
+    batch_max_samples: int = _setting(1000, _integer(1))
     unpickle_allowed_modules: tuple[str, ...] = _setting([], _names())
     # New: who may upload a pickle while authentication is off: "loopback" clients only, or
     # "any" client (a closed network). With authentication on, users with the manage scope.

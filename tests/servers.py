@@ -184,6 +184,7 @@ def serve(
     access_log: bool = False,
     timeout: float = 30,
     new_session: bool = False,
+    app: str = APP,
 ) -> Iterator[Server]:
     """The example app under gunicorn on a free port, until the block ends, from the moment
     every worker has loaded the app (requests sent then may reach any of them).
@@ -191,7 +192,8 @@ def serve(
     ``env`` is added to the server's environment (``FLASK_RIVER_ML_*`` settings, say);
     ``access_log`` has gunicorn log each request to the same log (see :meth:`Server.requests`);
     ``new_session`` starts gunicorn in a session of its own, so that :meth:`Server.kill` can
-    kill the master and its workers together.
+    kill the master and its workers together; ``app`` is the app to serve, ``module:variable``
+    (a module of the tests' folder is found when the folder is on ``PYTHONPATH`` in ``env``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -203,7 +205,7 @@ def serve(
     command += ["--workers", str(workers), "--threads", str(threads)]
     if access_log:
         command += ["--access-logfile", "-", "--access-logformat", ACCESS_FORMAT]
-    command.append(APP)
+    command.append(app)
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command,

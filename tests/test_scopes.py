@@ -36,12 +36,14 @@ EXPECTED_SCOPES: dict[tuple[str, str], str | None] = {
     ("/models/", "GET"): "predict",
     ("/model/<name>/", "GET"): "predict",
     ("/predict/", "POST"): "predict",
+    ("/predict/batch/", "POST"): "predict",
     ("/metrics/", "GET"): "predict",
     ("/stats/", "GET"): "predict",
     ("/stream/events/", "GET"): "predict",
     ("/stream/metrics/", "GET"): "predict",
     ("/dashboard/data/", "GET"): "predict",
     ("/learn/", "POST"): "learn",
+    ("/learn/batch/", "POST"): "learn",
     ("/label/", "POST"): "learn",
     ("/model/", "DELETE"): "manage",
     ("/model/<name>/", "DELETE"): "manage",
@@ -83,6 +85,10 @@ def request_of(rule: str, method: str, identifier: str) -> tuple[str, dict[str, 
         kwargs, status = {"json": {"model": MODEL, "features": X}}, 201
     elif rule == "/label/":
         kwargs = {"json": {"model": MODEL, "identifier": identifier, "label": Y}}
+    elif rule == "/learn/batch/":
+        kwargs, status = {"json": {"model": MODEL, "samples": [{"features": X, "ground_truth": Y}]}}, 201
+    elif rule == "/predict/batch/":
+        kwargs, status = {"json": {"model": MODEL, "samples": [{"features": X}]}}, 201
     elif rule in ("/metrics/", "/stats/"):
         kwargs = {"query_string": {"model": MODEL}}
     return path, kwargs, status

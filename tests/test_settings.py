@@ -125,6 +125,7 @@ def test_every_setting_is_documented():
         ("RIVER_ML_AUTHENTICATED_VIEWS", "learn"),
         ("RIVER_ML_UNPICKLE_ALLOWED_MODULES", [3]),
         ("RIVER_ML_SNAPSHOT_EVERY", -1),
+        ("RIVER_ML_BATCH_MAX_SAMPLES", 0),
         ("RIVER_ML_SHELVE_SECRET_KEY", 123),
         ("RIVER_ML_SHELVE_SECRET_KEY", ""),
         ("RIVER_ML_JWT_SECRET_KEY", ""),

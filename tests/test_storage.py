@@ -148,6 +148,34 @@ def test_a_create_is_made_only_where_its_key_is_absent(backend):
     assert backend.get("short") == b"y"
 
 
+def test_many_takes_and_creates_are_made_together_or_not_at_all(backend):
+    """A batch's waiting predictions: every key of ``takes`` must still hold its value and every
+    key of ``creates`` be absent; one that cannot be made refuses the whole change."""
+    backend.set("model", b"g")
+    for key in ("a", "b", "c"):
+        backend.set(key, key.encode())
+    guard = Guard("log", None, "model", b"g")
+    refused = [
+        Change(record=b"r", takes=(("a", b"a"), ("b", b"other")), creates=(("x", b"1", 60),)),
+        Change(record=b"r", takes=(("a", b"a"),), creates=(("x", b"1", 60), ("c", b"2", 60))),
+    ]
+    assert [backend.commit(change, guard).conflict for change in refused] == [TAKEN, EXISTS]
+    assert [backend.get(key) for key in ("a", "b", "c", "x")] == [b"a", b"b", b"c", None]
+    assert backend.read("log") == []
+    change = Change(record=b"r", takes=(("a", b"a"), ("b", b"b")), creates=(("x", b"1", 60), ("y", b"2", None)))
+    assert backend.commit(change, guard) == Outcome(True, 1)
+    assert [backend.get(key) for key in ("a", "b", "c", "x", "y")] == [None, None, b"c", b"1", b"2"]
+
+
+def test_one_commit_observes_one_key_many_times(backend):
+    """A batch times each of its samples: the count, total and weighted mean move as they would
+    after as many commits of one observation each."""
+    backend.commit(Change(observes=(("t", 10, 0.5),)))
+    backend.commit(Change(observes=(("t", 20, 0.5), ("u", 1, 0.5), ("t", 30, 0.5), ("t", 40, 0.5))))
+    assert backend.observed("t") == (4, 100, 0.5 * 40 + 0.25 * 30 + 0.125 * 20 + 0.125 * 10)
+    assert backend.observed("u") == (1, 1, 1.0)
+
+
 def test_keys_by_prefix_sorted(backend):
     for key in ["model:b", "model:a", "modelx", "stats:a", "model:%_"]:
         backend.set(key, b"")

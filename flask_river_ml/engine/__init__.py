@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import layout
@@ -25,6 +25,7 @@ from ..errors import Busy, ModelExists, ModelNotFound
 from ..flavors import Flavor, Scored, get_flavor, metric_values, model_code
 from ..serialization import Codec
 from ..storage import Backend
+from .batches import Batches, LearnedBatch
 from .entries import next_generation, read_entry
 from .replicas import Replica, Replicas, Snapshot
 from .requests import Learn, Learned, Predict, Requests
@@ -41,6 +42,7 @@ class Engine:
         self.replicas = Replicas(backend, codec)
         self.snapshots = Snapshots(backend, codec, self.replicas, snapshot_every)
         self.requests = Requests(backend, codec, self.replicas, self.snapshots, waiting_ttl)
+        self.batches = Batches(self.requests)
 
     # --- requests: O(features), never O(model) ---------------------------------------------
 
@@ -51,6 +53,16 @@ class Engine:
     def learn(self, name: str, request: Learn) -> Learned:
         """See :meth:`Requests.learn`."""
         return self.requests.learn(name, request)
+
+    def learn_batch(
+        self, name: str, samples: Sequence[Learn], started: int | None = None, watch: bool = False
+    ) -> LearnedBatch:
+        """See :meth:`Batches.learn`."""
+        return self.batches.learn(name, samples, started, watch)
+
+    def predict_batch(self, name: str, samples: Sequence[Predict], started: int | None = None) -> list[Scored]:
+        """See :meth:`Batches.predict`."""
+        return self.batches.predict(name, samples, started)
 
     # --- what is stored, read without loading a model --------------------------------------
 
@@ -148,4 +160,4 @@ class Engine:
         self.snapshots.close()
 
 
-__all__ = ["Engine", "Learn", "Learned", "Predict", "Replica", "Snapshot", "ModelNotFound"]
+__all__ = ["Engine", "Learn", "Learned", "LearnedBatch", "Predict", "Replica", "Snapshot", "ModelNotFound"]

@@ -25,6 +25,8 @@ from ..flavors import Flavor, Scored, get_flavor, model_code
 from ..serialization import Codec
 from ..storage import Backend
 from ..storage.base import Records
+from .batch_records import learn as learn_samples
+from .batch_records import samples_of
 from .entries import parse_entry
 
 logger = logging.getLogger("flask_river_ml.engine")
@@ -68,6 +70,9 @@ class Replica:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: Where the model multiplies a sample's features, read once: its parameters never change.
     expansion: Plan = field(init=False)
+    #: Samples learnt since the snapshot beyond one per record (a batch record holds many): a
+    #: snapshot is due by samples, so a crash replays about as many whatever their records.
+    extra_samples: int = 0
 
     def __post_init__(self) -> None:
         self.expansion = expansion_plan(self.model)
@@ -91,6 +96,7 @@ class Replica:
         self.generation = state.generation
         self.skipped = {**dict(state.skipped), **kept}
         self.expansion = expansion_plan(self.model)
+        self.extra_samples = 0
 
     def discard(self) -> None:
         """Mark a replica that may hold half a record and could not be rebuilt: it matches no
@@ -178,8 +184,8 @@ class Replicas:
         logger.info("Model %r: loaded from its snapshot at record %d.", name, state.seq)
         return replica
 
-    def catch_up(self, name: str, replica: Replica, records: Records | None = None) -> None:
-        """Apply every log record after the replica's position, in order.
+    def catch_up(self, name: str, replica: Replica, records: Records | None = None, upto: int | None = None) -> None:
+        """Apply every log record after the replica's position (up to record ``upto``), in order.
 
         ``records`` is a log tail read before the replica's lock was taken, if any: what
         another thread applied meanwhile is dropped from it. A record that raises may have
@@ -189,7 +195,7 @@ class Replicas:
         """
         with replica.lock:
             start = replica.seq
-            while not self._apply_all(replica, self._unapplied(name, replica, records)):
+            while not self._apply_all(replica, self._unapplied(name, replica, records), upto):
                 self.rebuild(name, replica)
                 records = None
             if replica.seq != start:
@@ -216,15 +222,22 @@ class Replicas:
             reloads += 1
         return records
 
-    def _apply_all(self, replica: Replica, records: Records) -> bool:
-        """Apply ``records`` in order, past those that failed before; False, the replica left
-        at the record before, when one fails."""
+    def _apply_all(self, replica: Replica, records: Records, upto: int | None = None) -> bool:
+        """Apply ``records`` in order (up to record ``upto``), past those that failed before;
+        False, the replica left at the record before, when one fails."""
         for seq, blob in records:
+            if upto is not None and seq > upto:
+                break
             if seq not in replica.skipped:
                 try:
                     # A record that cannot be loaded is skipped too, rather than blocking the log.
-                    x, y, value, label, proba = self.codec.loads(blob)
-                    replica.apply(x, y, Scored(value, label, proba))
+                    loaded = self.codec.loads(blob)
+                    batch = samples_of(loaded)
+                    if batch is None:
+                        x, y, value, label, proba = loaded
+                        replica.apply(x, y, Scored(value, label, proba))
+                    else:
+                        learn_samples(replica, batch)
                 except (ModelFailed, TamperedData) as error:
                     replica.skipped[seq] = error.message
                     return False

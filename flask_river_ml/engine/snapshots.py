@@ -43,8 +43,9 @@ class Snapshots:
         self.backend.set(layout.model(name), entry(state.flavor, state.generation))
 
     def due(self, replica: Replica) -> bool:
-        """Whether the replica applied enough records since its last snapshot for another."""
-        return replica.seq - replica.snapshot_seq >= self.every
+        """Whether the replica learnt enough samples since its last snapshot for another: one
+        per record, and each sample of a batch record."""
+        return replica.seq - replica.snapshot_seq + replica.extra_samples >= self.every
 
     def take(self, name: str, replica: Replica, wait: bool = True) -> None:
         """Fold the replica's state into the snapshot and trim the log before it.
@@ -83,6 +84,7 @@ class Snapshots:
                 # Failures of records sent by other processes are never collected here; those
                 # older than the previous snapshot have had a whole interval to be.
                 previous_seq, replica.snapshot_seq = replica.snapshot_seq, max(stored_seq, replica.seq)
+                replica.extra_samples = 0
                 replica.skipped = {seq: e for seq, e in replica.skipped.items() if seq > previous_seq}
         except TimeoutError:
             if wait:

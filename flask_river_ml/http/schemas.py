@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
 
 
 class Identifier(fields.Field):
@@ -57,3 +57,37 @@ class LabelSchema(_Payload):
 
 class ModelSchema(_Payload):
     """The model named in a query string, a form or a JSON body (metrics, stats, delete)."""
+
+
+class LearnBatchSchema(_Payload):
+    """POST learn/batch: each sample is ``{"features", "ground_truth"?, "prediction"?,
+    "identifier"?}``, read and checked by the service, which takes the same samples in process
+    (a schema per sample would cost more than learning a small model from it)."""
+
+    samples = fields.List(fields.Raw(), required=True)
+
+
+#: The fields of a predict batch's sample.
+_PREDICT_FIELDS = ("features", "identifier")
+
+
+class PredictBatchSchema(_Payload):
+    """POST predict/batch: each sample is ``{"features", "identifier"?}``; loaded as the lists
+    of ``features`` and ``identifiers`` the service takes, as in process."""
+
+    samples = fields.List(fields.Raw(), required=True)
+
+    @post_load
+    def _split(self, data: dict, **kwargs: Any) -> dict:
+        features, identifiers, errors = [], [], {}
+        for index, sample in enumerate(data.pop("samples")):
+            if not isinstance(sample, dict) or "features" not in sample:
+                errors[str(index)] = ["A sample is an object with features, and an identifier if it has one."]
+            elif any(key not in _PREDICT_FIELDS for key in sample):
+                errors[str(index)] = [f"Unknown field: a sample holds {' and '.join(_PREDICT_FIELDS)} only."]
+            else:
+                features.append(sample["features"])
+                identifiers.append(sample.get("identifier"))
+        if errors:
+            raise ValidationError({"samples": errors})
+        return {**data, "features": features, "identifiers": identifiers}

@@ -28,7 +28,7 @@ from ..service import Service
 from ..settings import VIEWS, Settings
 from ..version import __version__
 from .access import check_pickle_upload, issue_token, require_scope, state
-from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
+from .schemas import LabelSchema, LearnBatchSchema, LearnSchema, ModelSchema, PredictBatchSchema, PredictSchema
 
 # Named as before the views moved into this subpackage: logging configurations name it.
 logger = logging.getLogger("flask_river_ml.views")
@@ -36,6 +36,7 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 # Built once: building a schema copies its fields, and loading keeps no state in it.
 _LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
+_LEARN_BATCH, _PREDICT_BATCH = LearnBatchSchema(), PredictBatchSchema()
 Handler = Callable[..., Response]
 
 
@@ -164,6 +165,18 @@ def predict() -> Response:
     return _json(result, 201 if "identifier" in result else 200)
 
 
+def learn_batch() -> Response:
+    payload = _load(_LEARN_BATCH, _body())
+    return _json({"learned": _service().learn_batch(payload["model"], payload["samples"])}, 201)
+
+
+def predict_batch() -> Response:
+    payload = _load(_PREDICT_BATCH, _body())
+    result = _service().predict_batch(payload["features"], payload["model"], payload["identifiers"])
+    # As a single predict: 201 when predictions wait for their labels, 200 otherwise.
+    return _json(result, 201 if any(identifier is not None for identifier in result["identifiers"]) else 200)
+
+
 def label() -> Response:
     payload = _load(_LABEL, _body())
     return _json(_service().label(payload["label"], payload["identifier"], payload["model"]))
@@ -273,6 +286,8 @@ ROUTES: list[Route] = [
     Route("/learn/", "learn", "learn", {"POST": (learn, LEARN)}),
     Route("/predict/", "predict", "predict", {"POST": (predict, PREDICT)}),
     Route("/label/", "label", "label", {"POST": (label, LEARN)}),
+    Route("/learn/batch/", "learn_batch", "learn_batch", {"POST": (learn_batch, LEARN)}),
+    Route("/predict/batch/", "predict_batch", "predict_batch", {"POST": (predict_batch, PREDICT)}),
     Route("/metrics/", "metrics", "metrics", {"GET": (metrics, PREDICT)}),
     Route("/stats/", "stats", "stats", {"GET": (stats, PREDICT)}),
     Route("/stream/events/", "stream_events", "stream_events", {"GET": (stream_events, PREDICT)}),
@@ -311,7 +326,10 @@ def _prefix_root() -> str:
 
 
 def _package_error(error: RiverMLError) -> Response:
-    response = _json({"message": error.message}, error.status)
+    body: dict[str, Any] = {"message": error.message}
+    if error.errors:
+        body["errors"] = error.errors
+    response = _json(body, error.status)
     response.headers.update(error.headers)
     return response
 

@@ -76,7 +76,9 @@ class Change:
     ``record`` is appended to the guard's log. ``create`` is set only where its key is absent
     (a prediction waiting for its label under a client's identifier); ``take`` is removed
     only where its key still holds its value (the waiting prediction a label learns from), so
-    of two labels of one prediction exactly one is written.
+    of two labels of one prediction exactly one is written. ``creates`` and ``takes`` are more
+    of each, for a request of many samples (a batch): one of them that cannot be made refuses
+    the whole change, as ``create`` and ``take`` do.
     """
 
     record: bytes | None = None
@@ -84,6 +86,8 @@ class Change:
     create: Put | None = None
     take: tuple[str, bytes] | None = None
     observes: tuple[Timing, ...] = ()
+    creates: tuple[Put, ...] = ()
+    takes: tuple[tuple[str, bytes], ...] = ()
 
 
 #: Why a change whose guard held was not written: its ``take`` was gone, its ``create`` taken.

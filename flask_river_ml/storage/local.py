@@ -52,7 +52,15 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         keys.append(take[0])
     if create is not None:
         keys.append(create[0])
-    values, head, timings = view.load(keys, None if guard is None else guard.log, [t[0] for t in observes])
+    takes, creates = change.takes, change.creates
+    if takes or creates:
+        keys += [key for key, _ in takes]
+        keys += [put[0] for put in creates]
+    timed = [t[0] for t in observes]
+    if len(timed) > 1:
+        # A batch times each of its samples under one key: each key is read once.
+        timed = list(dict.fromkeys(timed))
+    values, head, timings = view.load(keys, None if guard is None else guard.log, timed)
     at = 0
     if guard is not None:
         if values[0] != guard.value:
@@ -66,6 +74,16 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         at += 1
     if create is not None and values[at] is not None:
         return Outcome(False, conflict=EXISTS)
+    if takes or creates:
+        at += create is not None
+        for _, value in takes:
+            if values[at] != value:
+                return Outcome(False, conflict=TAKEN)
+            at += 1
+        for _ in creates:
+            if values[at] is not None:
+                return Outcome(False, conflict=EXISTS)
+            at += 1
     seq = None
     if change.record is not None:
         if guard is None:
@@ -77,10 +95,17 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         view.put(*create)
     if take is not None:
         view.remove(take[0])
+    for put in creates:
+        view.put(*put)
+    for key, _ in takes:
+        view.remove(key)
     if observes:
-        current = dict(zip([t[0] for t in observes], timings, strict=True))
+        current = dict(zip(timed, timings, strict=True))
+        # Written once a key: a batch observes one key once for each of its samples.
+        written: dict[str, Timed] = {}
         for key, duration, alpha in observes:
-            timing = current[key] = moved(current[key], duration, alpha)
+            written[key] = moved(written.get(key) or current[key], duration, alpha)
+        for key, timing in written.items():
             view.put_timing(key, timing)
     return Outcome(True, seq)
 

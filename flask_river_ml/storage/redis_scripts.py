@@ -14,11 +14,13 @@ from .redis_client import RedisClient
 
 # The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
 # head and the guarded key; then the key to take, the key to create (when there are), the
-# keys to set, the timings' keys. ARGV: [1] '1' with a guard, [2] the head the writer saw
-# ('' when not checked), [3] the value it saw, [4] '1' with a record, [5] the record, [6] '1'
-# with a take, [7] the value to take, [8] '1' with a create, [9] its value, [10] its time to
-# live in milliseconds (0: none), [11] the number of sets; then per set its value and time to
-# live, per timing its duration and alpha. Replies: {1, number or 0} when written, {0,
+# keys of the many to take and to create (a batch's), the keys to set, the timings' keys.
+# ARGV: [1] '1' with a guard, [2] the head the writer saw ('' when not checked), [3] the value
+# it saw, [4] '1' with a record, [5] the record, [6] '1' with a take, [7] the value to take,
+# [8] '1' with a create, [9] its value, [10] its time to live in milliseconds (0: none), [11]
+# the number of sets, [12] and [13] the numbers of the many to take and to create; then per
+# take its value, per create its value and time to live, per set its value and time to live,
+# per timing its duration and alpha. Replies: {1, number or 0} when written, {0,
 # entries after the head} when the log moved on, {-1} when the guarded key changed, {-2}
 # when the key to take was gone, {-3} when the key to create existed. The record is added
 # before the head moves: a script that fails halfway keeps what it wrote, and a record
@@ -49,6 +51,24 @@ if ARGV[8] == '1' then
         return {-3}
     end
 end
+local a = 14
+local takes, creates = {}, {}
+for i = 1, tonumber(ARGV[12]) do
+    k = k + 1
+    if redis.call('GET', KEYS[k]) ~= ARGV[a] then
+        return {-2}
+    end
+    takes[i] = KEYS[k]
+    a = a + 1
+end
+for i = 1, tonumber(ARGV[13]) do
+    k = k + 1
+    if redis.call('EXISTS', KEYS[k]) == 1 then
+        return {-3}
+    end
+    creates[i] = {KEYS[k], a}
+    a = a + 2
+end
 local seq = 0
 if ARGV[4] == '1' then
     seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
@@ -63,7 +83,6 @@ local function put(key, value, px)
     end
 end
 local sets = tonumber(ARGV[11])
-local a = 12
 for i = k + 1, k + sets do
     put(KEYS[i], ARGV[a], ARGV[a + 1])
     a = a + 2
@@ -73,6 +92,12 @@ if create then
 end
 if take then
     redis.call('DEL', take)
+end
+for _, made in ipairs(creates) do
+    put(made[1], ARGV[made[2]], ARGV[made[2] + 1])
+end
+for _, key in ipairs(takes) do
+    redis.call('DEL', key)
 end
 for i = k + sets + 1, #KEYS do
     local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
@@ -100,7 +125,8 @@ class RedisScripts(RedisClient):
 
     def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         keys: list[str] = []
-        args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0, len(change.sets)]
+        args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0]
+        args += [len(change.sets), len(change.takes), len(change.creates)]
         if guard is not None:
             keys += [*self._logs(guard.log), self._k(guard.key)]
             args[0:3] = ["1", "" if guard.head is None else guard.head, guard.value]
@@ -114,6 +140,12 @@ class RedisScripts(RedisClient):
         if change.create is not None:
             keys.append(self._k(change.create[0]))
             args[7:10] = ["1", change.create[1], self._px(change.create[2])]
+        for key, value in change.takes:
+            keys.append(self._k(key))
+            args.append(value)
+        for key, value, ttl in change.creates:
+            keys.append(self._k(key))
+            args += [value, self._px(ttl)]
         for key, value, ttl in change.sets:
             keys.append(self._k(key))
             args += [value, self._px(ttl)]
