@@ -41,6 +41,13 @@ def test_readme_example_runs_on_the_lowest_versions(tmp_path: Path) -> None:
     installed = subprocess.run([python, "-c", versions, *floors(())], capture_output=True, text=True, check=True)
     assert [Version(v) for v in installed.stdout.split()] == [Version(v) for v in floors(()).values()]
 
+    # The distribution carries the type marker and the dashboard's files, not only the modules.
+    shipped = "import importlib.resources as r, sys; p = r.files('flask_river_ml'); "
+    shipped += "print(*(p.joinpath(name).is_file() for name in sys.argv[1:]))"
+    files = ["py.typed", "templates/river_ml/dashboard.html", "static/river_ml/dashboard.js"]
+    found = subprocess.run([python, "-c", shipped, *files], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["True"] * len(files), dict(zip(files, found.stdout.split(), strict=False))
+
     (tmp_path / "example.py").write_text(readme_example("Use it in your app"))
     # From tmp_path, so the installed package is imported, not the checkout.
     ran = subprocess.run([python, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
