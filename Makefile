@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: test test-deps run examples bench bench-http lint clean
+.PHONY: test test-deps run examples bench bench-http bench-batch lint clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: $(BIN)/.installed
 bench-http: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/served.py $(BENCH_ARGS)
+
+# The batch routes over HTTP against river's own loop, interleaved over rounds (about four
+# minutes with the defaults; options in BENCH_ARGS, e.g. BENCH_ARGS="--servers gunicorn granian").
+bench-batch: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/batch.py $(BENCH_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet ruff mypy

@@ -35,11 +35,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import shutil
-import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -47,30 +44,36 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import dill
-import river
 from models import MODEL_DESCRIPTIONS, MODELS, TRAIN_SAMPLES, phishing
 from servers import (
     CEILING_APP,
     DJANGO_APP,
     EXTENSION_APP,
     HERE,
-    ROOT,
     WSGI_SERVERS,
     BenchError,
     PrivateRedis,
     Server,
     Servers,
+    add_options,
+    bench_main,
+    check_options,
     extension_env,
+    first_line,
     free_port,
+    machine,
     machine_busy,
+    machine_line,
+    options_json,
+    rate_text,
     server_command,
+    tail_lines,
     upload,
-    workspace,
+    versions,
 )
 
 LUA = HERE / "post.lua"
@@ -363,7 +366,7 @@ def report(rows: list[dict], quiet: float) -> list[str]:
         elsewhere = f"{row['elsewhere_cores_max']:.2f}" + (" (!)" if row["elsewhere_cores_max"] > quiet else "")
         lines.append(
             f"| {row['model']} | {row['operation']} | {row['configuration']} "
-            f"| {_rate(row['rate_median'])} ({_rate(row['rate_min'])}–{_rate(row['rate_max'])}) "
+            f"| {rate_text(row['rate_median'])} ({rate_text(row['rate_min'])}–{rate_text(row['rate_max'])}) "
             f"| {row['latency_p50_ms']:.2f} | {row['latency_p99_ms']:.2f} | {row['server_cpu_us']:,.0f} "
             f"| {ratio} | {elsewhere} |"
         )
@@ -380,10 +383,6 @@ def report(rows: list[dict], quiet: float) -> list[str]:
     return lines
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
-
-
 def _verdict(row: dict, kind: str, what: str, target: float) -> str:
     median, low = row[f"{kind}_ratio_median"], row[f"{kind}_ratio_min"]
     verdict = "meets" if median >= target else "MISSES"
@@ -393,66 +392,14 @@ def _verdict(row: dict, kind: str, what: str, target: float) -> str:
     )
 
 
-# --- the machine and the versions ----------------------------------------------------------------
+# --- the versions --------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu, memory = platform.processor() or "unknown CPU", None
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": memory,
-        "kernel": f"{platform.system()} {platform.release()} ({platform.machine()})",
-    }
-
-
-def _package(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _first_line(command: list[str]) -> str:
-    with contextlib.suppress(OSError):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        text = (done.stdout + done.stderr).strip()
-        return text.splitlines()[0] if text else ""
-    return ""
-
-
-def git_commit() -> str:
-    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"]) or "unknown"
-    if _first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]):
-        commit += " with uncommitted changes"
-    return commit
-
-
-def versions(wrk: str, redis: PrivateRedis | None, django_gunicorn: Path | None) -> dict[str, str]:
-    found = {
-        "Python": platform.python_version(),
-        "river": river.__version__,
-        "Flask": _package("flask"),
-        "gunicorn": _package("gunicorn"),
-        "granian": _package("granian"),
-        "redis-server": redis.version() if redis else "not used",
-        "redis-py": _package("redis"),
-        "SQLite": sqlite3.sqlite_version,
-        "wrk": _first_line([wrk, "--version"]).split(" [")[0].removeprefix("wrk "),
-        "flask-river-ml": git_commit(),
-    }
+def served_versions(wrk: str, redis: PrivateRedis | None, django_gunicorn: Path | None) -> dict[str, str]:
+    found = versions(redis, {"wrk": first_line([wrk, "--version"]).split(" [")[0].removeprefix("wrk ")})
     if django_gunicorn is not None:
         script = "from importlib.metadata import version as v; print(v('django-river-ml'), v('django'))"
-        shown = _first_line([str(django_gunicorn.parent / "python"), "-c", script]).split()
+        shown = first_line([str(django_gunicorn.parent / "python"), "-c", script]).split()
         found["django-river-ml"] = f"{shown[0]} (Django {shown[1]})" if len(shown) == 2 else "unknown"
     return found
 
@@ -472,11 +419,6 @@ def django_gunicorn(venv: Path) -> Path:
 # --- main ----------------------------------------------------------------------------------------
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every server and redis.
-    raise SystemExit(128 + signum)
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every configuration (default 3)")
@@ -492,15 +434,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     default_django = HERE / ".django-venv"
     parser.add_argument("--django-venv", type=Path, default=default_django, help=f"its environment ({default_django})")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="the wrk program")
-    parser.add_argument("--redis-server", default=shutil.which("redis-server"), help="the redis-server program")
-    parser.add_argument("--seed", type=int, help="seed of the shuffled orders (default: a random one, printed)")
-    parser.add_argument(
-        "--quiet-cores",
-        type=float,
-        default=0.25,
-        help="mark runs during which more than this many cores were busy elsewhere (default 0.25)",
-    )
-    parser.add_argument("--json", type=Path, help="also write every run and the summary to this file")
+    add_options(parser)
     args = parser.parse_args(argv)
     if min(args.rounds, args.duration, args.threads, args.workers) < 1 or args.warmup < 0:
         parser.error("--rounds, --duration, --threads and --workers must be at least 1, --warmup at least 0")
@@ -508,30 +442,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--connections must be at least --threads")
     if not os.access(args.wrk, os.X_OK):
         parser.error(f"wrk not found at {args.wrk} (Debian: apt-get install wrk)")
-    for server in args.servers:
-        if not (Path(sys.prefix) / "bin" / server).exists():
-            parser.error(
-                f"{server} is not installed in {sys.prefix} (pip install {server}); or leave it out of --servers"
-            )
     if "gunicorn" not in args.servers:
         args.no_django = True  # django-river-ml is paired with the ceiling on gunicorn
-    args.seed = random.randrange(2**32) if args.seed is None else args.seed
+    check_options(parser, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    space = workspace("river-ml-http-bench-", "redis" in args.backends, args.redis_server)
-    try:
-        with space as (scratch, servers, redis):
-            result = run(args, servers, scratch, redis)
-    except BenchError as error:
-        print(f"bench/served.py FAILED: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    return bench_main("bench/served.py", args, lambda scratch, servers, redis: run(args, servers, scratch, redis))
 
 
 def run(args: argparse.Namespace, servers: Servers, scratch: Path, redis: PrivateRedis | None) -> dict[str, Any]:
@@ -555,12 +474,11 @@ def run(args: argparse.Namespace, servers: Servers, scratch: Path, redis: Privat
         load, servers, programs, gunicorn_django, args.workers, blobs, models_dir, bodies, redis, args.quiet_cores
     )
 
-    found_machine, found_versions = machine(), versions(args.wrk, redis, gunicorn_django)
+    found_machine, found_versions = machine(), served_versions(args.wrk, redis, gunicorn_django)
     header = [
         "# flask-river-ml over HTTP: interleaved rounds, paired with the ceiling",
         "",
-        f"- Machine: {found_machine['cpu']}, {found_machine['cores']} cores, {found_machine['memory_gib']} GiB RAM, "
-        f"{found_machine['kernel']}; load average before the run {_load_average()}",
+        machine_line(found_machine),
         "- Versions: " + ", ".join(f"{name} {value}" for name, value in found_versions.items()),
         f"- Servers: {args.workers} worker process{'es' if args.workers > 1 else ''} each: "
         + "; ".join(SERVER_NOTES[server] for server in args.servers)
@@ -594,25 +512,17 @@ def run(args: argparse.Namespace, servers: Servers, scratch: Path, redis: Privat
         "anything but that server, wrk and redis-server (the largest over the rounds); (!) marks more than "
         f"{args.quiet_cores:g}.",
     ]
-    if noisy:
-        busy = f"{len(noisy)} of {len(measurements)} runs had the machine busy elsewhere"
-        lines.append(f"\n**{busy}: compare with care.**")
-    elapsed = time.perf_counter() - started
-    lines.append(f"\nLoad average after the run: {_load_average()}. Total time: {elapsed:.0f} s.")
+    lines += tail_lines(len(noisy), len(measurements), started)
     print("\n".join(lines))
     return {
         "machine": found_machine,
         "versions": found_versions,
-        "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "options": options_json(args),
         "configurations": [config.name for config in configs],
         "runs": [asdict(measurement) for measurement in measurements],
         "summary": rows,
-        "seconds": elapsed,
+        "seconds": time.perf_counter() - started,
     }
-
-
-def _load_average() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Processes the HTTP benchmarks start and watch: WSGI servers, a private redis, /proc readings.
+"""Processes the HTTP benchmarks start and watch: WSGI servers, a private redis, /proc readings,
+and the machine and versions their reports name.
 
 Every server runs from the repository's root with the root first on ``PYTHONPATH``, so it
 serves this checkout's flask-river-ml (and ``bench`` is a namespace package). Each is started
@@ -8,19 +9,25 @@ benchmark; :class:`Servers` keeps the list.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import platform
+import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -311,3 +318,150 @@ def workspace(
             yield scratch, servers, private
         finally:
             servers.stop_all()
+
+
+# --- the machine and the versions ----------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, RAM and kernel."""
+    cpu, memory = platform.processor() or "unknown CPU", None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "kernel": f"{platform.system()} {platform.release()} ({platform.machine()})",
+    }
+
+
+def machine_line(found: dict[str, Any]) -> str:
+    """The machine as a report's line, with the load average now."""
+    return (
+        f"- Machine: {found['cpu']}, {found['cores']} cores, {found['memory_gib']} GiB RAM, "
+        f"{found['kernel']}; load average before the run {load_average()}"
+    )
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def first_line(command: list[str]) -> str:
+    """The first line a command prints (stdout, then stderr), or "" if it cannot run."""
+    with contextlib.suppress(OSError):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        text = (done.stdout + done.stderr).strip()
+        return text.splitlines()[0] if text else ""
+    return ""
+
+
+def git_commit() -> str:
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"]) or "unknown"
+    if first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]):
+        commit += " with uncommitted changes"
+    return commit
+
+
+def versions(redis: PrivateRedis | None, tools: dict[str, str] | None = None) -> dict[str, str]:
+    """The versions of the served stack, then ``tools`` (the load's programs), then this
+    checkout's commit."""
+    return {
+        "Python": platform.python_version(),
+        "river": package_version("river"),
+        "Flask": package_version("flask"),
+        "gunicorn": package_version("gunicorn"),
+        "granian": package_version("granian"),
+        "redis-server": redis.version() if redis else "not used",
+        "redis-py": package_version("redis"),
+        "SQLite": sqlite3.sqlite_version,
+        **(tools or {}),
+        "flask-river-ml": git_commit(),
+    }
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def rate_text(value: float) -> str:
+    """A rate as the tables show it: whole numbers from 100 up, one decimal below."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def tail_lines(noisy: int, measured: int, started: float) -> list[str]:
+    """The report's last lines: a warning if ``noisy`` of the ``measured`` runs had the machine
+    busy elsewhere, the load average and the time since ``started`` (``time.perf_counter``)."""
+    lines = []
+    if noisy:
+        lines.append(f"\n**{noisy} of {measured} runs had the machine busy elsewhere: compare with care.**")
+    elapsed = time.perf_counter() - started
+    lines.append(f"\nLoad average after the run: {load_average()}. Total time: {elapsed:.0f} s.")
+    return lines
+
+
+# --- the scripts' frame --------------------------------------------------------------------------
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options every HTTP benchmark takes: the redis-server program, the seed of its
+    shuffled orders, the threshold of a noisy run, the JSON file."""
+    parser.add_argument("--redis-server", default=shutil.which("redis-server"), help="the redis-server program")
+    parser.add_argument("--seed", type=int, help="seed of the shuffled orders (default: a random one, printed)")
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.25,
+        help="mark runs during which more than this many cores were busy elsewhere (default 0.25)",
+    )
+    parser.add_argument("--json", type=Path, help="also write every run and the summary to this file")
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every WSGI server asked for installed beside this Python; a seed drawn if none was given."""
+    for server in args.servers:
+        if not (Path(sys.prefix) / "bin" / server).exists():
+            parser.error(
+                f"{server} is not installed in {sys.prefix} (pip install {server}); or leave it out of --servers"
+            )
+    args.seed = random.randrange(2**32) if args.seed is None else args.seed
+
+
+def options_json(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def bench_main(
+    script: str, args: argparse.Namespace, run: Callable[[Path, Servers, PrivateRedis | None], dict[str, Any]]
+) -> int:
+    """Run ``run(scratch, servers, redis)`` in a workspace (with a private redis if a backend
+    is redis), SIGTERM unwinding like Ctrl-C; its result to ``--json``. 1 on a BenchError."""
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    space = workspace(f"river-ml-{Path(script).stem}-bench-", "redis" in args.backends, args.redis_server)
+    try:
+        with space as (scratch, servers, redis):
+            result = run(scratch, servers, redis)
+    except BenchError as error:
+        print(f"{script} FAILED: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0

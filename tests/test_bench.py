@@ -1,8 +1,9 @@
 """The HTTP benchmarks run end to end, in a few seconds, so that they cannot rot.
 
 One round of bench/served.py on gunicorn, the shelve store, the small model and the ceiling
-(no django-river-ml, no redis), and bench/memory.py on a few models. Nothing here judges a
-speed or a size: only that every configuration was measured and every number reported.
+(no django-river-ml, no redis), one of bench/batch.py on gunicorn and the shelve store, and
+bench/memory.py on a few models. Nothing here judges a speed or a size: only that every
+configuration was measured and every number reported.
 """
 
 from __future__ import annotations
@@ -49,6 +50,37 @@ def test_served_benchmark_measures_every_configuration(tmp_path: Path) -> None:
     assert len(result["runs"]) == 4
     for configuration, operation in rows:
         assert re.search(rf"^\| small \| {operation} \| {configuration} \| [\d,.]+ \(", done.stdout, re.MULTILINE)
+
+
+def test_batch_benchmark_measures_every_configuration_and_checks_the_stats(tmp_path: Path) -> None:
+    output = tmp_path / "batch.json"
+    options = ["--rounds", "1", "--duration", "1", "--warmup", "0", "--servers", "gunicorn", "--backends", "shelve"]
+    done = bench("batch.py", *options, "--json", str(output))
+
+    result = json.loads(output.read_text())
+    served, in_process = ["shelve, gunicorn"], ["in process, memory", "in process, shelve"]
+    assert result["configurations"] == ["river loop", *in_process, *served]
+    rows = {(row["configuration"], row["operation"]): row for row in result["summary"]}
+    assert set(rows) == {(c, op) for c in result["configurations"] for op in ("predict", "learn")}
+    for (configuration, operation), row in rows.items():
+        assert row["samples_per_s_median"] > 0 and row["cpu_us_per_sample"] > 0
+        assert (row["river_ratio_median"] is None) == (configuration == "river loop")
+        line = rf"^\| {operation} \| {re.escape(configuration)} \| [\d,.]+ \([\d,.]+–[\d,.]+\) \|"
+        assert re.search(line, done.stdout, re.MULTILINE), done.stdout
+    assert len(result["runs"]) == 8
+    assert re.search(r"^- learn, shelve, gunicorn: [\d,]+ samples/s .* the 50,000 target$", done.stdout, re.MULTILINE)
+    assert re.search(r"^- learn, shelve, gunicorn: [\d.]+ \(min [\d.]+\) .* the 0.6 target$", done.stdout, re.MULTILINE)
+
+    # Each server and app counted one call per sample sent and fed its metrics: the samples/s
+    # were really learnt.
+    checks = {check["configuration"]: check for check in result["checks"]}
+    assert set(checks) == {*in_process, *served}
+    for check in checks.values():
+        assert check["passed"] and check["counted"] == check["sent"]
+        assert check["sent"]["learn"] > 0 and check["sent"]["predict"] > 0
+        assert check["sent"]["learn"] % 1000 == 0 and check["sent"]["predict"] % 1000 == 0
+        assert 0 < check["accuracy"] <= 1
+    assert re.search(r"^Stats: .*; 3 checks passed\)\.$", done.stdout, re.MULTILINE), done.stdout
 
 
 def test_memory_benchmark_reports_each_step() -> None:
