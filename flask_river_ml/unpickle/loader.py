@@ -10,6 +10,7 @@ import functools
 import inspect
 import io
 import pickle
+import sys
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -126,8 +127,9 @@ class Loader(pickle._Unpickler):  # type: ignore[name-defined,misc]
         attributes, slots = state if isinstance(state, tuple) and len(state) == 2 else (state, None)
         if attributes:
             _no_dunders(attributes)
-            # The instance's own __dict__, as pickle does; never a class's.
-            vars(target).update(attributes)
+            # The instance's own __dict__, as pickle does; never a class's. Its names interned,
+            # as pickle does too: a model loaded here pickles back to the same bytes.
+            vars(target).update({sys.intern(key): value for key, value in attributes.items()})
         if slots:
             _no_dunders(slots)
             if cls.__setattr__ is not object.__setattr__:
