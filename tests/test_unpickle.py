@@ -13,6 +13,7 @@ import operator
 import pickle
 import pkgutil
 import random
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ import dill
 import numpy
 import pytest
 import river
+from pickles import PROTOCOLS, Build, Global, New, assemble
 from river import base, compose, datasets, feature_extraction, linear_model, naive_bayes, preprocessing
 
 from flask_river_ml import UnsafePickle
@@ -413,3 +415,14 @@ def test_a_partial_of_numpy_ones_takes_a_shape_only(how, protocol):
     model = Call(Global("collections", "defaultdict"), _partial_of_ones(how))
     with pytest.raises(UnsafePickle, match="partial of numpy.ones"):
         safe_loads(assemble(model, protocol))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_attribute_names_a_pickle_sets_are_interned(protocol):
+    """BUILD interns the names it sets, as pickle does, so a loaded model shares its attribute
+    names with every other object and pickles back to the bytes it came as."""
+    state = {"intercept_lr_of_an_upload": 0.5, "l2": 0.0}
+    data = assemble(Build(New(Global("river.linear_model", "LinearRegression")), state), protocol)
+    loaded = safe_loads(data)
+    assert vars(loaded) == state
+    assert all(name is sys.intern(name) for name in vars(loaded))
