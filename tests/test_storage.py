@@ -180,6 +180,39 @@ def test_observe_counts_totals_and_weighs(backend):
     assert backend.observed("t") is None
 
 
+def test_a_commit_takes_back_a_call_an_earlier_one_timed(backend):
+    """A retraction takes its duration out of the count and the total exactly, and out of the
+    weighted mean while its commit's step is still the last; nothing left reads as empty."""
+    for value in (10, 20):
+        backend.observe("t", value, 0.3)
+    after_two = backend.observed("t")
+    timing = ("t", 30, 0.3)
+    tally = backend.commit(Change(observes=(timing,))).tallies[0]
+    assert tally == (3, 60)
+    assert backend.commit(Change(retracts=((timing, tally),))) == Outcome(True)
+    count, total, mean = backend.observed("t")
+    assert (count, total) == after_two[:2] and mean == pytest.approx(after_two[2])
+    # Timed again, then another call comes in between: the mean keeps the duration taken back.
+    tally = backend.commit(Change(observes=(timing,))).tallies[0]
+    backend.observe("t", 40, 0.3)
+    moved = backend.observed("t")
+    backend.commit(Change(retracts=((timing, tally),)))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == (3, 70) and mean == pytest.approx(moved[2])
+    # The only call taken back: the timing reads as never observed, and starts again.
+    only = ("u", 7, 0.3)
+    backend.commit(Change(retracts=((only, backend.commit(Change(observes=(only,))).tallies[0]),)))
+    assert backend.observed("u") == (0, 0, 0.0)
+    backend.observe("u", 5, 0.3)
+    assert backend.observed("u") == (1, 5, 5.0)
+    # A timing gone meanwhile (its model deleted) stays gone; a guard that fails changes nothing.
+    backend.commit(Change(retracts=((("gone", 3, 0.3), (1, 3)),)))
+    assert backend.observed("gone") is None
+    backend.set("model", b"g2")
+    refused = backend.commit(Change(retracts=((("u", 5, 0.3), (1, 5)),)), Guard("log", None, "model", b"g1"))
+    assert refused == Outcome(False) and backend.observed("u") == (1, 5, 5.0)
+
+
 def test_observe_counts_across_threads(backend):
     def work():
         for _ in range(50):
@@ -316,7 +349,7 @@ def test_peek_reads_a_key_and_a_log_tail(backend):
 
 def test_a_commit_sets_and_observes_together(backend):
     change = Change(sets=(("a", b"1", 60), ("b", b"2", None)), observes=(("t", 7, 0.3),))
-    assert backend.commit(change) == Outcome(True)
+    assert backend.commit(change) == Outcome(True, tallies=((1, 7),))
     assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     assert backend.observed("t") == (1, 7, 7.0)
     backend.commit(Change(sets=(("short", b"x", 0.05),), observes=(("t", 3, 0.5), ("u", 4, 0.5))))
@@ -383,7 +416,8 @@ def test_redis_commits_survive_a_server_that_lost_its_scripts(redis_prefix):
         backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
         client.script_flush()
         guard = Guard("log", round_, "model", b"g")
-        assert backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard) == Outcome(True, round_ + 1)
+        written = backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard)
+        assert written == Outcome(True, round_ + 1, tallies=((round_ + 1, 4 * (round_ + 1)),))
         assert backend.get("a") == str(round_).encode()
     assert backend.observed("t") == (3, 30, 10.0)
     assert backend.observed("u") == (3, 12, 4.0)

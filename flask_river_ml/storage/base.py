@@ -52,6 +52,10 @@ Records = list[tuple[int, bytes]]
 Put = tuple[str, bytes, float | None]
 #: A call to time: ``(key, duration, alpha)`` (see :meth:`Timings.observe`).
 Timing = tuple[str, int, float]
+#: A timing's ``(count, total)`` as a commit that observed a call in it left it.
+Tally = tuple[int, int]
+#: A call an earlier commit timed, taken back: its timing and the tally that commit left.
+Retraction = tuple[Timing, Tally]
 
 
 @dataclass(slots=True)
@@ -76,7 +80,9 @@ class Change:
     ``record`` is appended to the guard's log. ``create`` is set only where its key is absent
     (a prediction waiting for its label under a client's identifier); ``take`` is removed
     only where its key still holds its value (the waiting prediction a label learns from), so
-    of two labels of one prediction exactly one is written.
+    of two labels of one prediction exactly one is written. ``observes`` times calls;
+    ``retracts`` takes back calls timed by earlier commits (a learn whose record the model
+    then failed on), as :func:`~flask_river_ml.storage.local.retracted` says.
     """
 
     record: bytes | None = None
@@ -84,6 +90,7 @@ class Change:
     create: Put | None = None
     take: tuple[str, bytes] | None = None
     observes: tuple[Timing, ...] = ()
+    retracts: tuple[Retraction, ...] = ()
 
 
 #: Why a change whose guard held was not written: its ``take`` was gone, its ``create`` taken.
@@ -92,14 +99,16 @@ TAKEN, EXISTS = "taken", "exists"
 
 @dataclass(slots=True)
 class Outcome:
-    """What a commit did: ``written``, with the appended record's number; otherwise the
-    records the writer had not seen (the log moved on), none (the guarded key changed), or
-    the ``conflict`` of its ``take`` or ``create``."""
+    """What a commit did: ``written``, with the appended record's number and the tally each
+    of its ``observes`` left, in order; otherwise the records the writer had not seen (the
+    log moved on), none (the guarded key changed), or the ``conflict`` of its ``take`` or
+    ``create``."""
 
     written: bool
     seq: int | None = None
     unseen: Records = field(default_factory=list)
     conflict: str | None = None
+    tallies: tuple[Tally, ...] = ()
 
 
 class Store(abc.ABC):
@@ -183,7 +192,8 @@ class Timings(abc.ABC):
     The weighted mean starts at the first value, then moves by ``alpha`` towards each new one
     (:func:`flask_river_ml.storage.local.moved`). Timings live beside the keys (``keys`` does
     not list them; ``delete`` removes them); a commit's ``observes`` writes them, because every
-    learn and predict records one and a single atomic step is far cheaper than two.
+    learn and predict records one in the same atomic step as its write: one step is far
+    cheaper than two.
     """
 
     def observe(self, key: str, value: int, alpha: float) -> None:

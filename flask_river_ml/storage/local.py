@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
+from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records, Tally
 
 #: ``(count, total, weighted mean)`` of a timing.
 Timed = tuple[int, int, float]
@@ -46,13 +46,16 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
     Every commit of every learn and predict runs this: it reads by position rather than
     building lookups, and each part costs only where the change has it.
     """
-    take, create, observes = change.take, change.create, change.observes
+    take, create, observes, retracts = change.take, change.create, change.observes, change.retracts
     keys = [] if guard is None else [guard.key]
     if take is not None:
         keys.append(take[0])
     if create is not None:
         keys.append(create[0])
-    values, head, timings = view.load(keys, None if guard is None else guard.log, [t[0] for t in observes])
+    timed = [t[0] for t in observes]
+    if retracts:
+        timed += [timing[0] for timing, _ in retracts]
+    values, head, timings = view.load(keys, None if guard is None else guard.log, timed)
     at = 0
     if guard is not None:
         if values[0] != guard.value:
@@ -77,18 +80,43 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         view.put(*create)
     if take is not None:
         view.remove(take[0])
-    if observes:
-        current = dict(zip([t[0] for t in observes], timings, strict=True))
+    tallies: tuple[Tally, ...] = ()
+    if timed:
+        # By key: one change may time, and take back, one key more than once.
+        current = dict(zip(timed, timings, strict=True))
         for key, duration, alpha in observes:
             timing = current[key] = moved(current[key], duration, alpha)
             view.put_timing(key, timing)
-    return Outcome(True, seq)
+            tallies += ((timing[0], timing[1]),)
+        for (key, duration, alpha), tally in retracts:
+            kept = current[key]
+            if kept is not None:
+                kept = current[key] = retracted(kept, duration, alpha, tally)
+                view.put_timing(key, kept)
+    return Outcome(True, seq, tallies=tallies)
 
 
-def moved(timing: tuple[int, int, float] | None, duration: int, alpha: float) -> tuple[int, int, float]:
+def moved(timing: Timed | None, duration: int, alpha: float) -> Timed:
     """``(count, total, weighted mean)`` after one more ``duration``: the mean starts at the
-    first duration, then moves by ``alpha`` towards each new one."""
-    if timing is None:
+    first duration (of an empty timing), then moves by ``alpha`` towards each new one."""
+    if timing is None or timing[0] == 0:
         return 1, duration, float(duration)
     count, total, mean = timing
     return count + 1, total + duration, alpha * duration + (1 - alpha) * mean
+
+
+def retracted(timing: Timed, duration: int, alpha: float, tally: Tally) -> Timed:
+    """``timing`` without a ``duration`` that a commit observed and left at ``tally``.
+
+    The count and the total lose it, exactly. The weighted mean goes back to the one before
+    it when the timing is still as that commit left it (its step was the last): otherwise
+    calls timed since moved it, and it keeps the duration, whose weight fades with every
+    later call as any duration's does. With nothing left the timing is empty,
+    ``(0, 0, 0.0)``, which reads as never observed.
+    """
+    count, total, mean = timing
+    if count <= 1:
+        return 0, 0, 0.0
+    if (count, total) == tally:
+        mean = (mean - alpha * duration) / (1 - alpha)
+    return count - 1, total - duration, mean
