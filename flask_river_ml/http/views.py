@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import BuildError
 
 from ..auth import LEARN, MANAGE, PREDICT
-from ..encoding import jsonable
+from ..encoding import json_bytes, jsonable
 from ..errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
 from ..events import EVENTS, METRICS, sse
 from ..payloads import parse_json
@@ -44,8 +44,8 @@ def _service() -> Service:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    body = current_app.json.dumps(jsonable(data))
-    return current_app.response_class(body, status=status, mimetype="application/json")
+    # The API's own encoding, whatever JSON provider the host app has: compact, keys sorted.
+    return current_app.response_class(json_bytes(jsonable(data)), status=status, mimetype="application/json")
 
 
 def _body() -> dict[str, Any]:
@@ -122,7 +122,7 @@ def upload(flavor: str, name: str | None = None) -> Response:
 
 def model_json(name: str) -> Response:
     # A pipeline's steps come in order: the keys must not be sorted.
-    body = current_app.json.dumps(_service().params(name), sort_keys=False)
+    body = json_bytes(_service().params(name), sort_keys=False)
     return current_app.response_class(body, status=200, mimetype="application/json")
 
 
