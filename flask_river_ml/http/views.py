@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import river
 from flask import Blueprint, Response, current_app, render_template, request, url_for
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
@@ -28,14 +28,14 @@ from ..service import Service
 from ..settings import VIEWS, Settings
 from ..version import __version__
 from .access import check_pickle_upload, issue_token, require_scope, state
-from .schemas import LabelSchema, LearnSchema, ModelSchema, PredictSchema
+from .schemas import LabelSchema, LearnSchema, Loader, ModelSchema, PredictSchema
 
 # Named as before the views moved into this subpackage: logging configurations name it.
 logger = logging.getLogger("flask_river_ml.views")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-# Built once: building a schema copies its fields, and loading keeps no state in it.
-_LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
+# Built once: building a schema copies its fields, and a loader reads them then; loading keeps no state.
+_LEARN, _PREDICT, _LABEL, _MODEL = (Loader(cls()) for cls in (LearnSchema, PredictSchema, LabelSchema, ModelSchema))
 Handler = Callable[..., Response]
 
 
@@ -59,10 +59,6 @@ def _body() -> dict[str, Any]:
     return payload
 
 
-def _load(schema: Schema, payload: dict[str, Any]) -> dict[str, Any]:
-    return schema.load(payload)  # type: ignore[no-any-return]
-
-
 def _model_name(name: str | None = None) -> str:
     """The model named in the path, the query string, a form or a JSON body."""
     if name is not None:
@@ -70,7 +66,7 @@ def _model_name(name: str | None = None) -> str:
     payload = {**request.args.to_dict(), **request.form.to_dict()}
     if not request.form:
         payload.update(_body())
-    return str(_load(_MODEL, {"model": payload.get("model")})["model"])
+    return str(_MODEL.load({"model": payload.get("model")})["model"])
 
 
 # --- views -------------------------------------------------------------------------------------
@@ -146,7 +142,7 @@ def models() -> Response:
 
 
 def learn() -> Response:
-    payload = _load(_LEARN, _body())
+    payload = _LEARN.load(_body())
     message = _service().learn(
         payload["model"],
         ground_truth=payload["ground_truth"],
@@ -158,14 +154,14 @@ def learn() -> Response:
 
 
 def predict() -> Response:
-    payload = _load(_PREDICT, _body())
+    payload = _PREDICT.load(_body())
     result = _service().predict(payload["features"], payload["model"], payload["identifier"])
     # riverapi's flow: 201 when a record waits for its label, 200 otherwise.
     return _json(result, 201 if "identifier" in result else 200)
 
 
 def label() -> Response:
-    payload = _load(_LABEL, _body())
+    payload = _LABEL.load(_body())
     return _json(_service().label(payload["label"], payload["identifier"], payload["model"]))
 
 
