@@ -21,8 +21,8 @@ import dill
 from .errors import TamperedData
 from .flavors import model_code
 
-_DIGEST = "sha256"
-_MAC_SIZE = hashlib.new(_DIGEST).digest_size
+_DIGEST = hashlib.sha256
+_MAC_SIZE = _DIGEST().digest_size
 # The first byte after the signature says which pickler wrote the blob: the C pickler is an
 # order of magnitude faster than dill, which is only needed for what pickle cannot handle
 # (classes defined in __main__, lambdas, closures).
@@ -33,17 +33,22 @@ class Codec:
     """Pickles and signs, verifies and unpickles, with one secret key."""
 
     def __init__(self, secret: str | bytes) -> None:
-        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._keyed = hmac.new(secret.encode() if isinstance(secret, str) else bytes(secret), digestmod=_DIGEST)
+
+    def _signature(self, payload: bytes) -> bytes:
+        # A copy of the keyed state: keying a new HMAC costs more than hashing a record.
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()
 
     def sign(self, payload: bytes) -> bytes:
         """``payload`` prefixed with its signature."""
-        # The one-shot digest: an HMAC object costs more than the hashing of a record.
-        return hmac.digest(self._key, payload, _DIGEST) + payload
+        return self._signature(payload) + payload
 
     def verify(self, blob: bytes) -> bytes:
         """The payload of a signed ``blob``; :class:`TamperedData` when the signature is wrong."""
         mac, payload = blob[:_MAC_SIZE], blob[_MAC_SIZE:]
-        if not hmac.compare_digest(mac, hmac.digest(self._key, payload, _DIGEST)):
+        if not hmac.compare_digest(mac, self._signature(payload)):
             raise TamperedData(
                 "A stored blob failed its signature check and was not loaded: it was written with another "
                 "RIVER_ML_SHELVE_SECRET_KEY (processes and hosts sharing a store need the same one) or tampered with."

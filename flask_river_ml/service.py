@@ -8,9 +8,9 @@ store and its keys are the engine's.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
-import uuid
 from typing import Any
 
 import dill
@@ -50,6 +50,16 @@ def _check_identifier(identifier: Any) -> str:
     if not isinstance(identifier, str) or not 0 < len(identifier) <= _MAX_IDENTIFIER:
         raise InvalidInput(f"identifier must be a string of 1 to {_MAX_IDENTIFIER} characters, not {identifier!r}.")
     return identifier
+
+
+def _new_identifier() -> str:
+    """A random UUID, version 4, written as ``str(uuid.uuid4())`` writes one: every predict
+    makes one, and this takes half the time of building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class Service:
@@ -199,7 +209,7 @@ class Service:
         check_name(name)
         generated = identifier is None and self.generate_identifiers
         if generated:
-            identifier = str(uuid.uuid4())
+            identifier = _new_identifier()
         elif identifier is not None:
             identifier = _check_identifier(identifier)
         scored = self.engine.predict(name, Predict(features, identifier, started, generated))
