@@ -280,10 +280,14 @@ ROUTES: list[Route] = [
 _OPEN_ENDPOINTS = ("dashboard",)
 
 
-def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool) -> Handler:
+def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool, max_body: int) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
     def view(**kwargs: Any) -> Response:
+        # A larger body is refused with 413 before it is read (only these views read one; the
+        # upload view allows pickles more). Set here rather than in a before_request hook,
+        # which Flask would also call for every static file and unknown path.
+        request.max_content_length = max_body
         method = "GET" if request.method == "HEAD" else request.method
         if method not in handlers:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
@@ -350,18 +354,13 @@ def create_blueprint(settings: Settings) -> Blueprint:
             blueprint.add_url_rule(
                 route.rule,
                 endpoint=route.endpoint,
-                view_func=_dispatch(route.handlers, protected),
+                view_func=_dispatch(route.handlers, protected, settings.json_max_bytes),
                 methods=_METHODS,
                 strict_slashes=False,
             )
     if prefix != "/":
         # Without a prefix the whole app would be the catch-all's; the host's 404 stays.
         blueprint.add_url_rule("/<path:path>", endpoint="not_found", view_func=_not_found, methods=_METHODS)
-
-    @blueprint.before_request
-    def _limit_body() -> None:
-        # A larger body is refused with 413 before it is read; the upload view allows pickles more.
-        request.max_content_length = settings.json_max_bytes
 
     blueprint.register_error_handler(RiverMLError, _package_error)
     blueprint.register_error_handler(ValidationError, _invalid_payload)
