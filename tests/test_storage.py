@@ -676,6 +676,51 @@ def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
     reader.close()
 
 
+def _checkpointers() -> int:
+    return sum(thread.name == "river-ml-checkpoints" for thread in threading.enumerate())
+
+
+def test_a_shelve_store_checkpoints_its_log_on_a_thread_of_its_own(shelve_backend, tmp_path):
+    """Commits leave their log to a thread of the process, which copies it into the file soon
+    after; a request checkpoints only past a log far larger. Closing the store ends the thread."""
+    from flask_river_ml.storage.sqlite_checkpoints import EVERY_SECONDS, REQUEST_PAGES
+
+    path = tmp_path / "folder" / "store.sqlite3"
+    shelve_backend.set("k", b"v")
+    assert shelve_backend._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (REQUEST_PAGES,)
+    assert _checkpointers() >= 1
+    deadline = time.monotonic() + 20 * EVERY_SECONDS
+    while True:
+        # The file alone, without its log, holds the value once a checkpoint copied it there.
+        shutil.copy(path, tmp_path / "alone.sqlite3")
+        alone = sqlite3.connect(tmp_path / "alone.sqlite3")
+        try:
+            found = alone.execute("SELECT value FROM kv WHERE key = 'k'").fetchone()
+        except sqlite3.OperationalError:  # not even the tables yet
+            found = None
+        alone.close()
+        if found == (b"v",):
+            break
+        assert time.monotonic() < deadline, "the log was not checkpointed"
+        time.sleep(EVERY_SECONDS / 2)
+    before = _checkpointers()
+    shelve_backend.close()
+    assert _checkpointers() == before - 1
+
+
+def test_the_checkpoint_thread_never_makes_a_removed_sqlite_file_again(shelve_backend, tmp_path):
+    from flask_river_ml.storage.sqlite_checkpoints import EVERY_SECONDS
+
+    path = tmp_path / "folder" / "store.sqlite3"
+    shelve_backend.set("k", b"v")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink()
+    time.sleep(4 * EVERY_SECONDS)
+    assert not path.exists()
+    # The next request starts the store afresh, as before.
+    assert shelve_backend.get("k") is None and path.exists()
+
+
 def test_a_sqlite_file_locked_too_long_is_unavailable_for_writes(shelve_backend, tmp_path, monkeypatch):
     """Another writer holds the file's lock longer than a write waits: writes are refused,
     saying so; reads go on (WAL); once it lets go, writes go through."""

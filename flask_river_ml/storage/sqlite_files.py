@@ -25,6 +25,7 @@ from types import TracebackType
 
 from ..errors import StoreUnavailable
 from .base import Backend
+from .sqlite_checkpoints import REQUEST_PAGES, Checkpoints
 
 logger = logging.getLogger("flask_river_ml.storage")
 
@@ -77,6 +78,9 @@ class SqliteFiles(Backend):
         self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
         #: The device and inode of the file this process opened last.
         self._known: tuple[int, int] | None = None
+        self._checkpoints = Checkpoints(self.path)
+        # A store dropped without close() stops its thread too.
+        weakref.finalize(self, self._checkpoints.stop)
 
     @property
     def description(self) -> str:
@@ -123,6 +127,8 @@ class SqliteFiles(Backend):
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process; only a power cut can lose the tail.
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints are this process's thread's to make (sqlite_checkpoints).
+            db.execute(f"PRAGMA wal_autocheckpoint={REQUEST_PAGES}")
             identity = self._identity()
             if identity != self._known and self._known is not None:
                 logger.warning("The %s was removed or replaced; the file now there is used.", self.description)
@@ -138,6 +144,7 @@ class SqliteFiles(Backend):
         weakref.finalize(holder, db.close)
         self._local.holder = holder
         self._holders.add(holder)
+        self._checkpoints.start()
         return holder
 
     def _drop(self) -> None:
@@ -179,6 +186,7 @@ class SqliteFiles(Backend):
         self._db().execute("SELECT 1 FROM listeners LIMIT 1").fetchall()
 
     def close(self) -> None:
+        self._checkpoints.stop()
         for holder in list(self._holders):
             if holder.pid == os.getpid():  # the parent's connections are the parent's to close
                 with contextlib.suppress(sqlite3.Error):
