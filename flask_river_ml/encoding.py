@@ -8,10 +8,23 @@ numpy scalars, infinities. These helpers make them JSON without losing what they
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from typing import Any
 
+import orjson
+
 from .errors import INTERPRETER_EXITS, InvalidInput, RiverMLError
+
+
+def json_bytes(value: Any, *, sort_keys: bool = True) -> bytes:
+    """``value``, made of plain JSON types (:func:`jsonable`'s), as compact UTF-8 JSON with
+    its keys sorted unless told otherwise: written by orjson, or by the standard library for
+    an integer beyond 64 bits, which orjson cannot write."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def json_key(key: Any) -> str:
@@ -31,7 +44,10 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        # numpy's float64 is a float, but not one that every JSON writer takes.
+        if not math.isfinite(value):
+            return str(value)
+        return value if type(value) is float else float(value)
     if isinstance(value, dict):
         return {json_key(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -6,14 +6,22 @@ value nested hundreds deep overflows the stack of whatever walks it next (the re
 pickler). Both are refused here, with a message that says what to send instead, and so are
 integers too large for a float (a model's arithmetic overflows on them half-way through a
 learn).
+
+A body is parsed by orjson, several times faster than the standard library's parser, which
+calls back into Python for every number. Where the two could differ, the body is parsed
+again by the standard library, whose reading (and whose refusal, with its message) is the
+answer: so a body reads the same whichever parser read it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
+
+import orjson
 
 from .errors import InvalidInput
 
@@ -21,6 +29,9 @@ from .errors import InvalidInput
 MAX_DEPTH = 16
 #: How long a prediction's identifier may be.
 MAX_IDENTIFIER = 256
+#: orjson reads an integer beyond 64 bits as the nearest float; the standard parser reads it
+#: exactly. A float this large may have been one: its body is read again.
+_INTEGER_RANGE = 2.0**63
 
 
 def _finite(text: str) -> float:
@@ -39,6 +50,17 @@ def parse_json(data: bytes) -> Any:
     """The JSON value in ``data``; :class:`InvalidInput` when it is malformed, holds a
     non-finite number or nests deeper than :data:`MAX_DEPTH`."""
     try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # Malformed, or what only the standard parser reads (a byte order mark, UTF-16, a
+        # lone surrogate, a very deep nesting): it says which.
+        return _parse_exactly(data)
+    return value if _read_alike(value) else _parse_exactly(data)
+
+
+def _parse_exactly(data: bytes) -> Any:
+    """``data`` read by the standard library, which parses every number it meets in Python."""
+    try:
         value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
     except RecursionError:
         raise InvalidInput(f"The request body nests deeper than {MAX_DEPTH} levels.") from None
@@ -46,6 +68,31 @@ def parse_json(data: bytes) -> Any:
         raise InvalidInput(f"The request body is not valid JSON: {error}.") from None
     check_values(value, "The request body")
     return value
+
+
+def _read_alike(value: Any) -> bool:
+    """Whether ``value``, as orjson read it, is what the standard parser reads from the same
+    body and within the bounds: no container deeper than :data:`MAX_DEPTH` and no float
+    that is not finite or that an integer beyond 64 bits may have become. False says only
+    that the body must be read again; orjson's integers and strings are exact."""
+    if type(value) is float:
+        return -_INTEGER_RANGE < value < _INTEGER_RANGE
+    if type(value) is not dict and type(value) is not list:
+        return True
+    pending = [(value, 1)]
+    while pending:
+        container, depth = pending.pop()
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is float:
+                # A NaN fails both comparisons.
+                if not -_INTEGER_RANGE < item < _INTEGER_RANGE:
+                    return False
+            elif kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    return False
+                pending.append((item, depth + 1))
+    return True
 
 
 def check_values(value: Any, what: str) -> None:
@@ -117,3 +164,13 @@ def _flat_and_finite(items: Any) -> bool:
         elif kind is not str and kind is not bool and item is not None:
             return False
     return True
+
+
+def new_identifier() -> str:
+    """A random UUID, version 4, written as ``str(uuid.uuid4())`` writes one: every predict
+    makes one, and this takes half the time of building a UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    digits = raw.hex()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

@@ -14,13 +14,12 @@ limit is read before the batch is refused as too large.
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Iterable, Sized
 from typing import Any
 
 from .engine import Learn, Predict
 from .errors import InvalidInput, RiverMLError, TooLarge
-from .payloads import check_features, check_identifier, check_values
+from .payloads import check_features, check_identifier, check_values, new_identifier
 
 #: The fields of a learn sample given as a dictionary.
 LEARN_FIELDS = ("features", "ground_truth", "prediction", "identifier")
@@ -93,7 +92,7 @@ def predict_requests(
             x = sample[0] if isinstance(sample, tuple | list) and len(sample) == 2 else sample
             x = check_features(x, max_features)
             if identifier is None and generate:
-                requests.append(Predict(x, str(uuid.uuid4()), None, True))
+                requests.append(Predict(x, new_identifier(), None, True))
             else:
                 requests.append(Predict(x, None if identifier is None else check_identifier(identifier)))
         except RiverMLError as error:

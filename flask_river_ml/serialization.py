@@ -33,16 +33,22 @@ class Codec:
     """Pickles and signs, verifies and unpickles, with one secret key."""
 
     def __init__(self, secret: str | bytes) -> None:
-        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._keyed = hmac.new(secret.encode() if isinstance(secret, str) else bytes(secret), digestmod=_DIGEST)
+
+    def _signature(self, payload: bytes) -> bytes:
+        # A copy of the keyed state: keying a new HMAC costs more than hashing a record.
+        mac = self._keyed.copy()
+        mac.update(payload)
+        return mac.digest()
 
     def sign(self, payload: bytes) -> bytes:
         """``payload`` prefixed with its signature."""
-        return hmac.new(self._key, payload, _DIGEST).digest() + payload
+        return self._signature(payload) + payload
 
     def verify(self, blob: bytes) -> bytes:
         """The payload of a signed ``blob``; :class:`TamperedData` when the signature is wrong."""
         mac, payload = blob[:_MAC_SIZE], blob[_MAC_SIZE:]
-        if not hmac.compare_digest(mac, hmac.new(self._key, payload, _DIGEST).digest()):
+        if not hmac.compare_digest(mac, self._signature(payload)):
             raise TamperedData(
                 "A stored blob failed its signature check and was not loaded: it was written with another "
                 "RIVER_ML_SHELVE_SECRET_KEY (processes and hosts sharing a store need the same one) or tampered with."

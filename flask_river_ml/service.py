@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +23,7 @@ from .errors import InvalidInput, ModelExists, ModelFailed, ModelNotFound, Unsaf
 from .events import Events
 from .flavors import Flavor, get_flavor, model_code
 from .names import check_name, generate_name
-from .payloads import check_features, check_identifier, check_values
+from .payloads import check_features, check_identifier, check_values, new_identifier
 from .spec import MAX_MODEL_BYTES, build
 from .unpickle import safe_loads
 
@@ -180,7 +179,7 @@ class Service:
         check_name(name)
         generated = identifier is None and self.generate_identifiers
         if generated:
-            identifier = str(uuid.uuid4())
+            identifier = new_identifier()
         elif identifier is not None:
             identifier = check_identifier(identifier)
         scored = self.engine.predict(name, Predict(features, identifier, started, generated))

@@ -1,8 +1,8 @@
 """Timing statistics of learn and predict calls, in the format of the stats route.
 
 Each kind of call of each model has a count, a total and an exponentially weighted mean,
-updated by one atomic backend operation per call, so calls from every process are counted
-exactly once and in one order.
+updated by the call's own guarded write (a learn whose record then fails is taken back by
+one more), so calls from every process are counted exactly once and in one order.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from river import datasets, linear_model, preprocessing
 
@@ -137,6 +139,15 @@ def test_predict_identifiers_setting(make_app):
         assert river_ml.predict(x, name) == {"model": name, "prediction": 0.0}
         assert river_ml.predict(x, name, identifier=7) == {"model": name, "prediction": 0.0, "identifier": "7"}
         assert river_ml.label(1.0, 7, name) == "Successful label."
+
+
+def test_generated_identifiers_are_random_uuids(river_ml):
+    name = river_ml.add_model(regressor(), "regression")
+    identifiers = [river_ml.predict({"x": 1.0}, name)["identifier"] for _ in range(50)]
+    assert len(set(identifiers)) == 50
+    for identifier in identifiers:
+        parsed = uuid.UUID(identifier)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, identifier)
 
 
 def test_stats_format(river_ml):

@@ -8,7 +8,7 @@ import pytest
 from river import datasets, linear_model, preprocessing
 
 from flask_river_ml import FlaskRiverML, InvalidInput
-from flask_river_ml.payloads import MAX_DEPTH
+from flask_river_ml.payloads import MAX_DEPTH, _parse_exactly, parse_json
 
 MODEL = "served"
 SAMPLES = list(datasets.TrumpApproval().take(5))
@@ -205,3 +205,51 @@ def test_samples_with_more_features_than_the_bound_are_refused(make_app, backend
     narrow = {f"f{i}": 1.0 for i in range(50)}
     assert client.post("/api/learn/", json={"model": name, "features": narrow, "ground_truth": 1.0}).status_code == 201
     assert client.get(f"/api/stats/?model={name}").get_json()["learn"]["n_calls"] == 1
+
+
+def _nested_text(depth: int, inner: str = "1.5") -> bytes:
+    return ('{"a": ' * (depth - 1) + inner + "}" * (depth - 1)).encode()
+
+
+#: Bodies where a fast parser could read otherwise than the standard one: integers beyond 64
+#: bits, floats about as large, encodings and escapes it may refuse, nesting at the bound.
+_TRICKY_BODIES = [
+    b'{"model": "m", "features": {"x": 1.5, "y": -0.0, "z": 3}, "ground_truth": true}',
+    b'{"a": 18446744073709551616}',
+    b'{"a": 18446744073709551615}',
+    b'{"a": -9223372036854775809}',
+    b'[9223372036854775808, -9223372036854775808, 1e19, -1e19, 9.3e18, 1e308, 5e-324]',
+    b'{"identifier": 123456789012345678901234567890}',
+    b'"\\ud800"',
+    b'"\\u00e9\\n\\"\xc3\xa9"',
+    b'\xef\xbb\xbf{"a": 1}',
+    '{"a": [1, "é"]}'.encode("utf-16"),
+    b'{"a": 1, "a": 2}',
+    b'"x"',
+    b"-0",
+    b"1.0000000000000001",
+    b"[]",
+    b"",
+    b"{",
+    b'{"a": NaN}',
+    b'{"a": 1e999}',
+    b"[" * 2000 + b"]" * 2000,
+    _nested_text(MAX_DEPTH),
+    _nested_text(MAX_DEPTH + 1),
+    _nested_text(MAX_DEPTH, "[]"),
+    _nested_text(MAX_DEPTH - 1, "[[]]"),
+]
+
+
+def _read(parse, data: bytes) -> tuple:
+    try:
+        return "read", repr(parse(data))
+    except InvalidInput as error:
+        return "refused", error.message
+
+
+@pytest.mark.parametrize("data", _TRICKY_BODIES)
+def test_a_body_reads_the_same_whichever_parser_reads_it(data):
+    """A body reads as the standard library reads it, value by value and type by type, and
+    is refused with its message, wherever orjson would read it otherwise."""
+    assert _read(parse_json, data) == _read(_parse_exactly, data)

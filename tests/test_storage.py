@@ -209,6 +209,53 @@ def test_observe_counts_totals_and_weighs(backend):
     assert backend.observed("t") is None
 
 
+def test_a_commit_takes_back_a_call_an_earlier_one_timed(backend):
+    """A retraction takes its duration out of the count and the total exactly, and out of the
+    weighted mean while its commit's step is still the last; nothing left reads as empty."""
+    for value in (10, 20):
+        backend.observe("t", value, 0.3)
+    after_two = backend.observed("t")
+    timing = ("t", 30, 0.3)
+    tally = backend.commit(Change(observes=(timing,))).tallies[0]
+    assert tally == (3, 60)
+    assert backend.commit(Change(retracts=((timing, tally),))) == Outcome(True)
+    count, total, mean = backend.observed("t")
+    assert (count, total) == after_two[:2] and mean == pytest.approx(after_two[2])
+    # Timed again, then another call comes in between: the mean keeps the duration taken back.
+    tally = backend.commit(Change(observes=(timing,))).tallies[0]
+    backend.observe("t", 40, 0.3)
+    moved = backend.observed("t")
+    backend.commit(Change(retracts=((timing, tally),)))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == (3, 70) and mean == pytest.approx(moved[2])
+    # The only call taken back: the timing reads as never observed, and starts again.
+    only = ("u", 7, 0.3)
+    backend.commit(Change(retracts=((only, backend.commit(Change(observes=(only,))).tallies[0]),)))
+    assert backend.observed("u") == (0, 0, 0.0)
+    backend.observe("u", 5, 0.3)
+    assert backend.observed("u") == (1, 5, 5.0)
+    # A timing gone meanwhile (its model deleted) stays gone; a guard that fails changes nothing.
+    backend.commit(Change(retracts=((("gone", 3, 0.3), (1, 3)),)))
+    assert backend.observed("gone") is None
+    backend.set("model", b"g2")
+    refused = backend.commit(Change(retracts=((("u", 5, 0.3), (1, 5)),)), Guard("log", None, "model", b"g1"))
+    assert refused == Outcome(False) and backend.observed("u") == (1, 5, 5.0)
+
+
+def test_a_commit_that_times_many_calls_of_one_key_takes_them_back_last_first(backend):
+    """As a batch does: one commit times a call per sample under one key, each with its tally;
+    taken back last first, the timing is what it was before, count, total and mean."""
+    backend.observe("t", 10, 0.3)
+    before = backend.observed("t")
+    timings = tuple(("t", duration, 0.3) for duration in (4, 9, 2, 30))
+    outcome = backend.commit(Change(observes=timings))
+    assert outcome.tallies == ((2, 14), (3, 23), (4, 25), (5, 55))
+    assert backend.observed("t")[:2] == (5, 55)
+    backend.commit(Change(retracts=tuple(zip(reversed(timings), reversed(outcome.tallies), strict=True))))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == before[:2] and mean == pytest.approx(before[2])
+
+
 def test_observe_counts_across_threads(backend):
     def work():
         for _ in range(50):
@@ -345,7 +392,7 @@ def test_peek_reads_a_key_and_a_log_tail(backend):
 
 def test_a_commit_sets_and_observes_together(backend):
     change = Change(sets=(("a", b"1", 60), ("b", b"2", None)), observes=(("t", 7, 0.3),))
-    assert backend.commit(change) == Outcome(True)
+    assert backend.commit(change) == Outcome(True, tallies=((1, 7),))
     assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     assert backend.observed("t") == (1, 7, 7.0)
     backend.commit(Change(sets=(("short", b"x", 0.05),), observes=(("t", 3, 0.5), ("u", 4, 0.5))))
@@ -411,7 +458,8 @@ def test_redis_commits_survive_a_server_that_lost_its_scripts(tmp_path):
             backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
             client.script_flush()
             guard = Guard("log", round_, "model", b"g")
-            assert backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard) == Outcome(True, round_ + 1)
+            written = backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard)
+            assert written == Outcome(True, round_ + 1, tallies=((round_ + 1, 4 * (round_ + 1)),))
             assert backend.get("a") == str(round_).encode()
         assert backend.observed("t") == (3, 30, 10.0)
         assert backend.observed("u") == (3, 12, 4.0)
@@ -668,6 +716,51 @@ def test_a_replaced_sqlite_file_is_opened_again(shelve_backend, tmp_path):
     reader = shelve_at(tmp_path / "folder" / "store")
     assert reader.get("k") == b"new"
     reader.close()
+
+
+def _checkpointers() -> int:
+    return sum(thread.name == "river-ml-checkpoints" for thread in threading.enumerate())
+
+
+def test_a_shelve_store_checkpoints_its_log_on_a_thread_of_its_own(shelve_backend, tmp_path):
+    """Commits leave their log to a thread of the process, which copies it into the file soon
+    after; a request checkpoints only past a log far larger. Closing the store ends the thread."""
+    from flask_river_ml.storage.sqlite_checkpoints import EVERY_SECONDS, REQUEST_PAGES
+
+    path = tmp_path / "folder" / "store.sqlite3"
+    shelve_backend.set("k", b"v")
+    assert shelve_backend._db().execute("PRAGMA wal_autocheckpoint").fetchone() == (REQUEST_PAGES,)
+    assert _checkpointers() >= 1
+    deadline = time.monotonic() + 20 * EVERY_SECONDS
+    while True:
+        # The file alone, without its log, holds the value once a checkpoint copied it there.
+        shutil.copy(path, tmp_path / "alone.sqlite3")
+        alone = sqlite3.connect(tmp_path / "alone.sqlite3")
+        try:
+            found = alone.execute("SELECT value FROM kv WHERE key = 'k'").fetchone()
+        except sqlite3.OperationalError:  # not even the tables yet
+            found = None
+        alone.close()
+        if found == (b"v",):
+            break
+        assert time.monotonic() < deadline, "the log was not checkpointed"
+        time.sleep(EVERY_SECONDS / 2)
+    before = _checkpointers()
+    shelve_backend.close()
+    assert _checkpointers() == before - 1
+
+
+def test_the_checkpoint_thread_never_makes_a_removed_sqlite_file_again(shelve_backend, tmp_path):
+    from flask_river_ml.storage.sqlite_checkpoints import EVERY_SECONDS
+
+    path = tmp_path / "folder" / "store.sqlite3"
+    shelve_backend.set("k", b"v")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink()
+    time.sleep(4 * EVERY_SECONDS)
+    assert not path.exists()
+    # The next request starts the store afresh, as before.
+    assert shelve_backend.get("k") is None and path.exists()
 
 
 def test_a_sqlite_file_locked_too_long_is_unavailable_for_writes(shelve_backend, tmp_path, monkeypatch):

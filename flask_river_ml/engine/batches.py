@@ -11,7 +11,8 @@ replica's lock from its decision to the last sample learnt, so it learns its own
 sample by sample, and sees each sample's prediction and the metrics after it: the events it
 announces are those of as many single learns. A sample that fails in the model fails the
 record, which every replica skips whole, and the sender's waiting predictions wait again. The
-learn timings count one call per sample, each the batch's duration shared out.
+learn timings, written in the same commit, count one call per sample, each its share of the
+batch's duration up to its write; a batch whose record fails takes them back.
 
 A predict batch is decided and committed with the rules of a single predict
 (:meth:`Requests._commit`): every prediction is the stored model's, made after every record
@@ -36,17 +37,16 @@ from ..errors import (
     IdentifierNotFound,
     ModelFailed,
     RiverMLError,
-    StoreUnavailable,
 )
 from ..flavors import Scored, describe, get_flavor, metric_values
 from ..stats import EWM_ALPHA
 from ..storage import Backend
-from ..storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Put, Timing
+from ..storage.base import EXISTS, TAKEN, Change, Guard, Put, Timing
 from .batch_records import Each, Sample, read, record
 from .batch_records import learn as learn_samples
 from .entries import entry, read_entry
 from .replicas import Replica
-from .requests import _TRIES, Learn, Learned, Predict, Requests
+from .requests import _TRIES, Committed, Learn, Learned, Predict, Requests
 
 logger = logging.getLogger("flask_river_ml.engine")
 
@@ -102,9 +102,11 @@ class Batches:
 
         def decide(replica: Replica) -> tuple[Change, list[Sample]]:
             recorded = _checked(replica, samples, inputs)
-            return Change(record=self.codec.dumps(record(recorded)), takes=takes), recorded
+            timings = _timings(name, "learn", started, len(samples))
+            return Change(self.codec.dumps(record(recorded)), takes=takes, observes=timings), recorded
 
-        with self._committed(name, decide) as (replica, recorded, outcome):
+        with self._committed(name, decide) as committed:
+            replica, recorded, outcome = committed.replica, committed.result, committed.outcome
             if outcome.conflict == TAKEN:
                 raise _taken(self.backend, name, samples, waiting)
             assert outcome.seq is not None
@@ -117,8 +119,8 @@ class Batches:
             logger.warning("Model %r could not learn record %d, which every replica skips: %s", name, seq, failure)
             for key, blob in takes:
                 self.backend.add(key, blob, self.requests.waiting_ttl)
+            self.requests.untime(name, committed)
             raise failure
-        self._observe(name, _timings(name, "learn", started, len(samples)))
         if watch and not learnt:
             watched = _as_recorded(replica, recorded)
         return LearnedBatch(len(samples), watched)
@@ -155,7 +157,7 @@ class Batches:
     @contextlib.contextmanager
     def _committed(
         self, name: str, decide: Callable[[Replica], tuple[Change, list[Sample]]]
-    ) -> Iterator[tuple[Replica, list[Sample], Outcome]]:
+    ) -> Iterator[Committed[list[Sample]]]:
         """Decide on this process's replica, up to date with the store, and commit the change
         decided; the block runs with the replica's lock still held, so no other thread of this
         process learns the record before its sender does.
@@ -170,9 +172,10 @@ class Batches:
             with replica.lock:
                 change, recorded = decide(replica)
                 current = entry(replica.flavor.name, replica.generation)
-                outcome = self.backend.commit(change, Guard(layout.log(name), None, layout.model(name), current))
+                guard = Guard(layout.log(name), None, layout.model(name), current)
+                outcome = self.backend.commit(change, guard)
                 if outcome.written or outcome.conflict is not None:
-                    yield replica, recorded, outcome
+                    yield Committed(replica, change, recorded, guard, outcome)
                     return
         raise Busy(f"Model '{name}' was replaced while this batch was answered; try again shortly.")
 
@@ -212,13 +215,6 @@ class Batches:
             )
             return False, _failure(replica.skipped.get(seq))
 
-    def _observe(self, name: str, timings: tuple[Timing, ...]) -> None:
-        # The record is stored: the batch has succeeded, whatever its timing does.
-        try:
-            self.backend.commit(Change(observes=timings))
-        except StoreUnavailable as error:
-            logger.warning("Model %r: a stored batch was not timed (%s).", name, error.message)
-
     # --- predict -------------------------------------------------------------------------------
 
     def predict(self, name: str, samples: Sequence[Predict], started: int | None = None) -> list[Scored]:
@@ -252,13 +248,13 @@ class Batches:
             return Change(sets=tuple(generated), creates=tuple(given), observes=timings), predictions
 
         try:
-            _, predictions, outcome = self.requests._commit(name, decide)
+            committed = self.requests._commit(name, decide)
         except ModelFailed as error:
             logger.warning("Model %r could not predict: %s", name, error.message)
             raise
-        if outcome.conflict == EXISTS:
+        if committed.outcome.conflict == EXISTS:
             raise _existing(self.backend, name, samples)
-        return predictions
+        return committed.result
 
 
 def _checked(replica: Replica, samples: Sequence[Learn], inputs: Sequence[_Input]) -> list[Sample]:

@@ -12,6 +12,7 @@ SQLite file) starts a new identity and never hands out a generation a replica al
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from typing import Any
@@ -21,8 +22,10 @@ from ..errors import ModelNotFound
 from ..storage import Backend
 
 
+@functools.lru_cache(maxsize=1024)
 def entry(flavor: str, generation: str | None) -> bytes:
-    """The model entry of a model of ``flavor`` at ``generation``."""
+    """The model entry of a model of ``flavor`` at ``generation`` (every guarded commit asks
+    for the entry of its replica: made once per generation)."""
     return json.dumps({"flavor": flavor, "generation": generation}).encode()
 
 

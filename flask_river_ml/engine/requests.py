@@ -10,12 +10,11 @@ arrived, and a waiting prediction is consumed exactly when the learn made from i
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .. import layout
 from ..errors import (
@@ -73,6 +72,18 @@ class Learn:
 
 
 @dataclass(slots=True)
+class Committed(Generic[_Result]):
+    """A commit made: on which replica, the change decided and the decision's result, the
+    guard it was made under, and its outcome."""
+
+    replica: Replica
+    change: Change
+    result: _Result
+    guard: Guard
+    outcome: Outcome
+
+
+@dataclass(slots=True)
 class Learned:
     """A learn that was written: the features learned, the prediction scored, if any, and the
     ground truth as it was recorded (a label read as the model's class)."""
@@ -102,38 +113,39 @@ class Requests:
         def decide(replica: Replica) -> tuple[Change, Scored]:
             replica.check_sample(x)
             scored = replica.predict(x)
-            timing = _timing(name, "predict", request.started)
             if request.identifier is None:
-                return Change(observes=timing), scored
+                return Change(observes=_timing(name, "predict", request.started)), scored
             record = self.codec.dumps((x, scored.value, scored.label, scored.proba))
             waiting = (layout.waiting(name, request.identifier), record, self.waiting_ttl)
+            timing = _timing(name, "predict", request.started)
             if request.generated:
                 return Change(sets=(waiting,), observes=timing), scored
             return Change(create=waiting, observes=timing), scored
 
         try:
-            _, scored, outcome = self._commit(name, decide)
+            committed = self._commit(name, decide)
         except ModelFailed as error:
             logger.warning("Model %r could not predict: %s", name, error.message)
             raise
-        if outcome.conflict == EXISTS:
+        if committed.outcome.conflict == EXISTS:
             # Replacing it would make the label that comes for it train on other features.
             raise IdentifierExists(
                 f"A prediction of model '{name}' already waits for a label under identifier "
                 f"'{request.identifier}'; label it, or predict under a new identifier."
             )
-        return scored
+        return committed.result
 
     def learn(self, name: str, request: Learn) -> Learned:
         """Make the model learn durably; the features learned and the prediction scored.
 
         With a ground truth and no prediction (given or waiting), the model predicts first, so
         the metrics are prequential; a model that cannot predict yet still learns, and the
-        metrics skip the sample. Once the record is committed the learn has succeeded,
-        whatever happens to the steps after it (applying records of others, the snapshot):
-        later requests make them again. Only the record's own failure, which every replica
-        skips, is an error: :class:`ModelFailed`, the record counts as never stored, and the
-        waiting prediction it consumed waits again.
+        metrics skip the sample. The record and the learn's timing are committed together, in
+        one write. Once it is committed the learn has succeeded, whatever happens to the steps
+        after it (applying records of others, the snapshot): later requests make them again.
+        Only the record's own failure, which every replica skips, is an error:
+        :class:`ModelFailed`, the record counts as never stored, its timing is taken back and
+        the waiting prediction it consumed waits again.
         """
         # The waiting prediction learned from, as (key, value): the commit takes it.
         waiting = None if request.identifier is None else self._waiting(name, request.identifier, request.ground_truth)
@@ -148,8 +160,10 @@ class Requests:
             flavor = replica.flavor
             made = given
             if made is None and request.prediction is None and request.ground_truth is not None:
-                with contextlib.suppress(ModelFailed):
+                try:
                     made = replica.predict(x)
+                except ModelFailed:
+                    pass  # the sample is learned; the metrics skip it
             # Read before the record is written: every replica, and every replay, learns the class.
             y, prediction = flavor.read_classes(
                 replica.model, replica.metrics, x, made, request.ground_truth, request.prediction
@@ -158,9 +172,11 @@ class Requests:
             if made is None and prediction is not None:
                 made = flavor.from_value(prediction)
             parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
-            return Change(record=self.codec.dumps((x, y, *parts)), take=waiting), (y, made)
+            record = self.codec.dumps((x, y, *parts))
+            return Change(record, take=waiting, observes=_timing(name, "learn", request.started)), (y, made)
 
-        replica, (y, made), outcome = self._commit(name, decide)
+        committed = self._commit(name, decide)
+        replica, (y, made), outcome = committed.replica, committed.result, committed.outcome
         if outcome.conflict == TAKEN:
             raise self._not_waiting(name, request.identifier)
         assert outcome.seq is not None
@@ -172,9 +188,8 @@ class Requests:
             if waiting is not None:
                 # The record is skipped everywhere: its prediction waits for a label again.
                 self.backend.add(*waiting, self.waiting_ttl)
+            self.untime(name, committed)
             raise ModelFailed(failure)
-        for timing in _timing(name, "learn", request.started):
-            self._observe(name, timing)
         return Learned(x, made, y)
 
     def _waiting(self, name: str, identifier: str, y: Any) -> tuple[str, bytes]:
@@ -213,18 +228,24 @@ class Requests:
             self.snapshots.try_take(name, replica)
         return failure
 
-    def _observe(self, name: str, timing: Timing) -> None:
-        # The record is stored: the learn has succeeded, whatever its timing does.
+    def untime(self, name: str, committed: Committed[Any]) -> None:
+        """Take the timing of a learn (or batch) whose record failed out of the stats, which count the
+        calls that succeeded; only while the model is the one it was committed to (a model
+        deleted since has no stats left, and a new one under its name has stats of its own)."""
+        # Last first: each is then taken back from the timing as its own step left it (a
+        # batch times one call per sample under one key).
+        retracts = tuple(zip(reversed(committed.change.observes), reversed(committed.outcome.tallies), strict=True))
+        if not retracts:
+            return
+        guard = Guard(committed.guard.log, None, committed.guard.key, committed.guard.value)
         try:
-            self.backend.observe(*timing)
+            self.backend.commit(Change(retracts=retracts), guard)
         except StoreUnavailable as error:
-            logger.warning("Model %r: a stored learn was not timed (%s).", name, error.message)
+            logger.warning("Model %r: a learn that failed stays counted in its stats (%s).", name, error.message)
 
-    def _commit(
-        self, name: str, decide: Callable[[Replica], tuple[Change, _Result]]
-    ) -> tuple[Replica, _Result, Outcome]:
+    def _commit(self, name: str, decide: Callable[[Replica], tuple[Change, _Result]]) -> Committed[_Result]:
         """Decide on this process's replica, then commit the change decided, guarded by the
-        model entry it was decided on; the replica, the decision's result and the outcome
+        model entry it was decided on; the replica, the decision, its result and the outcome
         (written, or refused by its own ``take`` or ``create``).
 
         No read of the store comes first. The first commit is also guarded by the log position
@@ -251,7 +272,7 @@ class Requests:
                 continue
             outcome = self.backend.commit(change, guard)
             if outcome.written or outcome.conflict is not None:
-                return replica, result, outcome
+                return Committed(replica, change, result, guard, outcome)
             if outcome.unseen:
                 self.replicas.catch_up(name, replica, outcome.unseen)
             else:
@@ -276,7 +297,8 @@ class Requests:
 
 
 def _timing(name: str, kind: str, started: int | None) -> tuple[Timing, ...]:
-    """The timing of a ``kind`` call of model ``name`` started at ``started``, if timed."""
+    """The timing of a ``kind`` call of model ``name`` started at ``started``, if timed: its
+    duration up to now, as its write is about to be made."""
     if started is None:
         return ()
     return ((layout.timings(name, kind), time.perf_counter_ns() - started, EWM_ALPHA),)

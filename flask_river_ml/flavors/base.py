@@ -14,9 +14,10 @@ request can take its worker down.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
+from types import TracebackType
 from typing import Any, ClassVar
 
 from river import compose, metrics
@@ -41,17 +42,31 @@ def describe(error: BaseException) -> str:
     return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
 
 
-@contextlib.contextmanager
-def model_code(failure: str) -> Iterator[None]:
+#: What passes through :class:`model_code` as it is.
+_PASSING = (*INTERPRETER_EXITS, RiverMLError)
+
+
+class model_code(contextlib.AbstractContextManager[None]):  # noqa: N801 - reads as the call it wraps
     """Run a call into a model, a metric or their pickles: whatever it raises becomes
     :class:`ModelFailed` with ``failure`` and the error, except the interpreter's own exits
-    (a worker asked to stop) and the package's errors, which pass as they are."""
-    try:
-        yield
-    except (*INTERPRETER_EXITS, RiverMLError):
-        raise
-    except BaseException as error:  # noqa: BLE001 - model code may raise anything, a panic included
-        raise ModelFailed(f"{failure}: {describe(error)}") from error
+    (a worker asked to stop) and the package's errors, which pass as they are.
+
+    A class rather than a generator: every learn and predict enters several, and a
+    generator's context costs several times more to enter and leave."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: str) -> None:
+        self.failure = failure
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is not None and not isinstance(error, _PASSING):
+            raise ModelFailed(f"{self.failure}: {describe(error)}") from error
 
 
 @dataclass(slots=True)

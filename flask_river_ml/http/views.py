@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 import river
 from flask import Blueprint, Response, current_app, render_template, request, url_for
-from marshmallow import Schema, ValidationError
+from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BuildError
 
 from ..auth import LEARN, MANAGE, PREDICT
-from ..encoding import jsonable
+from ..encoding import json_bytes, jsonable
 from ..errors import Forbidden, InvalidInput, RiverMLError, StoreUnavailable, UnsafePickle
 from ..events import EVENTS, METRICS, sse
 from ..payloads import parse_json
@@ -28,14 +28,15 @@ from ..service import Service
 from ..settings import VIEWS, Settings
 from ..version import __version__
 from .access import check_pickle_upload, issue_token, require_scope, state
-from .schemas import LabelSchema, LearnBatchSchema, LearnSchema, ModelSchema, PredictBatchSchema, PredictSchema
+from .schemas import LabelSchema, LearnBatchSchema, LearnSchema, Loader, ModelSchema, PredictBatchSchema, PredictSchema
 
 # Named as before the views moved into this subpackage: logging configurations name it.
 logger = logging.getLogger("flask_river_ml.views")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
-# Built once: building a schema copies its fields, and loading keeps no state in it.
-_LEARN, _PREDICT, _LABEL, _MODEL = LearnSchema(), PredictSchema(), LabelSchema(), ModelSchema()
+# Built once: building a schema copies its fields, and a loader reads them then; loading keeps no state.
+_LEARN, _PREDICT, _LABEL, _MODEL = (Loader(cls()) for cls in (LearnSchema, PredictSchema, LabelSchema, ModelSchema))
+# A batch's samples are read by the service, which takes the same samples in process.
 _LEARN_BATCH, _PREDICT_BATCH = LearnBatchSchema(), PredictBatchSchema()
 Handler = Callable[..., Response]
 
@@ -45,8 +46,8 @@ def _service() -> Service:
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    body = current_app.json.dumps(jsonable(data))
-    return current_app.response_class(body, status=status, mimetype="application/json")
+    # The API's own encoding, whatever JSON provider the host app has: compact, keys sorted.
+    return current_app.response_class(json_bytes(jsonable(data)), status=status, mimetype="application/json")
 
 
 def _body() -> dict[str, Any]:
@@ -60,10 +61,6 @@ def _body() -> dict[str, Any]:
     return payload
 
 
-def _load(schema: Schema, payload: dict[str, Any]) -> dict[str, Any]:
-    return schema.load(payload)  # type: ignore[no-any-return]
-
-
 def _model_name(name: str | None = None) -> str:
     """The model named in the path, the query string, a form or a JSON body."""
     if name is not None:
@@ -71,7 +68,7 @@ def _model_name(name: str | None = None) -> str:
     payload = {**request.args.to_dict(), **request.form.to_dict()}
     if not request.form:
         payload.update(_body())
-    return str(_load(_MODEL, {"model": payload.get("model")})["model"])
+    return str(_MODEL.load({"model": payload.get("model")})["model"])
 
 
 # --- views -------------------------------------------------------------------------------------
@@ -123,7 +120,7 @@ def upload(flavor: str, name: str | None = None) -> Response:
 
 def model_json(name: str) -> Response:
     # A pipeline's steps come in order: the keys must not be sorted.
-    body = current_app.json.dumps(_service().params(name), sort_keys=False)
+    body = json_bytes(_service().params(name), sort_keys=False)
     return current_app.response_class(body, status=200, mimetype="application/json")
 
 
@@ -147,7 +144,7 @@ def models() -> Response:
 
 
 def learn() -> Response:
-    payload = _load(_LEARN, _body())
+    payload = _LEARN.load(_body())
     message = _service().learn(
         payload["model"],
         ground_truth=payload["ground_truth"],
@@ -159,26 +156,26 @@ def learn() -> Response:
 
 
 def predict() -> Response:
-    payload = _load(_PREDICT, _body())
+    payload = _PREDICT.load(_body())
     result = _service().predict(payload["features"], payload["model"], payload["identifier"])
     # riverapi's flow: 201 when a record waits for its label, 200 otherwise.
     return _json(result, 201 if "identifier" in result else 200)
 
 
 def learn_batch() -> Response:
-    payload = _load(_LEARN_BATCH, _body())
+    payload = _LEARN_BATCH.load(_body())
     return _json({"learned": _service().learn_batch(payload["model"], payload["samples"])}, 201)
 
 
 def predict_batch() -> Response:
-    payload = _load(_PREDICT_BATCH, _body())
+    payload = _PREDICT_BATCH.load(_body())
     result = _service().predict_batch(payload["features"], payload["model"], payload["identifiers"])
     # As a single predict: 201 when predictions wait for their labels, 200 otherwise.
     return _json(result, 201 if any(identifier is not None for identifier in result["identifiers"]) else 200)
 
 
 def label() -> Response:
-    payload = _load(_LABEL, _body())
+    payload = _LABEL.load(_body())
     return _json(_service().label(payload["label"], payload["identifier"], payload["model"]))
 
 
@@ -299,10 +296,14 @@ ROUTES: list[Route] = [
 _OPEN_ENDPOINTS = ("dashboard",)
 
 
-def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool) -> Handler:
+def _dispatch(handlers: dict[str, tuple[Handler, str]], protected: bool, max_body: int) -> Handler:
     allowed = sorted({*handlers, "HEAD"} if "GET" in handlers else handlers)
 
     def view(**kwargs: Any) -> Response:
+        # A larger body is refused with 413 before it is read (only these views read one; the
+        # upload view allows pickles more). Set here rather than in a before_request hook,
+        # which Flask would also call for every static file and unknown path.
+        request.max_content_length = max_body
         method = "GET" if request.method == "HEAD" else request.method
         if method not in handlers:
             raise MethodNotAllowed(allowed, f"{request.method} is not allowed here; use {', '.join(allowed)}.")
@@ -372,18 +373,13 @@ def create_blueprint(settings: Settings) -> Blueprint:
             blueprint.add_url_rule(
                 route.rule,
                 endpoint=route.endpoint,
-                view_func=_dispatch(route.handlers, protected),
+                view_func=_dispatch(route.handlers, protected, settings.json_max_bytes),
                 methods=_METHODS,
                 strict_slashes=False,
             )
     if prefix != "/":
         # Without a prefix the whole app would be the catch-all's; the host's 404 stays.
         blueprint.add_url_rule("/<path:path>", endpoint="not_found", view_func=_not_found, methods=_METHODS)
-
-    @blueprint.before_request
-    def _limit_body() -> None:
-        # A larger body is refused with 413 before it is read; the upload view allows pickles more.
-        request.max_content_length = settings.json_max_bytes
 
     blueprint.register_error_handler(RiverMLError, _package_error)
     blueprint.register_error_handler(ValidationError, _invalid_payload)

@@ -52,6 +52,10 @@ Records = list[tuple[int, bytes]]
 Put = tuple[str, bytes, float | None]
 #: A call to time: ``(key, duration, alpha)`` (see :meth:`Timings.observe`).
 Timing = tuple[str, int, float]
+#: A timing's ``(count, total)`` as a commit that observed a call in it left it.
+Tally = tuple[int, int]
+#: A call an earlier commit timed, taken back: its timing and the tally that commit left.
+Retraction = tuple[Timing, Tally]
 
 
 @dataclass(slots=True)
@@ -78,7 +82,9 @@ class Change:
     only where its key still holds its value (the waiting prediction a label learns from), so
     of two labels of one prediction exactly one is written. ``creates`` and ``takes`` are more
     of each, for a request of many samples (a batch): one of them that cannot be made refuses
-    the whole change, as ``create`` and ``take`` do.
+    the whole change, as ``create`` and ``take`` do. ``observes`` times calls; ``retracts``
+    takes back calls timed by earlier commits (a learn whose record the model then failed
+    on), in order, as :func:`~flask_river_ml.storage.local.retracted` says.
     """
 
     record: bytes | None = None
@@ -88,6 +94,7 @@ class Change:
     observes: tuple[Timing, ...] = ()
     creates: tuple[Put, ...] = ()
     takes: tuple[tuple[str, bytes], ...] = ()
+    retracts: tuple[Retraction, ...] = ()
 
 
 #: Why a change whose guard held was not written: its ``take`` was gone, its ``create`` taken.
@@ -96,14 +103,16 @@ TAKEN, EXISTS = "taken", "exists"
 
 @dataclass(slots=True)
 class Outcome:
-    """What a commit did: ``written``, with the appended record's number; otherwise the
-    records the writer had not seen (the log moved on), none (the guarded key changed), or
-    the ``conflict`` of its ``take`` or ``create``."""
+    """What a commit did: ``written``, with the appended record's number and the tally each
+    of its ``observes`` left, in order; otherwise the records the writer had not seen (the
+    log moved on), none (the guarded key changed), or the ``conflict`` of its ``take`` or
+    ``create``."""
 
     written: bool
     seq: int | None = None
     unseen: Records = field(default_factory=list)
     conflict: str | None = None
+    tallies: tuple[Tally, ...] = ()
 
 
 class Store(abc.ABC):
@@ -187,7 +196,8 @@ class Timings(abc.ABC):
     The weighted mean starts at the first value, then moves by ``alpha`` towards each new one
     (:func:`flask_river_ml.storage.local.moved`). Timings live beside the keys (``keys`` does
     not list them; ``delete`` removes them); a commit's ``observes`` writes them, because every
-    learn and predict records one and a single atomic step is far cheaper than two.
+    learn and predict records one in the same atomic step as its write: one step is far
+    cheaper than two.
     """
 
     def observe(self, key: str, value: int, alpha: float) -> None:

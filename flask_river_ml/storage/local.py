@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
+from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records, Tally
 
 #: ``(count, total, weighted mean)`` of a timing.
 Timed = tuple[int, int, float]
@@ -46,7 +46,7 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
     Every commit of every learn and predict runs this: it reads by position rather than
     building lookups, and each part costs only where the change has it.
     """
-    take, create, observes = change.take, change.create, change.observes
+    take, create, observes, retracts = change.take, change.create, change.observes, change.retracts
     keys = [] if guard is None else [guard.key]
     if take is not None:
         keys.append(take[0])
@@ -57,6 +57,8 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         keys += [key for key, _ in takes]
         keys += [put[0] for put in creates]
     timed = [t[0] for t in observes]
+    if retracts:
+        timed += [timing[0] for timing, _ in retracts]
     if len(timed) > 1:
         # A batch times each of its samples under one key: each key is read once.
         timed = list(dict.fromkeys(timed))
@@ -99,21 +101,45 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         view.put(*put)
     for key, _ in takes:
         view.remove(key)
-    if observes:
+    tallies: list[Tally] = []
+    if timed:
+        # By key: one change may time, and take back, one key more than once (a batch times
+        # each of its samples); each key is written once.
         current = dict(zip(timed, timings, strict=True))
-        # Written once a key: a batch observes one key once for each of its samples.
         written: dict[str, Timed] = {}
         for key, duration, alpha in observes:
-            written[key] = moved(written.get(key) or current[key], duration, alpha)
+            timing = written[key] = current[key] = moved(current[key], duration, alpha)
+            tallies.append((timing[0], timing[1]))
+        for (key, duration, alpha), tally in retracts:
+            kept = current[key]
+            if kept is not None:
+                written[key] = current[key] = retracted(kept, duration, alpha, tally)
         for key, timing in written.items():
             view.put_timing(key, timing)
-    return Outcome(True, seq)
+    return Outcome(True, seq, tallies=tuple(tallies))
 
 
-def moved(timing: tuple[int, int, float] | None, duration: int, alpha: float) -> tuple[int, int, float]:
+def moved(timing: Timed | None, duration: int, alpha: float) -> Timed:
     """``(count, total, weighted mean)`` after one more ``duration``: the mean starts at the
-    first duration, then moves by ``alpha`` towards each new one."""
-    if timing is None:
+    first duration (of an empty timing), then moves by ``alpha`` towards each new one."""
+    if timing is None or timing[0] == 0:
         return 1, duration, float(duration)
     count, total, mean = timing
     return count + 1, total + duration, alpha * duration + (1 - alpha) * mean
+
+
+def retracted(timing: Timed, duration: int, alpha: float, tally: Tally) -> Timed:
+    """``timing`` without a ``duration`` that a commit observed and left at ``tally``.
+
+    The count and the total lose it, exactly. The weighted mean goes back to the one before
+    it when the timing is still as that commit left it (its step was the last): otherwise
+    calls timed since moved it, and it keeps the duration, whose weight fades with every
+    later call as any duration's does. With nothing left the timing is empty,
+    ``(0, 0, 0.0)``, which reads as never observed.
+    """
+    count, total, mean = timing
+    if count <= 1:
+        return 0, 0, 0.0
+    if (count, total) == tally:
+        mean = (mean - alpha * duration) / (1 - alpha)
+    return count - 1, total - duration, mean

@@ -14,17 +14,19 @@ from .redis_client import RedisClient
 
 # The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
 # head and the guarded key; then the key to take, the key to create (when there are), the
-# keys of the many to take and to create (a batch's), the keys to set, the timings' keys.
-# ARGV: [1] '1' with a guard, [2] the head the writer saw ('' when not checked), [3] the value
-# it saw, [4] '1' with a record, [5] the record, [6] '1' with a take, [7] the value to take,
-# [8] '1' with a create, [9] its value, [10] its time to live in milliseconds (0: none), [11]
-# the number of sets, [12] and [13] the numbers of the many to take and to create; then per
-# take its value, per create its value and time to live, per set its value and time to live,
-# per timing its duration and alpha. Replies: {1, number or 0} when written, {0,
-# entries after the head} when the log moved on, {-1} when the guarded key changed, {-2}
-# when the key to take was gone, {-3} when the key to create existed. The record is added
-# before the head moves: a script that fails halfway keeps what it wrote, and a record
-# number must never be given out without its record.
+# keys of the many to take and to create (a batch's), the keys to set, the timings observed,
+# the timings taken back. ARGV: [1] '1' with a guard, [2] the head the writer saw ('' when
+# not checked), [3] the value it saw, [4] '1' with a record, [5] the record, [6] '1' with a
+# take, [7] the value to take, [8] '1' with a create, [9] its value, [10] its time to live in
+# milliseconds (0: none), [11] the number of sets, [12] and [13] the numbers of the many to
+# take and to create, [14] the number of timings observed; then per take its value, per
+# create its value and time to live, per set its value and time to live, per timing observed
+# its duration and alpha, per timing taken back its duration, alpha, and the count and total
+# its commit left. Replies: {1, number or 0, then the count and total of each timing
+# observed} when written, {0, entries after the head} when the log moved on, {-1} when the
+# guarded key changed, {-2} when the key to take was gone, {-3} when the key to create
+# existed. The record is added before the head moves: a script that fails halfway keeps what
+# it wrote, and a record number must never be given out without its record.
 _COMMIT = """
 local k = 0
 if ARGV[1] == '1' then
@@ -51,7 +53,7 @@ if ARGV[8] == '1' then
         return {-3}
     end
 end
-local a = 14
+local a = 15
 local takes, creates = {}, {}
 for i = 1, tonumber(ARGV[12]) do
     k = k + 1
@@ -82,7 +84,7 @@ local function put(key, value, px)
         redis.call('SET', key, value)
     end
 end
-local sets = tonumber(ARGV[11])
+local sets, observes = tonumber(ARGV[11]), tonumber(ARGV[14])
 for i = k + 1, k + sets do
     put(KEYS[i], ARGV[a], ARGV[a + 1])
     a = a + 2
@@ -99,18 +101,38 @@ end
 for _, key in ipairs(takes) do
     redis.call('DEL', key)
 end
-for i = k + sets + 1, #KEYS do
+local reply = {1, seq}
+k = k + sets
+for i = k + 1, k + observes do
     local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
-    redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
+    local total = redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
     local mean = tonumber(ARGV[a])
     if count > 1 then
         local alpha = tonumber(ARGV[a + 1])
         mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
     end
     redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+    reply[#reply + 1] = count
+    reply[#reply + 1] = total
     a = a + 2
 end
-return {1, seq}
+for i = k + observes + 1, #KEYS do
+    local count = tonumber(redis.call('HGET', KEYS[i], 'count'))
+    if count and count <= 1 then
+        redis.call('HSET', KEYS[i], 'count', 0, 'total', 0, 'mean', '0')
+    elseif count then
+        local total = tonumber(redis.call('HGET', KEYS[i], 'total'))
+        if count == tonumber(ARGV[a + 2]) and total == tonumber(ARGV[a + 3]) then
+            local alpha = tonumber(ARGV[a + 1])
+            local mean = (tonumber(redis.call('HGET', KEYS[i], 'mean')) - alpha * tonumber(ARGV[a])) / (1 - alpha)
+            redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+        end
+        redis.call('HINCRBY', KEYS[i], 'count', -1)
+        redis.call('HINCRBY', KEYS[i], 'total', '-' .. ARGV[a])
+    end
+    a = a + 4
+end
+return reply
 """
 _CONFLICTS = {-2: TAKEN, -3: EXISTS}
 
@@ -126,7 +148,7 @@ class RedisScripts(RedisClient):
     def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         keys: list[str] = []
         args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0]
-        args += [len(change.sets), len(change.takes), len(change.creates)]
+        args += [len(change.sets), len(change.takes), len(change.creates), len(change.observes)]
         if guard is not None:
             keys += [*self._logs(guard.log), self._k(guard.key)]
             args[0:3] = ["1", "" if guard.head is None else guard.head, guard.value]
@@ -152,9 +174,13 @@ class RedisScripts(RedisClient):
         for key, duration, alpha in change.observes:
             keys.append(self._t(key))
             args += [duration, repr(alpha)]
+        for (key, duration, alpha), (count, total) in change.retracts:
+            keys.append(self._t(key))
+            args += [duration, repr(alpha), count, total]
         reply = self._commit(keys=keys, args=args)
         if reply[0] == 1:
-            return Outcome(True, int(reply[1]) or None)
+            tallies = tuple((int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2))
+            return Outcome(True, int(reply[1]) or None, tallies=tallies)
         if reply[0] == 0:
             # A script's entries are [id, [field, value]].
             return Outcome(False, unseen=[(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in reply[1]])

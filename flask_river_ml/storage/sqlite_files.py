@@ -20,11 +20,12 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 from ..errors import StoreUnavailable
 from .base import Backend
+from .sqlite_checkpoints import REQUEST_PAGES, Checkpoints
 
 logger = logging.getLogger("flask_river_ml.storage")
 
@@ -77,6 +78,9 @@ class SqliteFiles(Backend):
         self._holders: weakref.WeakSet[_Connection] = weakref.WeakSet()
         #: The device and inode of the file this process opened last.
         self._known: tuple[int, int] | None = None
+        self._checkpoints = Checkpoints(self.path)
+        # A store dropped without close() stops its thread too.
+        weakref.finalize(self, self._checkpoints.stop)
 
     @property
     def description(self) -> str:
@@ -123,6 +127,8 @@ class SqliteFiles(Backend):
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process; only a power cut can lose the tail.
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints are this process's thread's to make (sqlite_checkpoints).
+            db.execute(f"PRAGMA wal_autocheckpoint={REQUEST_PAGES}")
             identity = self._identity()
             if identity != self._known and self._known is not None:
                 logger.warning("The %s was removed or replaced; the file now there is used.", self.description)
@@ -138,6 +144,7 @@ class SqliteFiles(Backend):
         weakref.finalize(holder, db.close)
         self._local.holder = holder
         self._holders.add(holder)
+        self._checkpoints.start()
         return holder
 
     def _drop(self) -> None:
@@ -171,32 +178,48 @@ class SqliteFiles(Backend):
         path = Path(filename)
         return path == self.path or path == self.lock_dir or path.parent == self.lock_dir
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> _Transaction:
         """A write transaction that holds SQLite's write lock from its first statement."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            # SQLite may have rolled back already (a full disk, an I/O error): then there is
-            # nothing to undo, and the error to report is the first one.
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return _Transaction(self._db())
 
     def ping(self) -> None:
         self._db().execute("SELECT 1 FROM listeners LIMIT 1").fetchall()
 
     def close(self) -> None:
+        self._checkpoints.stop()
         for holder in list(self._holders):
             if holder.pid == os.getpid():  # the parent's connections are the parent's to close
                 with contextlib.suppress(sqlite3.Error):
                     holder.db.close()
         self._holders.clear()
         self._local = threading.local()
+
+
+class _Transaction(contextlib.AbstractContextManager[sqlite3.Connection]):
+    """``BEGIN IMMEDIATE`` on entry, ``COMMIT`` on a clean exit, ``ROLLBACK`` on an error.
+
+    A class rather than a generator: every learn and predict commits in one, and a
+    generator's context costs several times more to enter and leave."""
+
+    __slots__ = ("db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            # SQLite may have rolled back already (a full disk, an I/O error): then there is
+            # nothing to undo, and the error to report is the first one.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
 
 
 class _Connection:
