@@ -1,7 +1,9 @@
 """flask-river-ml's learn and predict over HTTP, paired round by round with a ceiling.
 
 Configurations, each on every WSGI server chosen (``--servers``: gunicorn sync workers, and
-granian in WSGI mode with one blocking thread per worker), all with ``--workers`` processes:
+granian in WSGI mode with one blocking thread per worker), all with ``--workers`` processes
+(and ``--server-threads`` threads answering requests in each: gunicorn's threaded workers,
+granian's blocking threads):
 
 * ceiling: ``bench/bare_app.py``, the same river work on the same models in memory, the
   same bodies and answers, nothing else;
@@ -24,7 +26,7 @@ its req/s divided by that of the ceiling on the same WSGI server, same workload,
 the table gives the minimum and median of those paired ratios over the rounds, so that a
 machine whose speed drifts moves both sides of each ratio alike.
 
-    .venv/bin/python bench/served.py [--rounds 3] [--duration 5] [--workers 1]
+    .venv/bin/python bench/served.py [--rounds 3] [--duration 5] [--workers 1] [--server-threads 1]
         [--servers gunicorn granian] [--backends shelve redis] [--models small forest]
         [--no-django] [--json results.json]
 """
@@ -96,8 +98,8 @@ CEILING_TARGETS = {
 DJANGO_TARGETS = {("small", "learn"): 2, ("small", "predict"): 2, ("forest", "learn"): 50, ("forest", "predict"): 20}
 #: How each WSGI server runs, as the report tells it.
 SERVER_NOTES = {
-    "gunicorn": "gunicorn's sync workers",
-    "granian": "granian `--interface wsgi --blocking-threads 1 --http 1`",
+    "gunicorn": "gunicorn's sync workers (`--threads N`: its threaded workers)",
+    "granian": "granian `--interface wsgi --blocking-threads N --http 1`",
 }
 #: wrk's timeout per request: far above django-river-ml's slowest forest learn.
 WRK_TIMEOUT = "30s"
@@ -254,6 +256,7 @@ class Bench:
     programs: dict[str, Path]
     django_gunicorn: Path | None
     workers: int
+    threads: int
     blobs: dict[str, bytes]
     models_dir: Path
     bodies: dict[Workload, Path]
@@ -264,15 +267,19 @@ class Bench:
         """A fresh server of ``config``, its models uploaded."""
         port = free_port()
         if config.app == CEILING:
-            command = server_command(config.server, self.programs[config.server], port, self.workers, CEILING_APP)
+            command = server_command(
+                config.server, self.programs[config.server], port, self.workers, CEILING_APP, self.threads
+            )
             return self.servers.start(command, folder, {"BENCH_MODELS_DIR": str(self.models_dir)})
         if config.app == DJANGO:
             assert self.django_gunicorn is not None
-            command = server_command("gunicorn", self.django_gunicorn, port, self.workers, DJANGO_APP)
+            command = server_command("gunicorn", self.django_gunicorn, port, self.workers, DJANGO_APP, self.threads)
             env = {"DJANGO_RIVER_ML_APP_DIR": str(folder / "store")}
             (folder / "store").mkdir(parents=True)
         else:
-            command = server_command(config.server, self.programs[config.server], port, self.workers, EXTENSION_APP)
+            command = server_command(
+                config.server, self.programs[config.server], port, self.workers, EXTENSION_APP, self.threads
+            )
             env = extension_env(config.app, folder, self.redis)
         server = self.servers.start(command, folder, env)
         for label, blob in self.blobs.items():
@@ -436,6 +443,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--connections", type=int, default=2, help="wrk connections (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of every server (default 1)")
+    parser.add_argument(
+        "--server-threads", type=int, default=1, help="threads answering requests in each worker (default 1)"
+    )
     parser.add_argument("--servers", nargs="+", choices=WSGI_SERVERS, default=list(WSGI_SERVERS), help="WSGI servers")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="stores to serve")
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS), help="models to serve")
@@ -445,8 +455,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="the wrk program")
     add_options(parser)
     args = parser.parse_args(argv)
-    if min(args.rounds, args.duration, args.threads, args.workers) < 1 or args.warmup < 0:
-        parser.error("--rounds, --duration, --threads and --workers must be at least 1, --warmup at least 0")
+    if min(args.rounds, args.duration, args.threads, args.workers, args.server_threads) < 1 or args.warmup < 0:
+        parser.error(
+            "--rounds, --duration, --threads, --workers and --server-threads must be at least 1, --warmup at least 0"
+        )
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
     if not os.access(args.wrk, os.X_OK):
@@ -480,7 +492,17 @@ def run(args: argparse.Namespace, servers: Servers, scratch: Path, redis: Privat
     load = Load(args.wrk, args.threads, args.connections, args.duration, args.warmup, scratch)
     programs = {server: Path(sys.prefix) / "bin" / server for server in args.servers}
     bench = Bench(
-        load, servers, programs, gunicorn_django, args.workers, blobs, models_dir, bodies, redis, args.quiet_cores
+        load,
+        servers,
+        programs,
+        gunicorn_django,
+        args.workers,
+        args.server_threads,
+        blobs,
+        models_dir,
+        bodies,
+        redis,
+        args.quiet_cores,
     )
 
     found_machine, found_versions = machine(), served_versions(args.wrk, redis, gunicorn_django)
@@ -489,7 +511,8 @@ def run(args: argparse.Namespace, servers: Servers, scratch: Path, redis: Privat
         "",
         machine_line(found_machine),
         "- Versions: " + ", ".join(f"{name} {value}" for name, value in found_versions.items()),
-        f"- Servers: {args.workers} worker process{'es' if args.workers > 1 else ''} each: "
+        f"- Servers: {args.workers} worker process{'es' if args.workers > 1 else ''} of "
+        f"{args.server_threads} thread{'s' if args.server_threads > 1 else ''} each: "
         + "; ".join(SERVER_NOTES[server] for server in args.servers)
         + ("; a redis-server of the run's own on the same machine" if redis else ""),
         f"- Load: `{load.shown()}` on the same machine, after a {args.warmup} s warm-up; bodies rotate through "

@@ -125,15 +125,17 @@ class Server:
         return process_tree(self.process.pid)[1:]
 
 
-def server_command(kind: str, program: Path, port: int, workers: int, app: str) -> list[str]:
-    """The command serving ``app`` on ``port`` with ``workers`` processes of one Python thread
-    each: gunicorn's sync workers, or granian in WSGI mode with one blocking thread per worker."""
+def server_command(kind: str, program: Path, port: int, workers: int, app: str, threads: int = 1) -> list[str]:
+    """The command serving ``app`` on ``port`` with ``workers`` processes of ``threads`` Python
+    threads each answering requests: gunicorn's sync workers (its threaded workers for more
+    than one), or granian in WSGI mode with that many blocking threads per worker."""
     if kind == "gunicorn":
-        return [str(program), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), app]
+        command = [str(program), "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+        return [*command, *(("--threads", str(threads)) if threads > 1 else ()), app]
     if kind == "granian":
         return [
             *(str(program), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port)),
-            *("--workers", str(workers), "--blocking-threads", "1", "--http", "1", "--no-ws", app),
+            *("--workers", str(workers), "--blocking-threads", str(threads), "--http", "1", "--no-ws", app),
         ]
     raise ValueError(f"unknown WSGI server {kind!r}")
 
