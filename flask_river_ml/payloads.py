@@ -95,6 +95,13 @@ def _read_alike(value: Any) -> bool:
     return True
 
 
+class Parsed(list[Any]):
+    """Values of a JSON body that :func:`parse_json` read, as a list (a batch's samples or
+    their features): every one passes :func:`check_values` already, since the body did, and
+    its bound on nesting, counted from the body, is the stricter. Those who check values one
+    by one (a batch's samples) skip the values of a list of this type."""
+
+
 def check_values(value: Any, what: str) -> None:
     """Raise :class:`InvalidInput` when ``value`` holds a non-finite float or nests dicts,
     lists or tuples deeper than :data:`MAX_DEPTH`: what an in-process call is held to, as a
@@ -121,9 +128,10 @@ def check_values(value: Any, what: str) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
-def check_features(features: Any, max_features: int) -> dict:
+def check_features(features: Any, max_features: int, parsed: bool = False) -> dict:
     """``features`` if they are a dictionary of at most ``max_features`` values that
-    :func:`check_values` accepts; :class:`InvalidInput` saying what is wrong otherwise."""
+    :func:`check_values` accepts; :class:`InvalidInput` saying what is wrong otherwise.
+    ``parsed``: they come from a body :func:`parse_json` read, whose values it checked."""
     if not isinstance(features, dict):
         raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
     if len(features) > max_features:
@@ -132,7 +140,8 @@ def check_features(features: Any, max_features: int) -> dict:
         raise InvalidInput(
             f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
         )
-    check_values(features, "features")
+    if not parsed:
+        check_values(features, "features")
     return features
 
 

@@ -24,6 +24,7 @@ import dill
 import pytest
 import requests
 from flask import Flask
+from marshmallow import Schema, ValidationError, fields
 from river import datasets, evaluate, linear_model, metrics, naive_bayes, preprocessing
 from servers import serve
 from slow_model import SlowRegressor
@@ -36,9 +37,12 @@ from flask_river_ml import (
     ModelFailed,
     TooLarge,
     layout,
+    payloads,
 )
+from flask_river_ml import samples as batch_samples
 from flask_river_ml.encoding import jsonable
 from flask_river_ml.flavors import get_flavor
+from flask_river_ml.http.schemas import LearnBatchSchema, PredictBatchSchema
 from flask_river_ml.storage import create_backend
 
 MODEL = "batched"
@@ -279,6 +283,67 @@ def test_an_empty_batch_learns_and_predicts_nothing(app):
     assert log_of(app) == [] and served(app)[1]["learn"]["n_calls"] == 0
     assert learn_batch(client, [], name="absent").status_code == 404
     assert predict_batch(client, [], name="absent").status_code == 404
+
+
+class _RawSamples(Schema):
+    """What the batch schemas loaded their samples with before: marshmallow's list of raw values."""
+
+    model = fields.String(required=True)
+    samples = fields.List(fields.Raw(), required=True)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [None, "abc", {}, 5, [], [None], [1, None], [{"features": {}}, None, [], None], [[1, 2], {"features": {}}]],
+    ids=repr,
+)
+def test_a_batch_body_loads_and_is_refused_as_a_list_of_raw_values(samples):
+    """The batch schemas take the samples as marshmallow's list of raw values takes them, and
+    refuse what it refuses with its errors (a missing or null field, a value that is no list,
+    null samples by their index); what they load is marked as a parsed body's."""
+    payload = {"model": MODEL} if samples is None else {"model": MODEL, "samples": samples}
+
+    def load(schema: Schema) -> Any:
+        try:
+            return schema.load(payload)
+        except ValidationError as error:
+            return error.messages
+
+    expected, learnt = load(_RawSamples()), load(LearnBatchSchema())
+    assert learnt == expected
+    if "model" in expected:
+        assert type(learnt["samples"]) is payloads.Parsed
+        predicted = load(PredictBatchSchema())
+        assert "model" not in predicted or type(predicted["features"]) is payloads.Parsed
+    else:
+        assert load(PredictBatchSchema()) == expected
+
+
+def test_the_samples_of_a_body_are_checked_once_and_those_in_process_each(app, monkeypatch):
+    """A JSON body's values are checked by its parser: the samples it holds are not walked
+    again, sample by sample. Samples given in process are, each of its features, ground truth
+    and prediction (a NaN among them is refused: see the bad samples above)."""
+    walks: list[str] = []
+    check = payloads.check_values
+
+    def counted(value: Any, what: str) -> None:
+        walks.append(what)
+        check(value, what)
+
+    monkeypatch.setattr(payloads, "check_values", counted)
+    monkeypatch.setattr(batch_samples, "check_values", counted)
+    client = app.test_client()
+    upload(app, binary_model(), "binary")
+    samples = list(datasets.Phishing().take(20))
+    assert learn_batch(client, batch_of(samples)).get_json() == {"learned": 20}
+    assert predict_batch(client, [{"features": x} for x, _ in samples]).status_code == 201
+    assert walks == []
+    with app.app_context():
+        assert FlaskRiverML().learn_batch(MODEL, batch_of(samples)) == 20
+        assert walks == ["ground_truth", "prediction", "features"] * 20
+        walks.clear()
+        FlaskRiverML().predict_batch([x for x, _ in samples], MODEL)
+        assert walks == ["features"] * 20
 
 
 # --- identifiers -------------------------------------------------------------------------------
