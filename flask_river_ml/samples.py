@@ -19,7 +19,7 @@ from typing import Any
 
 from .engine import Learn, Predict
 from .errors import InvalidInput, RiverMLError, TooLarge
-from .payloads import Parsed, check_features, check_identifier, check_values, new_identifier
+from .payloads import Parsed, check_features, check_identifier, check_values, new_identifiers
 
 #: The fields of a learn sample given as a dictionary.
 LEARN_FIELDS = ("features", "ground_truth", "prediction", "identifier")
@@ -95,6 +95,7 @@ def predict_requests(
     named = [None] * len(samples) if identifiers is None else taken(identifiers, limit)
     if len(named) != len(samples):
         raise InvalidInput(f"A batch of {len(samples)} samples has {len(named)} identifiers; give one per sample.")
+    generated = iter(new_identifiers(sum(identifier is None for identifier in named) if generate else 0))
     requests = []
     for index, (sample, identifier) in enumerate(zip(samples, named, strict=True)):
         try:
@@ -102,7 +103,7 @@ def predict_requests(
             x = sample[0] if isinstance(sample, tuple | list) and len(sample) == 2 else sample
             x = check_features(x, max_features, parsed)
             if identifier is None and generate:
-                requests.append(Predict(x, new_identifier(), None, True))
+                requests.append(Predict(x, next(generated), None, True))
             else:
                 requests.append(Predict(x, None if identifier is None else check_identifier(identifier)))
         except RiverMLError as error:
