@@ -25,7 +25,7 @@ import pytest
 import requests
 from flask import Flask
 from marshmallow import Schema, ValidationError, fields
-from river import datasets, evaluate, linear_model, metrics, naive_bayes, preprocessing
+from river import base, datasets, evaluate, linear_model, metrics, naive_bayes, preprocessing
 from servers import serve
 from slow_model import SlowRegressor
 from test_worker_survives import rust_model
@@ -283,6 +283,66 @@ def test_an_empty_batch_learns_and_predicts_nothing(app):
     assert log_of(app) == [] and served(app)[1]["learn"]["n_calls"] == 0
     assert learn_batch(client, [], name="absent").status_code == 404
     assert predict_batch(client, [], name="absent").status_code == 404
+
+
+class Meddling(base.Regressor):
+    """A regressor that changes the features it is given: a predict takes ``spare`` out of
+    them, a learn empties them. It cannot predict a sample with ``mute`` (it raises), and
+    predicts how many samples it learnt otherwise."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    def predict_one(self, x: dict) -> float:
+        if "mute" in x:
+            raise ValueError("cannot predict this sample")
+        x.pop("spare", None)
+        return float(len(self.seen))
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        self.seen.append(sorted(x))
+        x.clear()
+
+
+def test_a_model_that_changes_its_features_or_cannot_predict_learns_a_batch_as_single_learns(make_app):
+    """Each call into the model gets features of its own, in a batch as in single learns: what a
+    predict takes out of them the learn still sees, and what the model does to them changes
+    neither the events nor the predictions waiting for labels. A sample the model cannot predict
+    is learnt, and the metrics skip it."""
+    app = make_app(RIVER_ML_STORAGE_BACKEND="memory")
+    river_ml = FlaskRiverML()
+    samples = [({"a": 1.0, "spare": 2.0}, 1.0), ({"a": 2.0, "mute": 1.0}, 2.0), ({"a": 3.0, "spare": 0.0}, 4.0)]
+    probes = [{"a": 4.0, "spare": 1.0}, {"a": 5.0}]
+    for name in ("batched", "single"):
+        upload(app, Meddling(), "regression", name)
+    watch = Watch(app)
+    try:
+        with app.app_context():
+            assert river_ml.learn_batch("batched", [(dict(x), y) for x, y in samples]) == len(samples)
+            for x, y in samples:
+                river_ml.learn("single", ground_truth=y, features=dict(x))
+            batched = river_ml.predict_batch([dict(x) for x in probes], "batched", identifiers=["p0", "p1"])
+            single = [river_ml.predict(dict(x), "single", identifier=f"p{i}") for i, x in enumerate(probes)]
+            assert batched["predictions"] == [answer["prediction"] for answer in single] == [3.0, 3.0]
+            labels = [{"identifier": "p0", "ground_truth": 1.0}, {"identifier": "p1", "ground_truth": 2.0}]
+            assert river_ml.learn_batch("batched", labels) == 2
+            for label in labels:
+                river_ml.learn("single", **label)
+            expected = [["a", "spare"], ["a", "mute"], ["a", "spare"], ["a", "spare"], ["a"]]
+            assert river_ml.get_model("batched").seen == river_ml.get_model("single").seen == expected
+            assert river_ml.metrics("batched") == river_ml.metrics("single")
+            assert river_ml.stats("batched")["learn"]["n_calls"] == river_ml.stats("single")["learn"]["n_calls"] == 5
+        events, _ = watch.read(14, 10)
+    finally:
+        watch.close()
+    assert len(events) == 14
+    by_model: dict[str, list[dict]] = {"batched": [], "single": []}
+    for event in events:
+        by_model[event["data"].pop("model")].append(event)
+    assert by_model["batched"] == by_model["single"]
+    learnt = [event["data"] for event in by_model["batched"] if event["event"] == "learn"]
+    assert [data["features"] for data in learnt] == [x for x, _ in samples] + probes
+    assert [data["prediction"] for data in learnt] == [0.0, None, 2.0, 3.0, 3.0]
 
 
 class _RawSamples(Schema):
