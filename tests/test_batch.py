@@ -41,8 +41,10 @@ from flask_river_ml import (
 )
 from flask_river_ml import samples as batch_samples
 from flask_river_ml.encoding import jsonable
+from flask_river_ml.engine.batches import _timings
 from flask_river_ml.flavors import get_flavor
 from flask_river_ml.http.schemas import LearnBatchSchema, PredictBatchSchema
+from flask_river_ml.stats import EWM_ALPHA
 from flask_river_ml.storage import create_backend
 
 MODEL = "batched"
@@ -404,6 +406,19 @@ def test_the_samples_of_a_body_are_checked_once_and_those_in_process_each(app, m
         walks.clear()
         FlaskRiverML().predict_batch([x for x, _ in samples], MODEL)
         assert walks == ["features"] * 20
+
+
+def test_a_batch_times_each_sample_with_its_share_of_its_duration():
+    """One call per sample, under the kind's key: the shares add up to the batch's duration and
+    differ by one nanosecond at most, the longer first; an untimed or empty batch times none."""
+    before = time.perf_counter_ns()
+    timings = _timings(MODEL, "learn", before - 1_000_000, 7)
+    duration = sum(share for _, share, _ in timings)
+    assert 1_000_000 <= duration <= time.perf_counter_ns() - before + 1_000_000
+    shares = [share for _, share, _ in timings]
+    assert len(timings) == 7 and shares == sorted(shares, reverse=True) and shares[0] - shares[-1] <= 1
+    assert {(key, alpha) for key, _, alpha in timings} == {(layout.timings(MODEL, "learn"), EWM_ALPHA)}
+    assert _timings(MODEL, "learn", None, 7) == () == _timings(MODEL, "learn", before, 0)
 
 
 # --- identifiers -------------------------------------------------------------------------------

@@ -359,4 +359,5 @@ def _timings(name: str, kind: str, started: int | None, count: int) -> tuple[Tim
         return ()
     share, rest = divmod(time.perf_counter_ns() - started, count)
     key = layout.timings(name, kind)
-    return tuple((key, share + (index < rest), EWM_ALPHA) for index in range(count))
+    # The first ``rest`` calls take one nanosecond more: one tuple each, repeated.
+    return ((key, share + 1, EWM_ALPHA),) * rest + ((key, share, EWM_ALPHA),) * (count - rest)
