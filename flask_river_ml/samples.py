@@ -55,7 +55,7 @@ def learn_requests(samples: Iterable[Any], limit: int, max_features: int) -> lis
 
 def _learn(sample: Any, max_features: int, parsed: bool) -> Learn:
     """One learn sample, checked as :meth:`Service.learn` checks its arguments."""
-    if type(sample) is dict and sample.keys() <= _LEARN_KEYS:
+    if type(sample) is dict and _LEARN_KEYS.issuperset(sample):
         # What the HTTP route sends: read without a loop over the fields.
         features, ground_truth = sample.get("features"), sample.get("ground_truth")
         prediction, identifier = sample.get("prediction"), sample.get("identifier")

@@ -124,7 +124,7 @@ class PredictBatchSchema(_Payload):
         for index, sample in enumerate(data.pop("samples")):
             if not isinstance(sample, dict) or "features" not in sample:
                 errors[str(index)] = ["A sample is an object with features, and an identifier if it has one."]
-            elif not sample.keys() <= _PREDICT_KEYS:
+            elif not _PREDICT_KEYS.issuperset(sample):
                 errors[str(index)] = [f"Unknown field: a sample holds {' and '.join(_PREDICT_FIELDS)} only."]
             else:
                 features.append(sample["features"])
