@@ -84,9 +84,10 @@ class Samples(fields.List):
     and checked by the service, which takes the same samples in process (a schema per sample
     would cost more than learning a small model from it).
 
-    Loaded as :class:`~flask_river_ml.payloads.Parsed`: the views load only the bodies that
-    :func:`~flask_river_ml.payloads.parse_json` read, and checked. Anything else goes through
-    marshmallow's list of raw values, whose errors the API answers with."""
+    Loaded as :class:`~flask_river_ml.payloads.Parsed`: the views load only bodies that
+    :func:`~flask_river_ml.payloads.parse_json` read and checked, so the service need not walk
+    the samples' values again. Anything else goes through marshmallow's list of raw values,
+    whose errors the API answers with."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(fields.Raw(), **kwargs)
