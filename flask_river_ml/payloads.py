@@ -95,6 +95,13 @@ def _read_alike(value: Any) -> bool:
     return True
 
 
+class Parsed(list[Any]):
+    """Values of a JSON body that :func:`parse_json` read, as a list (a batch's samples or
+    their features): every one passes :func:`check_values` already, since the body did, and
+    its bound on nesting, counted from the body, is the stricter. Those who check values one
+    by one (a batch's samples) skip the values of a list of this type."""
+
+
 def check_values(value: Any, what: str) -> None:
     """Raise :class:`InvalidInput` when ``value`` holds a non-finite float or nests dicts,
     lists or tuples deeper than :data:`MAX_DEPTH`: what an in-process call is held to, as a
@@ -121,9 +128,10 @@ def check_values(value: Any, what: str) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
-def check_features(features: Any, max_features: int) -> dict:
+def check_features(features: Any, max_features: int, parsed: bool = False) -> dict:
     """``features`` if they are a dictionary of at most ``max_features`` values that
-    :func:`check_values` accepts; :class:`InvalidInput` saying what is wrong otherwise."""
+    :func:`check_values` accepts; :class:`InvalidInput` saying what is wrong otherwise.
+    ``parsed``: they come from a body :func:`parse_json` read, whose values it checked."""
     if not isinstance(features, dict):
         raise InvalidInput(f"features must be a dictionary of feature names to values, not {features!r}.")
     if len(features) > max_features:
@@ -132,7 +140,8 @@ def check_features(features: Any, max_features: int) -> dict:
         raise InvalidInput(
             f"features holds {len(features)} features, more than {max_features} (RIVER_ML_MAX_FEATURES)."
         )
-    check_values(features, "features")
+    if not parsed:
+        check_values(features, "features")
     return features
 
 
@@ -169,8 +178,22 @@ def _flat_and_finite(items: Any) -> bool:
 def new_identifier() -> str:
     """A random UUID, version 4, written as ``str(uuid.uuid4())`` writes one: every predict
     makes one, and this takes half the time of building a UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    digits = raw.hex()
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return _uuid4_text(os.urandom(16).hex())
+
+
+def new_identifiers(count: int) -> list[str]:
+    """``count`` identifiers as :func:`new_identifier` makes them, from one read of the
+    system's random source rather than one each."""
+    digits = os.urandom(16 * count).hex()
+    return [_uuid4_text(digits[start : start + 32]) for start in range(0, 32 * count, 32)]
+
+
+#: The hexadecimal digit that holds the RFC 4122 variant (its two high bits 10) for each
+#: random digit in its place: what ``uuid.UUID(version=4)`` makes of it.
+_VARIANT = {digit: f"{int(digit, 16) & 0x3 | 0x8:x}" for digit in "0123456789abcdef"}
+
+
+def _uuid4_text(digits: str) -> str:
+    """The version 4 UUID made of 32 random hexadecimal ``digits``: the thirteenth is the
+    version, 4, and the seventeenth carries the variant."""
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:32]}"

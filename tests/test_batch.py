@@ -24,7 +24,8 @@ import dill
 import pytest
 import requests
 from flask import Flask
-from river import datasets, evaluate, linear_model, metrics, naive_bayes, preprocessing
+from marshmallow import Schema, ValidationError, fields
+from river import base, datasets, evaluate, linear_model, metrics, naive_bayes, preprocessing
 from servers import serve
 from slow_model import SlowRegressor
 from test_worker_survives import rust_model
@@ -36,9 +37,14 @@ from flask_river_ml import (
     ModelFailed,
     TooLarge,
     layout,
+    payloads,
 )
+from flask_river_ml import samples as batch_samples
 from flask_river_ml.encoding import jsonable
+from flask_river_ml.engine.batches import _timings
 from flask_river_ml.flavors import get_flavor
+from flask_river_ml.http.schemas import LearnBatchSchema, PredictBatchSchema
+from flask_river_ml.stats import EWM_ALPHA
 from flask_river_ml.storage import create_backend
 
 MODEL = "batched"
@@ -279,6 +285,140 @@ def test_an_empty_batch_learns_and_predicts_nothing(app):
     assert log_of(app) == [] and served(app)[1]["learn"]["n_calls"] == 0
     assert learn_batch(client, [], name="absent").status_code == 404
     assert predict_batch(client, [], name="absent").status_code == 404
+
+
+class Meddling(base.Regressor):
+    """A regressor that changes the features it is given: a predict takes ``spare`` out of
+    them, a learn empties them. It cannot predict a sample with ``mute`` (it raises), and
+    predicts how many samples it learnt otherwise."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[str]] = []
+
+    def predict_one(self, x: dict) -> float:
+        if "mute" in x:
+            raise ValueError("cannot predict this sample")
+        x.pop("spare", None)
+        return float(len(self.seen))
+
+    def learn_one(self, x: dict, y: Any) -> None:
+        self.seen.append(sorted(x))
+        x.clear()
+
+
+def test_a_model_that_changes_its_features_or_cannot_predict_learns_a_batch_as_single_learns(make_app):
+    """Each call into the model gets features of its own, in a batch as in single learns: what a
+    predict takes out of them the learn still sees, and what the model does to them changes
+    neither the events nor the predictions waiting for labels. A sample the model cannot predict
+    is learnt, and the metrics skip it."""
+    app = make_app(RIVER_ML_STORAGE_BACKEND="memory")
+    river_ml = FlaskRiverML()
+    samples = [({"a": 1.0, "spare": 2.0}, 1.0), ({"a": 2.0, "mute": 1.0}, 2.0), ({"a": 3.0, "spare": 0.0}, 4.0)]
+    probes = [{"a": 4.0, "spare": 1.0}, {"a": 5.0}]
+    for name in ("batched", "single"):
+        upload(app, Meddling(), "regression", name)
+    watch = Watch(app)
+    try:
+        with app.app_context():
+            assert river_ml.learn_batch("batched", [(dict(x), y) for x, y in samples]) == len(samples)
+            for x, y in samples:
+                river_ml.learn("single", ground_truth=y, features=dict(x))
+            batched = river_ml.predict_batch([dict(x) for x in probes], "batched", identifiers=["p0", "p1"])
+            single = [river_ml.predict(dict(x), "single", identifier=f"p{i}") for i, x in enumerate(probes)]
+            assert batched["predictions"] == [answer["prediction"] for answer in single] == [3.0, 3.0]
+            labels = [{"identifier": "p0", "ground_truth": 1.0}, {"identifier": "p1", "ground_truth": 2.0}]
+            assert river_ml.learn_batch("batched", labels) == 2
+            for label in labels:
+                river_ml.learn("single", **label)
+            expected = [["a", "spare"], ["a", "mute"], ["a", "spare"], ["a", "spare"], ["a"]]
+            assert river_ml.get_model("batched").seen == river_ml.get_model("single").seen == expected
+            assert river_ml.metrics("batched") == river_ml.metrics("single")
+            assert river_ml.stats("batched")["learn"]["n_calls"] == river_ml.stats("single")["learn"]["n_calls"] == 5
+        events, _ = watch.read(14, 10)
+    finally:
+        watch.close()
+    assert len(events) == 14
+    by_model: dict[str, list[dict]] = {"batched": [], "single": []}
+    for event in events:
+        by_model[event["data"].pop("model")].append(event)
+    assert by_model["batched"] == by_model["single"]
+    learnt = [event["data"] for event in by_model["batched"] if event["event"] == "learn"]
+    assert [data["features"] for data in learnt] == [x for x, _ in samples] + probes
+    assert [data["prediction"] for data in learnt] == [0.0, None, 2.0, 3.0, 3.0]
+
+
+class _RawSamples(Schema):
+    """What the batch schemas loaded their samples with before: marshmallow's list of raw values."""
+
+    model = fields.String(required=True)
+    samples = fields.List(fields.Raw(), required=True)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [None, "abc", {}, 5, [], [None], [1, None], [{"features": {}}, None, [], None], [[1, 2], {"features": {}}]],
+    ids=repr,
+)
+def test_a_batch_body_loads_and_is_refused_as_a_list_of_raw_values(samples):
+    """The batch schemas take the samples as marshmallow's list of raw values takes them, and
+    refuse what it refuses with its errors (a missing or null field, a value that is no list,
+    null samples by their index); what they load is marked as a parsed body's."""
+    payload = {"model": MODEL} if samples is None else {"model": MODEL, "samples": samples}
+
+    def load(schema: Schema) -> Any:
+        try:
+            return schema.load(payload)
+        except ValidationError as error:
+            return error.messages
+
+    expected, learnt = load(_RawSamples()), load(LearnBatchSchema())
+    assert learnt == expected
+    if "model" in expected:
+        assert type(learnt["samples"]) is payloads.Parsed
+        predicted = load(PredictBatchSchema())
+        assert "model" not in predicted or type(predicted["features"]) is payloads.Parsed
+    else:
+        assert load(PredictBatchSchema()) == expected
+
+
+def test_the_samples_of_a_body_are_checked_once_and_those_in_process_each(app, monkeypatch):
+    """A JSON body's values are checked by its parser: the samples it holds are not walked
+    again, sample by sample. Samples given in process are, each of its features, ground truth
+    and prediction (a NaN among them is refused: see the bad samples above)."""
+    walks: list[str] = []
+    check = payloads.check_values
+
+    def counted(value: Any, what: str) -> None:
+        walks.append(what)
+        check(value, what)
+
+    monkeypatch.setattr(payloads, "check_values", counted)
+    monkeypatch.setattr(batch_samples, "check_values", counted)
+    client = app.test_client()
+    upload(app, binary_model(), "binary")
+    samples = list(datasets.Phishing().take(20))
+    assert learn_batch(client, batch_of(samples)).get_json() == {"learned": 20}
+    assert predict_batch(client, [{"features": x} for x, _ in samples]).status_code == 201
+    assert walks == []
+    with app.app_context():
+        assert FlaskRiverML().learn_batch(MODEL, batch_of(samples)) == 20
+        assert walks == ["ground_truth", "prediction", "features"] * 20
+        walks.clear()
+        FlaskRiverML().predict_batch([x for x, _ in samples], MODEL)
+        assert walks == ["features"] * 20
+
+
+def test_a_batch_times_each_sample_with_its_share_of_its_duration():
+    """One call per sample, under the kind's key: the shares add up to the batch's duration and
+    differ by one nanosecond at most, the longer first; an untimed or empty batch times none."""
+    before = time.perf_counter_ns()
+    timings = _timings(MODEL, "learn", before - 1_000_000, 7)
+    duration = sum(share for _, share, _ in timings)
+    assert 1_000_000 <= duration <= time.perf_counter_ns() - before + 1_000_000
+    shares = [share for _, share, _ in timings]
+    assert len(timings) == 7 and shares == sorted(shares, reverse=True) and shares[0] - shares[-1] <= 1
+    assert {(key, alpha) for key, _, alpha in timings} == {(layout.timings(MODEL, "learn"), EWM_ALPHA)}
+    assert _timings(MODEL, "learn", None, 7) == () == _timings(MODEL, "learn", before, 0)
 
 
 # --- identifiers -------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ in process; a refused request changes nothing stored."""
 
 from __future__ import annotations
 
+import uuid
+
 import dill
 import pytest
 from river import datasets, linear_model, preprocessing
 
 from flask_river_ml import FlaskRiverML, InvalidInput
-from flask_river_ml.payloads import MAX_DEPTH, _parse_exactly, parse_json
+from flask_river_ml.payloads import MAX_DEPTH, _parse_exactly, _uuid4_text, new_identifier, new_identifiers, parse_json
 
 MODEL = "served"
 SAMPLES = list(datasets.TrumpApproval().take(5))
@@ -218,7 +220,7 @@ _TRICKY_BODIES = [
     b'{"a": 18446744073709551616}',
     b'{"a": 18446744073709551615}',
     b'{"a": -9223372036854775809}',
-    b'[9223372036854775808, -9223372036854775808, 1e19, -1e19, 9.3e18, 1e308, 5e-324]',
+    b"[9223372036854775808, -9223372036854775808, 1e19, -1e19, 9.3e18, 1e308, 5e-324]",
     b'{"identifier": 123456789012345678901234567890}',
     b'"\\ud800"',
     b'"\\u00e9\\n\\"\xc3\xa9"',
@@ -253,3 +255,17 @@ def test_a_body_reads_the_same_whichever_parser_reads_it(data):
     """A body reads as the standard library reads it, value by value and type by type, and
     is refused with its message, wherever orjson would read it otherwise."""
     assert _read(parse_json, data) == _read(_parse_exactly, data)
+
+
+def test_identifiers_are_version_4_uuids_as_the_uuid_module_writes_them():
+    """Whatever random digits they are made of, the identifiers a predict generates read as
+    ``str(uuid.UUID(bytes=..., version=4))`` writes the same random bytes; a batch's, made from
+    one read of the random source, are as many distinct ones."""
+    for byte in range(256):
+        raw = bytes([byte]) * 16
+        assert _uuid4_text(raw.hex()) == str(uuid.UUID(bytes=raw, version=4))
+    batch = new_identifiers(1000)
+    assert len(set(batch)) == 1000 and new_identifiers(0) == []
+    for identifier in [new_identifier(), *batch]:
+        parsed = uuid.UUID(identifier)
+        assert str(parsed) == identifier and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -228,19 +228,21 @@ class Batches:
         ttl = self.requests.waiting_ttl
 
         def decide(replica: Replica) -> tuple[Change, list[Scored]]:
+            # Its lock is held: the model is asked as Replica.predict asks it.
+            flavor, model, check_sample, dumps = replica.flavor, replica.model, replica.check_sample, self.codec.dumps
             predictions: list[Scored] = []
             generated: list[Put] = []
             given: list[Put] = []
             for index, sample in enumerate(samples):
                 x = sample.features
                 try:
-                    replica.check_sample(x)
-                    scored = replica.predict(x)
+                    check_sample(x)
+                    scored = flavor.predict(model, dict(x))
                 except RiverMLError as error:
                     raise error.at_sample(index) from None
                 predictions.append(scored)
                 if sample.identifier is not None:
-                    kept = self.codec.dumps((x, scored.value, scored.label, scored.proba))
+                    kept = dumps((x, scored.value, scored.label, scored.proba))
                     (generated if sample.generated else given).append(
                         (layout.waiting(name, sample.identifier), kept, ttl)
                     )
@@ -262,12 +264,13 @@ def _checked(replica: Replica, samples: Sequence[Learn], inputs: Sequence[_Input
     its features, and its ground truth and prediction as the model reads them now. The
     record keeps them as they were sent: whoever learns it reads them again, after the
     samples before them, as single learns would."""
+    flavor, model, metrics, check_sample = replica.flavor, replica.model, replica.metrics, replica.check_sample
     recorded: list[Sample] = []
     for index, (sample, (x, waiting)) in enumerate(zip(samples, inputs, strict=True)):
         try:
-            replica.check_sample(x)
+            check_sample(x)
             made = None if waiting is None else Scored(*waiting)
-            read(replica.flavor, replica.model, replica.metrics, x, sample.ground_truth, made, sample.prediction)
+            read(flavor, model, metrics, x, sample.ground_truth, made, sample.prediction)
         except RiverMLError as error:
             raise error.at_sample(index) from None
         recorded.append((x, sample.ground_truth, waiting, sample.prediction))
@@ -356,4 +359,5 @@ def _timings(name: str, kind: str, started: int | None, count: int) -> tuple[Tim
         return ()
     share, rest = divmod(time.perf_counter_ns() - started, count)
     key = layout.timings(name, kind)
-    return tuple((key, share + (index < rest), EWM_ALPHA) for index in range(count))
+    # The first ``rest`` calls take one nanosecond more: one tuple each, repeated.
+    return ((key, share + 1, EWM_ALPHA),) * rest + ((key, share, EWM_ALPHA),) * (count - rest)

@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, post_load, validates_schema
 
+from ..payloads import Parsed
+
 
 def identifier(value: Any) -> str | None:
     """A prediction's identifier as the API takes it: a non-empty string, or an integer,
@@ -77,31 +79,53 @@ class ModelSchema(_Payload):
     """The model named in a query string, a form or a JSON body (metrics, stats, delete)."""
 
 
+class Samples(fields.List):
+    """A batch's samples: a JSON array of anything but null, loaded as it is, each sample read
+    and checked by the service, which takes the same samples in process (a schema per sample
+    would cost more than learning a small model from it).
+
+    Loaded as :class:`~flask_river_ml.payloads.Parsed`: the views load only bodies that
+    :func:`~flask_river_ml.payloads.parse_json` read and checked, so the service need not walk
+    the samples' values again. Anything else goes through marshmallow's list of raw values,
+    whose errors the API answers with."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(fields.Raw(), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if type(value) is list and None not in value:
+            # What the list of raw values loads, without a field's call for each sample.
+            return Parsed(value)
+        loaded: list[Any] = super()._deserialize(value, attr, data, **kwargs)
+        return loaded
+
+
 class LearnBatchSchema(_Payload):
     """POST learn/batch: each sample is ``{"features", "ground_truth"?, "prediction"?,
-    "identifier"?}``, read and checked by the service, which takes the same samples in process
-    (a schema per sample would cost more than learning a small model from it)."""
+    "identifier"?}``."""
 
-    samples = fields.List(fields.Raw(), required=True)
+    samples = Samples(required=True)
 
 
 #: The fields of a predict batch's sample.
 _PREDICT_FIELDS = ("features", "identifier")
+_PREDICT_KEYS = frozenset(_PREDICT_FIELDS)
 
 
 class PredictBatchSchema(_Payload):
     """POST predict/batch: each sample is ``{"features", "identifier"?}``; loaded as the lists
-    of ``features`` and ``identifiers`` the service takes, as in process."""
+    of ``features`` (:class:`~flask_river_ml.payloads.Parsed`, as the samples) and
+    ``identifiers`` the service takes, as in process."""
 
-    samples = fields.List(fields.Raw(), required=True)
+    samples = Samples(required=True)
 
     @post_load
     def _split(self, data: dict, **kwargs: Any) -> dict:
-        features, identifiers, errors = [], [], {}
+        features, identifiers, errors = Parsed(), [], {}
         for index, sample in enumerate(data.pop("samples")):
             if not isinstance(sample, dict) or "features" not in sample:
                 errors[str(index)] = ["A sample is an object with features, and an identifier if it has one."]
-            elif any(key not in _PREDICT_FIELDS for key in sample):
+            elif not _PREDICT_KEYS.issuperset(sample):
                 errors[str(index)] = [f"Unknown field: a sample holds {' and '.join(_PREDICT_FIELDS)} only."]
             else:
                 features.append(sample["features"])
