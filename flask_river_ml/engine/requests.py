@@ -43,8 +43,8 @@ from .snapshots import Snapshots
 
 logger = logging.getLogger("flask_river_ml.engine")
 
-#: How many times a request decides again, after its first try found the log moved on or
-#: later ones found the model replaced, before it answers Busy.
+#: How many times a request decides again after its commit was refused (a predict's first by
+#: a log that moved on, any by a model replaced) before it answers Busy.
 _TRIES = 5
 _Result = TypeVar("_Result")
 
@@ -92,7 +92,7 @@ class Committed(Generic[_Result]):
 @dataclass(slots=True)
 class Learned:
     """A learn that was written: the features learned, the prediction scored, if any, and the
-    ground truth as it was recorded (a label read as the model's class)."""
+    ground truth as it was learnt (a label read as the model's class)."""
 
     features: dict
     scored: Scored | None
