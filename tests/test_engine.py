@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from river import base, linear_model
+from stores import append
 
 from flask_river_ml import layout
 from flask_river_ml.engine import Engine, Learn, Predict
@@ -137,6 +138,106 @@ def test_concurrent_labels_of_one_prediction_learn_it_once(engine):
         thread.join()
     assert sorted(results) == ["learned"] + ["not found"] * 7
     assert log_length(engine) == 1 and engine.copy_model("m").seen == 1
+
+
+def counted_commits(backend: MemoryBackend, monkeypatch: pytest.MonkeyPatch) -> list[Outcome]:
+    """The outcomes of every commit made on ``backend`` from now on, by any engine."""
+    commit, outcomes = backend.commit, []
+
+    def counting(change: Any, guard: Any = None) -> Outcome:
+        outcome = commit(change, guard)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(backend, "commit", counting)
+    return outcomes
+
+
+def test_learns_of_processes_behind_the_log_commit_once_and_are_scored_where_they_land(engine, backend, monkeypatch):
+    """Three processes (engines on one store) take turns: from the second round on, each learn's
+    replica is two records behind. Each learn is still one commit, never refused, whose answer
+    carries the two records it missed; each sample is scored with the prediction of the model
+    after exactly the records before it (Picky predicts how many it learnt: the i-th sample's
+    prediction is i), and announces that prediction."""
+    engines = [engine, make_engine(backend), make_engine(backend)]
+    outcomes = counted_commits(backend, monkeypatch)
+    for i in range(12):
+        learned = engines[i % 3].learn("m", Learn(float(i), {"i": float(i)}))
+        assert learned.scored is not None and learned.scored.value == float(i)
+    assert [outcome.seq for outcome in outcomes] == list(range(1, 13))
+    assert all(outcome.written for outcome in outcomes)
+    assert [[seq for seq, _ in outcome.unseen] for outcome in outcomes[3:]] == [[s - 2, s - 1] for s in range(4, 13)]
+    for each in engines:
+        assert each.metrics("m")["MAE"] == 0.0
+        assert each.copy_model("m").seen == 12
+    assert engine.timings("m")["learn"] is None  # untimed calls: no timing written
+    for each in engines[1:]:
+        each.close()
+
+
+def test_a_learn_behind_the_log_whose_record_fails_is_its_senders_error(engine, backend):
+    """The sender applies the records it missed, then its own, which the model fails on:
+    ModelFailed to it, and every replica, behind or not, skips the record."""
+    other = make_engine(backend)
+    engine.learn("m", Learn(1.0, {"x": 1.0}, started=0))
+    other.learn("m", Learn(1.0, {"x": 2.0}, started=0))
+    with pytest.raises(ModelFailed, match="a negative ground truth"):
+        engine.learn("m", Learn(-1.0, {"x": 3.0}, started=0))
+    assert engine.copy_model("m").seen == 2
+    learned = other.learn("m", Learn(1.0, {"x": 4.0}, started=0))
+    assert learned.scored is not None and learned.scored.value == 2.0
+    assert engine.copy_model("m").seen == other.copy_model("m").seen == 3
+    timing = engine.timings("m")["learn"]
+    assert timing is not None and timing[0] == 3
+    other.close()
+
+
+def test_labels_of_one_prediction_sent_to_several_processes_learn_it_once(engine, backend):
+    """Four processes, three of them behind the log, label one prediction at once: one label
+    is learnt, the others are not found, and every replica learnt the prediction once."""
+    engines = [engine, *(make_engine(backend) for _ in range(3))]
+    for each in engines[1:]:
+        each.learn("m", Learn(1.0, {"warm": 1.0}))
+    engine.predict("m", Predict({"x": 1.0}, "id"))
+    results: list[str] = []
+
+    def label(each: Engine) -> None:
+        for _ in range(2):
+            try:
+                each.learn("m", Learn(1.0, identifier="id"))
+                results.append("learned")
+            except IdentifierNotFound:
+                results.append("not found")
+
+    threads = [threading.Thread(target=label, args=(each,)) for each in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["learned"] + ["not found"] * 7
+    assert log_length(engine) == 4
+    for each in engines:
+        assert each.copy_model("m").seen == 4
+    for each in engines[1:]:
+        each.close()
+
+
+def test_records_written_before_learns_were_learnt_where_they_land_are_applied_as_written(engine, backend):
+    """A log written by an earlier version: 5-tuples of the features, the ground truth read and
+    the prediction made when the learn was decided (here 40.0, which the model never makes).
+    Each is scored with its recorded prediction, and the learns after them where they land."""
+    codec = engine.replicas.codec
+    for i in range(3):
+        append(backend, layout.log("m"), codec.dumps(({"i": float(i)}, 50.0, 40.0, 40.0, None)))
+    learned = engine.learn("m", Learn(3.0, {"i": 3.0}))
+    assert learned.scored is not None and learned.scored.value == 3.0
+    assert engine.copy_model("m").seen == 4
+    # Three errors of 10 from the recorded predictions, then none.
+    assert engine.metrics("m")["MAE"] == pytest.approx(30.0 / 4)
+    # A process that starts afresh replays the same log the same way.
+    fresh = make_engine(backend)
+    assert fresh.metrics("m") == engine.metrics("m")
+    fresh.close()
 
 
 def test_concurrent_predictions_under_one_identifier_keep_the_first(engine):

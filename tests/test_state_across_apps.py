@@ -411,39 +411,72 @@ def test_a_change_waiting_on_a_held_lock_is_busy(make_app, backend_name, monkeyp
     assert app.test_client().delete("/api/model/m/").status_code == 200
 
 
-def replay(records: list) -> tuple[Any, Any]:
-    """A local model trained on the log's records in order, and the MAE of their predictions."""
+def replay(samples: list) -> tuple[Any, Any]:
+    """A local model trained on ``samples`` in order, and the MAE of a prequential run on them
+    (each predicted before it is learnt)."""
     from river import metrics
 
     local, mae = linear_model_pipeline(), metrics.MAE()
-    for x, y, value, _, _ in records:
-        mae.update(y, value)
+    for x, y in samples:
+        mae.update(y, local.predict_one(x))
         local.learn_one(x, y)
     return local, mae
 
 
 def logged(app, name: str) -> list:
+    """The samples of the log's records, in log order: single learns, each the sample as sent
+    (no prediction of the sender's rides with it)."""
     state = FlaskRiverML.state(app)
-    return [state.engine.replicas.codec.loads(blob) for _, blob in state.backend.read(layout.log(name))]
+    samples = []
+    for _, blob in state.backend.read(layout.log(name)):
+        tag, (x, y, waiting, prediction) = state.engine.replicas.codec.loads(blob)
+        assert (tag, waiting, prediction) == ("learn", None, None)
+        samples.append((x, y))
+    return samples
+
+
+def counted_commits(app, monkeypatch) -> list:
+    """The outcomes of every commit the app's store makes from now on, in order."""
+    backend = FlaskRiverML.state(app).backend
+    commit, outcomes = backend.commit, []
+
+    def counting(change, guard=None):
+        outcome = commit(change, guard)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(backend, "commit", counting)
+    return outcomes
 
 
 @pytest.mark.parametrize("store", ["shelve", "redis"])
-def test_learns_alternating_between_processes_are_scored_on_the_model_just_before_them(make_app, store):
+def test_learns_alternating_between_processes_commit_once_and_score_prequentially(make_app, store, monkeypatch):
     """Two processes (apps sharing the store) take turns: each learn's replica is one record
-    behind, and every record still keeps the prediction the model makes after exactly the
-    records before it, as a local prequential run would."""
+    behind, yet every learn is one commit, never refused, whose answer brings the other's
+    record; the model and the metrics of both processes are those of a local prequential run."""
     apps = make_app(RIVER_ML_STORAGE_BACKEND=store), make_app(RIVER_ML_STORAGE_BACKEND=store)
     river_ml = FlaskRiverML()
     with apps[0].app_context():
         name = river_ml.add_model(linear_model_pipeline(), "regression")
     samples = list(datasets.TrumpApproval().take(60))
-    for i, (x, y) in enumerate(samples):
+    for i, (x, y) in enumerate(samples[:2]):
         with apps[i % 2].app_context():
             river_ml.learn(name, ground_truth=y, features=x)
-    local = linear_model_pipeline()
-    for x, y, value, _, _ in logged(apps[0], name):
-        assert value == pytest.approx(local.predict_one(x), abs=1e-12)
-        local.learn_one(x, y)
+    outcomes = [counted_commits(app, monkeypatch) for app in apps]
+    for i, (x, y) in enumerate(samples[2:]):
+        with apps[i % 2].app_context():
+            river_ml.learn(name, ground_truth=y, features=x)
+    for found in outcomes:
+        assert len(found) == len(samples[2:]) // 2
+        assert all(outcome.written for outcome in found)
+        # Each brings the one record the other process appended since this one's last learn.
+        assert all([seq for seq, _ in outcome.unseen] == [outcome.seq - 1] for outcome in found)
+    assert logged(apps[0], name) == samples
+    local, mae = replay(samples)
+    for app in apps:
+        with app.app_context():
+            assert river_ml.metrics(name)["MAE"] == pytest.approx(mae.get(), abs=1e-9)
+            assert_same_predictions(river_ml, name, local, [x for x, _ in samples[:5]])
 
 
 def test_concurrent_learns_leave_every_replica_alike(make_app, backend_name):
@@ -458,7 +491,7 @@ def test_concurrent_learns_leave_every_replica_alike(make_app, backend_name):
     samples = list(datasets.TrumpApproval().take(300))
     assert learn_in_threads(river_ml, name, [((first, second)[i % 2], samples[i::6]) for i in range(6)]) == []
     records = logged(first, name)
-    assert sorted(str(x) for x, *_ in records) == sorted(str(x) for x, _ in samples)
+    assert sorted(str(x) for x, _ in records) == sorted(str(x) for x, _ in samples)
     local, mae = replay(records)
     for app in (first, second):
         with app.app_context():
@@ -603,9 +636,13 @@ def test_a_record_that_fails_halfway_is_skipped_by_every_replica(make_app, tmp_p
         assert river_ml.get_model(name).seen == [1, 2, 4]
 
 
-def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_path, monkeypatch):
+@pytest.mark.parametrize("racer", ["learns", "fails"])
+def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_path, monkeypatch, racer):
     """Another process applied (and skipped) a record and snapshotted past it before its
-    sender caught up: the sender still answers ModelFailed, from the snapshot."""
+    sender caught up: the sender still answers ModelFailed, from the snapshot. It meets the
+    snapshot when the commit's answer lacks the record before its own (written by a process
+    that did not ask for the records it missed), or when that record fails too, and its
+    sender's rebuild loads the snapshot."""
     first, second = shared_apps(make_app, tmp_path, RIVER_ML_SNAPSHOT_EVERY=1)
     river_ml = FlaskRiverML()
     with first.app_context():
@@ -614,15 +651,17 @@ def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_
     backend = FlaskRiverML.state(first).backend
     codec = FlaskRiverML.state(first).engine.replicas.codec
     commit = backend.commit
+    raced = {"v": 2} if racer == "learns" else {"v": 2, "fail": "panic"}
 
     def racing_writers(change, guard=None):
         if change.record is None:
             return commit(change, guard)
         # A writer lands first, this record after it; the other process applies both and
         # snapshots past them before this one reads them back.
-        unguarded = Guard(guard.log, None, guard.key, guard.value)
-        commit(Change(record=codec.dumps(({"v": 2}, 0.0, None, None, None))), unguarded)
-        appended = commit(change, unguarded)
+        unasked = Guard(guard.log, None, guard.key, guard.value)
+        commit(Change(record=codec.dumps(("learn", (raced, 0.0, None, None)))), unasked)
+        appended = commit(change, guard if racer == "fails" else unasked)
+        assert [seq for seq, _ in appended.unseen] == ([2] if racer == "fails" else [])
         with second.app_context():
             river_ml.learn(name, ground_truth=0.0, features={"v": 3})
         assert backend.get(layout.snapshot_seq(name)) == b"4"
@@ -633,7 +672,7 @@ def test_the_sender_learns_of_its_failure_from_a_snapshot_past_it(make_app, tmp_
     with first.app_context(), pytest.raises(ModelFailed, match="Panic"):
         river_ml.learn(name, ground_truth=0.0, features={"v": 100, "fail": "panic"})
     monkeypatch.setattr(backend, "commit", commit)
-    assert served(first, name) == served(second, name) == 6.0
+    assert served(first, name) == served(second, name) == (6.0 if racer == "learns" else 4.0)
 
 
 @pytest.mark.parametrize("failing", ["predict", "metric"])

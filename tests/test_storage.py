@@ -446,6 +446,58 @@ def test_guarded_commits_happen_only_on_the_head_and_value_seen(backend):
     assert backend.observed("t") == (2, 2, 1.0)
 
 
+def test_an_append_answers_with_the_records_after_those_its_writer_saw(backend):
+    """A commit whose guard says the last record its writer saw appends wherever the log is,
+    and answers with the records between that one and its own, read in the same step; a
+    refused one appends nothing and answers none."""
+    backend.set("model", b"g")
+
+    def appended(record: bytes, after: int | None, value: bytes = b"g") -> list:
+        outcome = backend.commit(
+            Change(record=record, observes=(("t", 1, 0.5),)), Guard("log", None, "model", value, after)
+        )
+        return [outcome.written, outcome.seq, outcome.unseen]
+
+    assert appended(b"a", 0) == [True, 1, []]
+    assert appended(b"b", 1) == [True, 2, []]
+    assert appended(b"c", 0) == [True, 3, [(1, b"a"), (2, b"b")]]
+    assert appended(b"d", 2) == [True, 4, [(3, b"c")]]
+    # Without saying, none: the writer reads them itself.
+    assert appended(b"e", None) == [True, 5, []]
+    # After a trim, only the records still kept come back: the writer sees the gap.
+    backend.trim("log", 4)
+    assert appended(b"f", 1) == [True, 6, [(4, b"d"), (5, b"e")]]
+    # A commit refused by its guarded value appends nothing.
+    assert appended(b"g", 1, b"other") == [False, None, []]
+    assert backend.read("log") == [(4, b"d"), (5, b"e"), (6, b"f")]
+    assert backend.observed("t") == (6, 6, 1.0)
+
+
+def test_concurrent_appends_each_answer_exactly_the_records_before_them(backend):
+    """Writers that append without a head, each saying the last record it had seen and then
+    taking in the records its commit answered with, see every record once, in order."""
+    backend.set("model", b"g")
+    seen: dict[int, list[int]] = {}
+
+    def work(worker: int):
+        after, mine = 0, []
+        for i in range(40):
+            outcome = backend.commit(Change(record=f"{worker}-{i}".encode()), Guard("log", None, "model", b"g", after))
+            assert outcome.written and outcome.seq is not None
+            mine += [seq for seq, _ in outcome.unseen] + [outcome.seq]
+            after = outcome.seq
+        seen[worker] = mine
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for mine in seen.values():
+        assert mine == list(range(1, mine[-1] + 1))
+    assert [seq for seq, _ in backend.read("log")] == list(range(1, 161))
+
+
 @pytest.mark.redis
 def test_redis_commits_survive_a_server_that_lost_its_scripts(tmp_path):
     """After SCRIPT FLUSH (or a restart) every commit is made once."""

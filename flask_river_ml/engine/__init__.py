@@ -1,9 +1,9 @@
 """The state engine: one consistent, durable model per name, at a per-request cost that does
 not grow with the model.
 
-A learn appends a small signed record (features, ground truth, the prediction used for the
-metrics) to the model's log; the append is what makes the learn durable. Each process keeps a
-replica of every model it serves and applies the log to it in order
+A learn appends a small signed record (the sample as sent) to the model's log; the append is
+what makes the learn durable. Each process keeps a replica of every model it serves and
+applies the log to it in order, learning each record where it lands
 (:mod:`~flask_river_ml.engine.replicas`); requests decide on the replica and commit in one
 guarded step (:mod:`~flask_river_ml.engine.requests`); snapshots fold the log into the stored
 model (:mod:`~flask_river_ml.engine.snapshots`). Upload, replace and delete change the model's

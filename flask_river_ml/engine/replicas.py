@@ -6,6 +6,15 @@ record it has not applied, so every process applies the same records in the same
 deterministic replicas stay identical. A replica of another generation than the model entry's
 reloads from the snapshot.
 
+A learn's record is ``("learn", sample)``, one sample as a batch record holds them
+(:data:`~.batch_records.Sample`: the features, the ground truth and the caller's prediction as
+sent, the waiting prediction it learns from). It is learnt where it lands in the log: whoever
+applies it predicts first when the metrics need a prediction and none came with it, and reads
+a label spelt as a class there, so the record needs no particular place in the log. Records
+written before learns were so, ``(features, ground_truth, value, label, probabilities)``
+with the ground truth read and the prediction made when the learn was decided, are applied as
+they were written.
+
 A record whose learn raises (a Rust panic included) may have changed the model halfway: the
 replica is rebuilt from the snapshot and the log without that record, so every replica, in
 every process, skips it the same way and no snapshot ever holds half a record.
@@ -13,6 +22,7 @@ every process, skips it the same way and no snapshot ever holds half a record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -25,8 +35,8 @@ from ..flavors import Flavor, Scored, get_flavor, model_code
 from ..serialization import Codec
 from ..storage import Backend
 from ..storage.base import Records
+from .batch_records import Sample, read, samples_of
 from .batch_records import learn as learn_samples
-from .batch_records import samples_of
 from .entries import parse_entry
 
 logger = logging.getLogger("flask_river_ml.engine")
@@ -34,6 +44,24 @@ logger = logging.getLogger("flask_river_ml.engine")
 #: How many snapshots one catch-up loads, while others trim the log past it, before it gives up.
 _RELOADS = 5
 LEARN_FAILED = "The model could not learn from this sample"
+#: The tag of a single learn's record.
+LEARN = "learn"
+#: A sample as it was learnt: its ground truth as the model read it, and the prediction scored.
+Learnt = tuple[Any, Scored | None]
+
+
+def learn_record(sample: Sample) -> tuple[str, Sample]:
+    """The record of a single learn of ``sample``, for the codec to sign."""
+    return LEARN, sample
+
+
+def sample_of(loaded: Any) -> Sample | None:
+    """The sample of a loaded record if it is a single learn's (not a batch's, nor a 5-tuple
+    written before learns were learnt where they land)."""
+    if type(loaded) is tuple and len(loaded) == 2 and loaded[0] == LEARN:
+        sample: Sample = loaded[1]
+        return sample
+    return None
 
 
 @dataclass
@@ -108,6 +136,27 @@ class Replica:
         assert self.generation is not None
         kept = tuple((seq, error) for seq, error in self.skipped.items() if seq > self.snapshot_seq)
         return Snapshot(self.model, self.metrics, self.seq, self.generation, self.flavor.name, kept)
+
+    def learn(self, sample: Sample) -> Learnt:
+        """Learn ``sample`` at this replica's place in the log (the lock is held), as a single
+        learn does: the model predicts first when the metrics need a prediction and none was
+        given or waits, a label spelt as one of its classes is read as it, then it learns and
+        the metrics are scored. The ground truth learnt and the prediction scored;
+        :class:`ModelFailed` when the model or a metric raises, or the target read is refused.
+        """
+        x, y, waiting, prediction = sample
+        made = None if waiting is None else Scored(*waiting)
+        if made is None and prediction is None and y is not None:
+            # The prediction only feeds the metrics: a model that cannot make it learns anyway.
+            with contextlib.suppress(ModelFailed):
+                made = self.predict(x)
+        try:
+            y, made = read(self.flavor, self.model, self.metrics, x, y, made, prediction)
+        except InvalidInput as error:
+            # Refused at this place of the log, so on every replica: the record is skipped.
+            raise ModelFailed(error.message) from error
+        self.apply(x, y, made or Scored(None))
+        return y, made
 
     def apply(self, x: dict, y: Any, scored: Scored) -> None:
         """Learn one record (the lock is held); :class:`ModelFailed` when the model or a metric raises."""
@@ -232,36 +281,56 @@ class Replicas:
                 try:
                     # A record that cannot be loaded is skipped too, rather than blocking the log.
                     loaded = self.codec.loads(blob)
-                    batch = samples_of(loaded)
-                    if batch is None:
+                    sample = sample_of(loaded)
+                    batch = None if sample is not None else samples_of(loaded)
+                    if sample is not None:
+                        replica.learn(sample)
+                    elif batch is not None:
+                        learn_samples(replica, batch)
+                    else:
                         x, y, value, label, proba = loaded
                         replica.apply(x, y, Scored(value, label, proba))
-                    else:
-                        learn_samples(replica, batch)
                 except (ModelFailed, TamperedData) as error:
                     replica.skipped[seq] = error.message
                     return False
             replica.seq = seq
         return True
 
-    def applied(self, name: str, replica: Replica, seq: int, x: dict, y: Any, scored: Scored | None) -> None:
-        """Bring the replica to record ``seq``, just appended from ``x``, ``y`` and ``scored``.
+    def applied(self, name: str, replica: Replica, seq: int, sample: Sample, unseen: Records) -> Learnt | None:
+        """Bring the replica to record ``seq``, just appended from ``sample``: first the records
+        others appended before it, from ``unseen`` (what the commit answered: those after the
+        replica's position), then the record itself, from memory. Records appended after it are
+        the next request's to apply, as they would be had they come a moment later.
 
-        When it comes right after the replica's position, nobody wrote in between: the record
-        is applied from memory, and nothing is read (records appended since are the next
-        request's to apply, as they would be had they come a moment later). Otherwise the
-        replica catches up through it from the log.
+        What the sample was learnt as (:meth:`Replica.learn`), or None when this replica did
+        not learn it: it failed (its failure is in ``replica.skipped``, and the replica was
+        rebuilt without it), a snapshot past it was loaded (which carries its failure), or the
+        log ends before records this replica applied (a store restored from an older copy:
+        the replica is discarded, and the next request reloads it).
         """
         with replica.lock:
-            if seq == replica.seq + 1:
-                try:
-                    replica.apply(x, y, scored or Scored(None))
-                    replica.seq = seq
-                    return
-                except ModelFailed as error:
-                    replica.skipped[seq] = error.message
-                    self.rebuild(name, replica)
-            self.catch_up(name, replica)
+            if seq <= replica.seq:
+                logger.warning(
+                    "Model %r: the log ends before record %d, which this process applied.", name, replica.seq
+                )
+                replica.discard()
+                return None
+            if replica.seq < seq - 1:
+                # Read from the log unless the answer reaches the record (a log trimmed past
+                # the replica's position answers with its rest, which catch_up tells apart).
+                complete = bool(unseen) and unseen[-1][0] == seq - 1
+                self.catch_up(name, replica, unseen if complete else None, upto=seq - 1)
+            if replica.seq != seq - 1:
+                return None
+            try:
+                learnt = replica.learn(sample)
+            except ModelFailed as error:
+                replica.skipped[seq] = error.message
+                self.rebuild(name, replica)
+                self.catch_up(name, replica)
+                return None
+            replica.seq = seq
+            return learnt
 
     def rebuild(self, name: str, replica: Replica) -> None:
         """Start ``replica`` again from the snapshot after a record failed halfway into it (its

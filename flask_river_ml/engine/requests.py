@@ -2,10 +2,15 @@
 
 A request decides on this process's replica without reading the store, then commits what it
 decided (a record to append, a prediction to keep waiting, the waiting prediction a label
-consumes, its timing) in one guarded commit: made only if the model is still the one it
-decided on and, the first time, only if the log is still where the replica is. A prediction
+consumes, its timing) in one guarded commit, made only if the model is still the one it
+decided on.
+
+A predict's first commit is also guarded by the log position the replica is at: a prediction
 is therefore always the stored model's, made after every record written before the request
-arrived, and a waiting prediction is consumed exactly when the learn made from it is written.
+arrived. A learn's is not: its record is the sample as sent, learnt (and, for the metrics,
+predicted) where it lands in the log, so another writer never makes it decide again; the
+commit answers with the records the replica had not seen, which it applies before its own.
+A waiting prediction is consumed exactly when the learn made from it is written.
 """
 
 from __future__ import annotations
@@ -30,15 +35,16 @@ from ..flavors import Scored, describe, get_flavor
 from ..serialization import Codec
 from ..stats import EWM_ALPHA
 from ..storage import Backend
-from ..storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Timing
+from ..storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Records, Timing
+from .batch_records import Sample, read
 from .entries import entry, read_entry
-from .replicas import Replica, Replicas
+from .replicas import Learnt, Replica, Replicas, learn_record
 from .snapshots import Snapshots
 
 logger = logging.getLogger("flask_river_ml.engine")
 
-#: How many times a request decides again, after its first try found the log moved on or
-#: later ones found the model replaced, before it answers Busy.
+#: How many times a request decides again after its commit was refused (a predict's first by
+#: a log that moved on, any by a model replaced) before it answers Busy.
 _TRIES = 5
 _Result = TypeVar("_Result")
 
@@ -86,7 +92,7 @@ class Committed(Generic[_Result]):
 @dataclass(slots=True)
 class Learned:
     """A learn that was written: the features learned, the prediction scored, if any, and the
-    ground truth as it was recorded (a label read as the model's class)."""
+    ground truth as it was learnt (a label read as the model's class)."""
 
     features: dict
     scored: Scored | None
@@ -138,49 +144,41 @@ class Requests:
     def learn(self, name: str, request: Learn) -> Learned:
         """Make the model learn durably; the features learned and the prediction scored.
 
-        With a ground truth and no prediction (given or waiting), the model predicts first, so
-        the metrics are prequential; a model that cannot predict yet still learns, and the
-        metrics skip the sample. The record and the learn's timing are committed together, in
-        one write. Once it is committed the learn has succeeded, whatever happens to the steps
-        after it (applying records of others, the snapshot): later requests make them again.
-        Only the record's own failure, which every replica skips, is an error:
-        :class:`ModelFailed`, the record counts as never stored, its timing is taken back and
-        the waiting prediction it consumed waits again.
+        The record is the sample as sent (:func:`~.replicas.learn_record`), learnt where it
+        lands in the log: with a ground truth and no prediction (given or waiting), the model
+        predicts first there, so the metrics are prequential; a model that cannot predict yet
+        still learns, and the metrics skip the sample. The record and the learn's timing are
+        committed together, in one write, guarded by the model entry alone (:meth:`_append`).
+        Once it is committed the learn has succeeded, whatever happens to the steps after it
+        (applying records of others, the snapshot): later requests make them again. Only the
+        record's own failure, which every replica skips, is an error: :class:`ModelFailed`,
+        the record counts as never stored, its timing is taken back and the waiting prediction
+        it consumed waits again.
         """
         # The waiting prediction learned from, as (key, value): the commit takes it.
         waiting = None if request.identifier is None else self._waiting(name, request.identifier, request.ground_truth)
         if waiting is None:
-            x, given = request.features or {}, None
+            x, kept = request.features or {}, None
         else:
             x, value, label, proba = self.codec.loads(waiting[1])
-            given = Scored(value, label, proba)
+            kept = (value, label, proba)
+        sample: Sample = (x, request.ground_truth, kept, request.prediction)
+        # Made once: the record does not depend on the replica it is checked on.
+        record = self.codec.dumps(learn_record(sample))
 
-        def decide(replica: Replica) -> tuple[Change, tuple[Any, Scored | None]]:
-            replica.check_sample(x)
-            flavor = replica.flavor
-            made = given
-            if made is None and request.prediction is None and request.ground_truth is not None:
-                try:
-                    made = replica.predict(x)
-                except ModelFailed:
-                    pass  # the sample is learned; the metrics skip it
-            # Read before the record is written: every replica, and every replay, learns the class.
-            y, prediction = flavor.read_classes(
-                replica.model, replica.metrics, x, made, request.ground_truth, request.prediction
-            )
-            flavor.check_target(y)
-            if made is None and prediction is not None:
-                made = flavor.from_value(prediction)
-            parts = (None, None, None) if made is None else (made.value, made.label, made.proba)
-            record = self.codec.dumps((x, y, *parts))
-            return Change(record, take=waiting, observes=_timing(name, "learn", request.started)), (y, made)
+        def change() -> Change:
+            return Change(record, take=waiting, observes=_timing(name, "learn", request.started))
 
-        committed = self._commit(name, decide)
-        replica, (y, made), outcome = committed.replica, committed.result, committed.outcome
+        committed = self._append(name, sample, change)
+        replica, outcome = committed.replica, committed.outcome
         if outcome.conflict == TAKEN:
             raise self._not_waiting(name, request.identifier)
         assert outcome.seq is not None
-        failure = self._after_append(name, replica, outcome.seq, x, y, made)
+        # Read before the snapshot, which forgets failures older than itself.
+        failure = replica.skipped.get(outcome.seq)
+        # After a failure too: the rebuild's snapshot spares the next one its replay.
+        if failure is not None or self.snapshots.due(replica):
+            self.snapshots.try_take(name, replica)
         if failure is not None:
             logger.warning(
                 "Model %r could not learn record %d, which every replica skips: %s", name, outcome.seq, failure
@@ -190,7 +188,65 @@ class Requests:
                 self.backend.add(*waiting, self.waiting_ttl)
             self.untime(name, committed)
             raise ModelFailed(failure)
+        if committed.result is None:
+            # Not learnt here (a snapshot past it was loaded, or applying it waits for a later
+            # request): told as it was sent.
+            return Learned(x, None if kept is None else Scored(*kept), request.ground_truth)
+        y, made = committed.result
         return Learned(x, made, y)
+
+    def _append(self, name: str, sample: Sample, change: Callable[[], Change]) -> Committed[Learnt | None]:
+        """Check ``sample`` on this process's replica, commit ``change()``, which appends its
+        record, then bring the replica through it; the replica, the change, what the sample was
+        learnt as (None when this replica did not learn it), the guard and the outcome (written,
+        or refused by its ``take``).
+
+        No read of the store comes first, and the commit is guarded by the model entry alone:
+        the record is learnt where it lands, so a writer that appended meanwhile never makes
+        the learn decide again. The commit answers with the records between the replica's
+        position and the new record, which the replica applies before its own, without asking
+        the store again. The replica's lock is held from the check to the record learnt, so no
+        other thread of this process learns it first: its sender learns it, sees the
+        prediction it was scored with, and hears of its failure. When the model was replaced
+        the replica reloads and checks again (deleted: :class:`ModelNotFound`); a sample
+        refused by a replica not checked against the store is checked again on a fresh one
+        before the refusal is believed.
+        """
+        held = self.replicas.held(name)
+        replica, fresh = (self.replicas.get(name), True) if held is None else (held, False)
+        for _ in range(_TRIES):
+            with replica.lock:
+                try:
+                    _check(replica, sample)
+                except (InvalidInput, ModelFailed):
+                    if fresh:
+                        raise
+                else:
+                    current = entry(replica.flavor.name, replica.generation)
+                    guard = Guard(layout.log(name), None, layout.model(name), current, replica.seq)
+                    made = change()
+                    outcome = self.backend.commit(made, guard)
+                    if outcome.written:
+                        assert outcome.seq is not None
+                        learnt = self._applied(name, replica, outcome.seq, sample, outcome.unseen)
+                        return Committed(replica, made, learnt, guard, outcome)
+                    if outcome.conflict is not None:
+                        return Committed(replica, made, None, guard, outcome)
+            replica, fresh = self.replicas.get(name), True
+        raise Busy(f"Model '{name}' was replaced while this request was answered; try again shortly.")
+
+    def _applied(self, name: str, replica: Replica, seq: int, sample: Sample, unseen: Records) -> Learnt | None:
+        """:meth:`Replicas.applied`, for a record that is stored: nothing that fails there but
+        the record itself (in ``replica.skipped``) undoes the learn."""
+        try:
+            return self.replicas.applied(name, replica, seq, sample, unseen)
+        except INTERPRETER_EXITS:
+            raise
+        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn stands
+            logger.warning(
+                "Model %r: record %d is stored; applying it waits for a later request (%s).", name, seq, describe(error)
+            )
+            return None
 
     def _waiting(self, name: str, identifier: str, y: Any) -> tuple[str, bytes]:
         """The key and value of the prediction a learn names; an absent model and a ground
@@ -209,25 +265,6 @@ class Requests:
             "(it was never made for this model, was labelled already, or expired)."
         )
 
-    def _after_append(self, name: str, replica: Replica, seq: int, x: dict, y: Any, made: Scored | None) -> str | None:
-        """Apply record ``seq`` and those before it, and snapshot when due; the record's own
-        failure, found by this thread or by whichever applied it first. Nothing else here
-        undoes the learn, which stands once its record is stored."""
-        try:
-            self.replicas.applied(name, replica, seq, x, y, made)
-        except INTERPRETER_EXITS:
-            raise
-        except BaseException as error:  # noqa: BLE001 - the record is stored: the learn stands
-            logger.warning(
-                "Model %r: record %d is stored; applying it waits for a later request (%s).", name, seq, describe(error)
-            )
-        # Read before the snapshot, which forgets failures older than itself.
-        failure = replica.skipped.get(seq)
-        # After a failure too: the rebuild's snapshot spares the next one its replay.
-        if failure is not None or self.snapshots.due(replica):
-            self.snapshots.try_take(name, replica)
-        return failure
-
     def untime(self, name: str, committed: Committed[Any]) -> None:
         """Take the timing of a learn (or batch) whose record failed out of the stats, which count the
         calls that succeeded; only while the model is the one it was committed to (a model
@@ -244,9 +281,9 @@ class Requests:
             logger.warning("Model %r: a learn that failed stays counted in its stats (%s).", name, error.message)
 
     def _commit(self, name: str, decide: Callable[[Replica], tuple[Change, _Result]]) -> Committed[_Result]:
-        """Decide on this process's replica, then commit the change decided, guarded by the
-        model entry it was decided on; the replica, the decision, its result and the outcome
-        (written, or refused by its own ``take`` or ``create``).
+        """Decide a predict (or a predict batch) on this process's replica, then commit the
+        change decided, guarded by the model entry it was decided on; the replica, the
+        decision, its result and the outcome (written, or refused by its own ``create``).
 
         No read of the store comes first. The first commit is also guarded by the log position
         the replica is at, so when nobody else wrote a request costs one write. When that
@@ -294,6 +331,18 @@ class Requests:
             replica.discard()
             fresh = self.replicas.get(name)
         return fresh
+
+
+def _check(replica: Replica, sample: Sample) -> None:
+    """Refuse, before anything is written, a sample that the replica as it is refuses (its
+    lock is held): features it would expand into too many terms, a ground truth (as the model
+    reads it) or a caller's prediction that its flavor cannot use. The record keeps the sample
+    as sent: whoever learns it reads it again, where it lands."""
+    x, y, waiting, prediction = sample
+    replica.check_sample(x)
+    read(
+        replica.flavor, replica.model, replica.metrics, x, y, None if waiting is None else Scored(*waiting), prediction
+    )
 
 
 def _timing(name: str, kind: str, started: int | None) -> tuple[Timing, ...]:

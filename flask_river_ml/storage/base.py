@@ -65,12 +65,18 @@ class Guard:
     A guarded commit happens only if both still hold when it is made: the writer's answer (a
     prediction) is then exactly the one the model gives at that point of its log. With
     ``head`` None only ``key`` is checked.
+
+    ``after`` is the last record the writer has seen, if it says: a commit that appends a
+    record answers with the records after that one that came before its own
+    (:attr:`Outcome.unseen`), read in the same atomic step, so the writer can apply them and
+    then its own record without asking the store again.
     """
 
     log: str
     head: int | None
     key: str
     value: bytes
+    after: int | None = None
 
 
 @dataclass(slots=True)
@@ -103,10 +109,11 @@ TAKEN, EXISTS = "taken", "exists"
 
 @dataclass(slots=True)
 class Outcome:
-    """What a commit did: ``written``, with the appended record's number and the tally each
-    of its ``observes`` left, in order; otherwise the records the writer had not seen (the
-    log moved on), none (the guarded key changed), or the ``conflict`` of its ``take`` or
-    ``create``."""
+    """What a commit did: ``written``, with the appended record's number, the records before
+    it that the writer had not seen (those after the guard's ``after``, when it gave one) and
+    the tally each of its ``observes`` left, in order; otherwise the records the writer had
+    not seen (the log moved on past the guard's ``head``), none (the guarded key changed), or
+    the ``conflict`` of its ``take`` or ``create``."""
 
     written: bool
     seq: int | None = None
@@ -367,7 +374,6 @@ class _GuardedLock:
             if error is value:
                 raise
             _reraise(self._backend, error)
-
 
 
 class ListenerCheck:

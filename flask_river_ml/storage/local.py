@@ -87,9 +87,12 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
                 return Outcome(False, conflict=EXISTS)
             at += 1
     seq = None
+    unseen: Records = []
     if change.record is not None:
         if guard is None:
             raise ValueError("A record is appended to the log of a guard; none was given.")
+        if guard.after is not None and head > guard.after:
+            unseen = view.records(guard.log, guard.after)
         seq = view.push(guard.log, change.record)
     for key, value, ttl in change.sets:
         view.put(key, value, ttl)
@@ -116,7 +119,7 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
                 written[key] = current[key] = retracted(kept, duration, alpha, tally)
         for key, timing in written.items():
             view.put_timing(key, timing)
-    return Outcome(True, seq, tallies=tuple(tallies))
+    return Outcome(True, seq, unseen, tallies=tuple(tallies))
 
 
 def moved(timing: Timed | None, duration: int, alpha: float) -> Timed:

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from .base import EXISTS, TAKEN, Change, Guard, Outcome
+from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
 from .redis_client import RedisClient
 
 # The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
@@ -19,14 +19,15 @@ from .redis_client import RedisClient
 # not checked), [3] the value it saw, [4] '1' with a record, [5] the record, [6] '1' with a
 # take, [7] the value to take, [8] '1' with a create, [9] its value, [10] its time to live in
 # milliseconds (0: none), [11] the number of sets, [12] and [13] the numbers of the many to
-# take and to create, [14] the number of timings observed; then per take its value, per
-# create its value and time to live, per set its value and time to live, per timing observed
-# its duration and alpha, per timing taken back its duration, alpha, and the count and total
-# its commit left. Replies: {1, number or 0, then the count and total of each timing
-# observed} when written, {0, entries after the head} when the log moved on, {-1} when the
-# guarded key changed, {-2} when the key to take was gone, {-3} when the key to create
-# existed. The record is added before the head moves: a script that fails halfway keeps what
-# it wrote, and a record number must never be given out without its record.
+# take and to create, [14] the number of timings observed, [15] the last record the writer
+# has seen ('' when it does not say); then per take its value, per create its value and time
+# to live, per set its value and time to live, per timing observed its duration and alpha, per
+# timing taken back its duration, alpha, and the count and total its commit left. Replies:
+# {1, number or 0, the entries after [15] that came before the record, then the count and
+# total of each timing observed} when written, {0, entries after the head} when the log moved
+# on, {-1} when the guarded key changed, {-2} when the key to take was gone, {-3} when the key
+# to create existed. The record is added before the head moves: a script that fails halfway
+# keeps what it wrote, and a record number must never be given out without its record.
 _COMMIT = """
 local k = 0
 if ARGV[1] == '1' then
@@ -53,7 +54,7 @@ if ARGV[8] == '1' then
         return {-3}
     end
 end
-local a = 15
+local a = 16
 local takes, creates = {}, {}
 for i = 1, tonumber(ARGV[12]) do
     k = k + 1
@@ -71,9 +72,13 @@ for i = 1, tonumber(ARGV[13]) do
     creates[i] = {KEYS[k], a}
     a = a + 2
 end
-local seq = 0
+local seq, unseen = 0, {}
 if ARGV[4] == '1' then
-    seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+    local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+    if ARGV[15] ~= '' and head > tonumber(ARGV[15]) then
+        unseen = redis.call('XRANGE', KEYS[1], (tonumber(ARGV[15]) + 1) .. '-0', '+')
+    end
+    seq = head + 1
     redis.call('XADD', KEYS[1], seq .. '-0', 'r', ARGV[5])
     redis.call('SET', KEYS[2], seq)
 end
@@ -101,7 +106,7 @@ end
 for _, key in ipairs(takes) do
     redis.call('DEL', key)
 end
-local reply = {1, seq}
+local reply = {1, seq, unseen}
 k = k + sets
 for i = k + 1, k + observes do
     local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
@@ -148,10 +153,12 @@ class RedisScripts(RedisClient):
     def commit(self, change: Change, guard: Guard | None = None) -> Outcome:
         keys: list[str] = []
         args: list[Any] = ["0", "", "", "0", "", "0", "", "0", "", 0]
-        args += [len(change.sets), len(change.takes), len(change.creates), len(change.observes)]
+        args += [len(change.sets), len(change.takes), len(change.creates), len(change.observes), ""]
         if guard is not None:
             keys += [*self._logs(guard.log), self._k(guard.key)]
             args[0:3] = ["1", "" if guard.head is None else guard.head, guard.value]
+            if guard.after is not None:
+                args[14] = guard.after
         if change.record is not None:
             if guard is None:
                 raise ValueError("A record is appended to the log of a guard; none was given.")
@@ -179,13 +186,17 @@ class RedisScripts(RedisClient):
             args += [duration, repr(alpha), count, total]
         reply = self._commit(keys=keys, args=args)
         if reply[0] == 1:
-            tallies = tuple((int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2))
-            return Outcome(True, int(reply[1]) or None, tallies=tallies)
+            tallies = tuple((int(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2))
+            return Outcome(True, int(reply[1]) or None, _entries(reply[2]), tallies=tallies)
         if reply[0] == 0:
-            # A script's entries are [id, [field, value]].
-            return Outcome(False, unseen=[(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in reply[1]])
+            return Outcome(False, unseen=_entries(reply[1]))
         return Outcome(False, conflict=_CONFLICTS.get(reply[0]))
 
     @classmethod
     def _px(cls, ttl: float | None) -> int:
         return cls._expiry(ttl).get("px", 0)
+
+
+def _entries(entries: list) -> Records:
+    """The records of a script's stream entries, each ``[id, [field, value]]``."""
+    return [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
