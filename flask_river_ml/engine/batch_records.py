@@ -3,19 +3,20 @@
 A learn batch is one record of the log, ``("batch", samples)``; each sample is
 ``(features, ground_truth, waiting, prediction)``: the ground truth and the caller's prediction
 as they were sent, and ``waiting`` the prediction the sample's identifier named (its value,
-label and probabilities), or None. A single learn's record is a 5-tuple, so the two never
-meet halfway.
+label and probabilities), or None. A single learn's record, ``("learn", sample)``, holds one
+sample of the same shape and is learnt the same way (records written by earlier versions,
+5-tuples carrying the prediction they were scored with, are applied as written).
 
 Whoever applies a batch record (its sender, every other replica, a replay after a restart)
 learns its samples in order, each the way a single learn learns one: the model predicts first
 when the metrics need a prediction and nothing gave one, a label spelt as a class is read as
 that class, the target is checked, then the model learns and the metrics are scored. Each
 sample is so scored with the prediction of the model after exactly the samples before it, as
-the same samples sent one by one would be. A single learn's record carries the prediction it
-was scored with; a batch's cannot (the predictions of its later samples depend on the earlier
-ones, learnt only once the record is written), so every replica makes them as it applies the
-record. It makes the same ones: it applies the same records, in the same order, from the same
-state.
+the same samples sent one by one would be. No record carries a prediction made when it was
+decided (the predictions of a batch's later samples depend on the earlier ones, learnt only
+once the record is written, and a single learn's on the records that land before it), so
+every replica makes them as it applies the record. It makes the same ones: it applies the
+same records, in the same order, from the same state.
 """
 
 from __future__ import annotations
