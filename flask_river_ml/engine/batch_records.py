@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInput, ModelFailed
+from ..errors import ModelFailed
 from ..flavors import Flavor, Scored
 
 if TYPE_CHECKING:  # replicas import this module to apply batch records
@@ -74,23 +74,12 @@ def learn(replica: Replica, samples: Sequence[Sample], each: Each | None = None)
     A target refused here (a flavor of one's own whose check depends on the classes read)
     fails the same way on every replica.
     """
-    # The same replica, flavor, model and metrics for every sample: read once.
-    flavor, model, metrics, apply = replica.flavor, replica.model, replica.metrics, replica.apply
-    for index, (x, y, waiting, prediction) in enumerate(samples):
+    for index, sample in enumerate(samples):
         try:
-            made = None if waiting is None else Scored(*waiting)
-            if made is None and prediction is None and y is not None:
-                # The prediction only feeds the metrics: a model that cannot make it learns
-                # anyway. The lock is held: the model is asked as Replica.predict asks it.
-                try:
-                    made = flavor.predict(model, dict(x))
-                except ModelFailed:
-                    pass
-            y, made = read(flavor, model, metrics, x, y, made, prediction)
-            apply(x, y, made or Scored(None))
-        except (InvalidInput, ModelFailed) as error:
+            y, made = replica.learn(sample)
+        except ModelFailed as error:
             raise ModelFailed(error.message).at_sample(index) from error
         if each is not None:
-            each(x, y, made)
+            each(sample[0], y, made)
     # A snapshot is due by samples learnt, not by records.
     replica.extra_samples += len(samples) - 1

@@ -22,7 +22,6 @@ every process, skips it the same way and no snapshot ever holds half a record.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -148,8 +147,11 @@ class Replica:
         made = None if waiting is None else Scored(*waiting)
         if made is None and prediction is None and y is not None:
             # The prediction only feeds the metrics: a model that cannot make it learns anyway.
-            with contextlib.suppress(ModelFailed):
-                made = self.predict(x)
+            # The lock is held: the model is asked as predict() asks it, without taking it again.
+            try:
+                made = self.flavor.predict(self.model, dict(x))
+            except ModelFailed:
+                pass
         try:
             y, made = read(self.flavor, self.model, self.metrics, x, y, made, prediction)
         except InvalidInput as error:
