@@ -55,20 +55,17 @@ def learn_requests(samples: Iterable[Any], limit: int, max_features: int) -> lis
 
 def _learn(sample: Any, max_features: int, parsed: bool) -> Learn:
     """One learn sample, checked as :meth:`Service.learn` checks its arguments."""
-    if type(sample) is dict and _LEARN_KEYS.issuperset(sample):
-        # What the HTTP route sends: read without a loop over the fields.
-        features, ground_truth = sample.get("features"), sample.get("ground_truth")
-        prediction, identifier = sample.get("prediction"), sample.get("identifier")
-    elif isinstance(sample, tuple | list) and len(sample) == 2:
-        features, ground_truth, prediction, identifier = sample[0], sample[1], None, None
-    elif isinstance(sample, dict):
-        unknown = sorted(str(key) for key in sample if key not in LEARN_FIELDS)
-        if unknown:
+    if isinstance(sample, dict):
+        if not _LEARN_KEYS.issuperset(sample):
+            unknown = sorted(str(key) for key in sample if key not in _LEARN_KEYS)
             raise InvalidInput(
                 f"A sample holds {', '.join(LEARN_FIELDS)}; not {', '.join(unknown)} "
                 "(a sample's features go under features)."
             )
-        features, ground_truth, prediction, identifier = (sample.get(key) for key in LEARN_FIELDS)
+        features, ground_truth = sample.get("features"), sample.get("ground_truth")
+        prediction, identifier = sample.get("prediction"), sample.get("identifier")
+    elif isinstance(sample, tuple | list) and len(sample) == 2:
+        features, ground_truth, prediction, identifier = sample[0], sample[1], None, None
     else:
         raise InvalidInput(
             "A sample is a (features, ground_truth) pair or a dictionary of features, ground_truth, prediction and "

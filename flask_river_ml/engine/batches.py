@@ -228,8 +228,8 @@ class Batches:
         ttl = self.requests.waiting_ttl
 
         def decide(replica: Replica) -> tuple[Change, list[Scored]]:
-            # Its lock is held: the model is asked as Replica.predict asks it.
-            flavor, model, check_sample, dumps = replica.flavor, replica.model, replica.check_sample, self.codec.dumps
+            # Its lock is held: the model is asked without taking it again.
+            predict, check_sample, dumps = replica.predict_held, replica.check_sample, self.codec.dumps
             predictions: list[Scored] = []
             generated: list[Put] = []
             given: list[Put] = []
@@ -237,7 +237,7 @@ class Batches:
                 x = sample.features
                 try:
                     check_sample(x)
-                    scored = flavor.predict(model, dict(x))
+                    scored = predict(x)
                 except RiverMLError as error:
                     raise error.at_sample(index) from None
                 predictions.append(scored)

@@ -113,7 +113,12 @@ class Replica:
 
     def predict(self, x: dict) -> Scored:
         with self.lock:
-            return self.flavor.predict(self.model, dict(x))
+            return self.predict_held(x)
+
+    def predict_held(self, x: dict) -> Scored:
+        """:meth:`predict` for a caller that holds the lock already (a batch, a learn being
+        applied), without taking it again for every sample."""
+        return self.flavor.predict(self.model, dict(x))
 
     def reset(self, state: Snapshot, kept: dict[int, str]) -> None:
         """Become the snapshot ``state`` (the lock is held), still skipping the records ``kept``."""
@@ -147,9 +152,8 @@ class Replica:
         made = None if waiting is None else Scored(*waiting)
         if made is None and prediction is None and y is not None:
             # The prediction only feeds the metrics: a model that cannot make it learns anyway.
-            # The lock is held: the model is asked as predict() asks it, without taking it again.
             try:
-                made = self.flavor.predict(self.model, dict(x))
+                made = self.predict_held(x)
             except ModelFailed:
                 pass
         try:
