@@ -42,7 +42,7 @@ from ..flavors import Scored, describe, get_flavor, metric_values
 from ..stats import EWM_ALPHA
 from ..storage import Backend
 from ..storage.base import EXISTS, TAKEN, Change, Guard, Put, Timing
-from .batch_records import Each, Sample, read, record
+from .batch_records import Each, Sample, record
 from .batch_records import learn as learn_samples
 from .entries import entry, read_entry
 from .replicas import Replica
@@ -264,16 +264,14 @@ def _checked(replica: Replica, samples: Sequence[Learn], inputs: Sequence[_Input
     its features, and its ground truth and prediction as the model reads them now. The
     record keeps them as they were sent: whoever learns it reads them again, after the
     samples before them, as single learns would."""
-    flavor, model, metrics, check_sample = replica.flavor, replica.model, replica.metrics, replica.check_sample
     recorded: list[Sample] = []
     for index, (sample, (x, waiting)) in enumerate(zip(samples, inputs, strict=True)):
+        checked: Sample = (x, sample.ground_truth, waiting, sample.prediction)
         try:
-            check_sample(x)
-            made = None if waiting is None else Scored(*waiting)
-            read(flavor, model, metrics, x, sample.ground_truth, made, sample.prediction)
+            replica.check_learn(checked)
         except RiverMLError as error:
             raise error.at_sample(index) from None
-        recorded.append((x, sample.ground_truth, waiting, sample.prediction))
+        recorded.append(checked)
     return recorded
 
 

@@ -141,6 +141,15 @@ class Replica:
         kept = tuple((seq, error) for seq, error in self.skipped.items() if seq > self.snapshot_seq)
         return Snapshot(self.model, self.metrics, self.seq, self.generation, self.flavor.name, kept)
 
+    def check_learn(self, sample: Sample) -> None:
+        """Refuse, before anything is written, a sample that this replica as it is refuses
+        (its lock is held): features it would expand into too many terms, a ground truth (as
+        the model reads it) or a caller's prediction that its flavor cannot use. The record
+        keeps the sample as sent: whoever learns it reads it again, where it lands."""
+        x, y, waiting, prediction = sample
+        self.check_sample(x)
+        read(self.flavor, self.model, self.metrics, x, y, None if waiting is None else Scored(*waiting), prediction)
+
     def learn(self, sample: Sample) -> Learnt:
         """Learn ``sample`` at this replica's place in the log (the lock is held), as a single
         learn does: the model predicts first when the metrics need a prediction and none was

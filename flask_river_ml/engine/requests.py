@@ -36,7 +36,7 @@ from ..serialization import Codec
 from ..stats import EWM_ALPHA
 from ..storage import Backend
 from ..storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Records, Timing
-from .batch_records import Sample, read
+from .batch_records import Sample
 from .entries import entry, read_entry
 from .replicas import Learnt, Replica, Replicas, learn_record
 from .snapshots import Snapshots
@@ -217,7 +217,7 @@ class Requests:
         for _ in range(_TRIES):
             with replica.lock:
                 try:
-                    _check(replica, sample)
+                    replica.check_learn(sample)
                 except (InvalidInput, ModelFailed):
                     if fresh:
                         raise
@@ -331,18 +331,6 @@ class Requests:
             replica.discard()
             fresh = self.replicas.get(name)
         return fresh
-
-
-def _check(replica: Replica, sample: Sample) -> None:
-    """Refuse, before anything is written, a sample that the replica as it is refuses (its
-    lock is held): features it would expand into too many terms, a ground truth (as the model
-    reads it) or a caller's prediction that its flavor cannot use. The record keeps the sample
-    as sent: whoever learns it reads it again, where it lands."""
-    x, y, waiting, prediction = sample
-    replica.check_sample(x)
-    read(
-        replica.flavor, replica.model, replica.metrics, x, y, None if waiting is None else Scored(*waiting), prediction
-    )
 
 
 def _timing(name: str, kind: str, started: int | None) -> tuple[Timing, ...]:
