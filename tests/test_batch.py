@@ -409,15 +409,18 @@ def test_the_samples_of_a_body_are_checked_once_and_those_in_process_each(app, m
 
 
 def test_a_batch_times_each_sample_with_its_share_of_its_duration():
-    """One call per sample, under the kind's key: the shares add up to the batch's duration and
-    differ by one nanosecond at most, the longer first; an untimed or empty batch times none."""
+    """One call per sample, under the kind's key, in at most two timings of equal calls: the
+    shares add up to the batch's duration and differ by one nanosecond at most, the longer
+    first; an untimed or empty batch times none."""
     before = time.perf_counter_ns()
-    timings = _timings(MODEL, "learn", before - 1_000_000, 7)
-    duration = sum(share for _, share, _ in timings)
-    assert 1_000_000 <= duration <= time.perf_counter_ns() - before + 1_000_000
-    shares = [share for _, share, _ in timings]
-    assert len(timings) == 7 and shares == sorted(shares, reverse=True) and shares[0] - shares[-1] <= 1
-    assert {(key, alpha) for key, _, alpha in timings} == {(layout.timings(MODEL, "learn"), EWM_ALPHA)}
+    for count in (7, 1, 1000):
+        timings = _timings(MODEL, "learn", before - 1_000_000, count)
+        duration = sum(timing.duration * timing.calls for timing in timings)
+        assert 1_000_000 <= duration <= time.perf_counter_ns() - before + 1_000_000
+        assert sum(timing.calls for timing in timings) == count and all(timing.calls for timing in timings)
+        shares = [timing.duration for timing in timings]
+        assert 1 <= len(timings) <= 2 and shares == sorted(shares, reverse=True) and shares[0] - shares[-1] <= 1
+        assert {(timing.key, timing.alpha) for timing in timings} == {(layout.timings(MODEL, "learn"), EWM_ALPHA)}
     assert _timings(MODEL, "learn", None, 7) == () == _timings(MODEL, "learn", before, 0)
 
 

@@ -21,7 +21,7 @@ from stores import SharedMemoryBackend, append
 
 from flask_river_ml.errors import StoreUnavailable
 from flask_river_ml.storage import Backend, create_backend
-from flask_river_ml.storage.base import EXISTS, TAKEN, Change, Guard, Outcome
+from flask_river_ml.storage.base import EXISTS, TAKEN, Change, Guard, Outcome, Timing
 from flask_river_ml.storage.redis_cluster import RedisClusterBackend
 
 #: The URL of each backend the conformance suite runs against (a relative path: in the test's
@@ -125,7 +125,7 @@ def test_a_waiting_value_is_taken_once(backend):
 def test_a_take_of_a_changed_value_writes_nothing(backend):
     backend.set("model", b"g")
     backend.set("id", b"other")
-    change = Change(record=b"r", sets=(("k", b"v", None),), take=("id", b"record"), observes=(("t", 1, 0.5),))
+    change = Change(record=b"r", sets=(("k", b"v", None),), take=("id", b"record"), observes=(Timing("t", 1, 0.5),))
     assert backend.commit(change, Guard("log", None, "model", b"g")) == Outcome(False, conflict=TAKEN)
     assert (backend.get("id"), backend.get("k"), backend.read("log"), backend.observed("t")) == (
         b"other",
@@ -137,9 +137,9 @@ def test_a_take_of_a_changed_value_writes_nothing(backend):
 
 def test_a_create_is_made_only_where_its_key_is_absent(backend):
     backend.set("model", b"g")
-    first = Change(create=("waiting", b"1", 60), observes=(("t", 5, 0.5),))
+    first = Change(create=("waiting", b"1", 60), observes=(Timing("t", 5, 0.5),))
     assert backend.commit(first, Guard("log", 0, "model", b"g")).written
-    second = Change(create=("waiting", b"2", 60), observes=(("t", 5, 0.5),))
+    second = Change(create=("waiting", b"2", 60), observes=(Timing("t", 5, 0.5),))
     assert backend.commit(second, Guard("log", 0, "model", b"g")) == Outcome(False, conflict=EXISTS)
     assert backend.get("waiting") == b"1" and backend.observed("t") == (1, 5, 5.0)
     backend.set("short", b"x", ttl=0.05)
@@ -170,8 +170,10 @@ def test_many_takes_and_creates_are_made_together_or_not_at_all(backend):
 def test_one_commit_observes_one_key_many_times(backend):
     """A batch times each of its samples: the count, total and weighted mean move as they would
     after as many commits of one observation each."""
-    backend.commit(Change(observes=(("t", 10, 0.5),)))
-    backend.commit(Change(observes=(("t", 20, 0.5), ("u", 1, 0.5), ("t", 30, 0.5), ("t", 40, 0.5))))
+    backend.commit(Change(observes=(Timing("t", 10, 0.5),)))
+    backend.commit(
+        Change(observes=(Timing("t", 20, 0.5), Timing("u", 1, 0.5), Timing("t", 30, 0.5), Timing("t", 40, 0.5)))
+    )
     assert backend.observed("t") == (4, 100, 0.5 * 40 + 0.25 * 30 + 0.125 * 20 + 0.125 * 10)
     assert backend.observed("u") == (1, 1, 1.0)
 
@@ -215,7 +217,7 @@ def test_a_commit_takes_back_a_call_an_earlier_one_timed(backend):
     for value in (10, 20):
         backend.observe("t", value, 0.3)
     after_two = backend.observed("t")
-    timing = ("t", 30, 0.3)
+    timing = Timing("t", 30, 0.3)
     tally = backend.commit(Change(observes=(timing,))).tallies[0]
     assert tally == (3, 60)
     assert backend.commit(Change(retracts=((timing, tally),))) == Outcome(True)
@@ -229,16 +231,16 @@ def test_a_commit_takes_back_a_call_an_earlier_one_timed(backend):
     count, total, mean = backend.observed("t")
     assert (count, total) == (3, 70) and mean == pytest.approx(moved[2])
     # The only call taken back: the timing reads as never observed, and starts again.
-    only = ("u", 7, 0.3)
+    only = Timing("u", 7, 0.3)
     backend.commit(Change(retracts=((only, backend.commit(Change(observes=(only,))).tallies[0]),)))
     assert backend.observed("u") == (0, 0, 0.0)
     backend.observe("u", 5, 0.3)
     assert backend.observed("u") == (1, 5, 5.0)
     # A timing gone meanwhile (its model deleted) stays gone; a guard that fails changes nothing.
-    backend.commit(Change(retracts=((("gone", 3, 0.3), (1, 3)),)))
+    backend.commit(Change(retracts=((Timing("gone", 3, 0.3), (1, 3)),)))
     assert backend.observed("gone") is None
     backend.set("model", b"g2")
-    refused = backend.commit(Change(retracts=((("u", 5, 0.3), (1, 5)),)), Guard("log", None, "model", b"g1"))
+    refused = backend.commit(Change(retracts=((Timing("u", 5, 0.3), (1, 5)),)), Guard("log", None, "model", b"g1"))
     assert refused == Outcome(False) and backend.observed("u") == (1, 5, 5.0)
 
 
@@ -247,13 +249,52 @@ def test_a_commit_that_times_many_calls_of_one_key_takes_them_back_last_first(ba
     taken back last first, the timing is what it was before, count, total and mean."""
     backend.observe("t", 10, 0.3)
     before = backend.observed("t")
-    timings = tuple(("t", duration, 0.3) for duration in (4, 9, 2, 30))
+    timings = tuple(Timing("t", duration, 0.3) for duration in (4, 9, 2, 30))
     outcome = backend.commit(Change(observes=timings))
     assert outcome.tallies == ((2, 14), (3, 23), (4, 25), (5, 55))
     assert backend.observed("t")[:2] == (5, 55)
     backend.commit(Change(retracts=tuple(zip(reversed(timings), reversed(outcome.tallies), strict=True))))
     count, total, mean = backend.observed("t")
     assert (count, total) == before[:2] and mean == pytest.approx(before[2])
+
+
+def test_a_timing_of_many_calls_moves_as_that_many_timings_of_one(backend):
+    """A batch's samples are timed as calls of one duration each: one timing of ``calls``
+    calls leaves the count, the total and the weighted mean as that many single calls do,
+    from an empty timing and from one with calls in it."""
+    for key in ("one by one", "at once"):
+        backend.observe(key, 50, 0.3)
+    for _ in range(7):
+        backend.observe("one by one", 12, 0.3)
+    outcome = backend.commit(Change(observes=(Timing("at once", 12, 0.3, 7), Timing("fresh", 9, 0.3, 4))))
+    assert outcome.tallies == ((8, 134), (4, 36))
+    count, total, mean = backend.observed("at once")
+    expected = backend.observed("one by one")
+    assert (count, total) == expected[:2] and mean == pytest.approx(expected[2], rel=1e-12)
+    assert backend.observed("fresh") == (4, 36, 9.0)
+
+
+def test_a_timing_of_many_calls_is_taken_back_whole(backend):
+    """Taken back, a timing of many calls leaves the timing as it was before them, count,
+    total and mean; a batch so long that the mean before it kept next to no weight through its
+    step loses its count and total exactly and keeps a finite mean, their duration."""
+    backend.observe("t", 100, 0.3)
+    before = backend.observed("t")
+    timing = Timing("t", 40, 0.3, 6)
+    outcome = backend.commit(Change(observes=(timing,)))
+    backend.commit(Change(retracts=((timing, outcome.tallies[0]),)))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == before[:2] and mean == pytest.approx(before[2], rel=1e-9)
+    batch = Timing("t", 40, 0.3, 1000)
+    outcome = backend.commit(Change(observes=(batch,)))
+    assert backend.observed("t")[:2] == (1001, 40_100)
+    backend.commit(Change(retracts=((batch, outcome.tallies[0]),)))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == (1, 100) and mean == pytest.approx(40.0)
+    # All of it taken back: empty, as after the last single call taken back.
+    only = Timing("u", 8, 0.3, 3)
+    backend.commit(Change(retracts=((only, backend.commit(Change(observes=(only,))).tallies[0]),)))
+    assert backend.observed("u") == (0, 0, 0.0)
 
 
 def test_observe_counts_across_threads(backend):
@@ -391,11 +432,11 @@ def test_peek_reads_a_key_and_a_log_tail(backend):
 
 
 def test_a_commit_sets_and_observes_together(backend):
-    change = Change(sets=(("a", b"1", 60), ("b", b"2", None)), observes=(("t", 7, 0.3),))
+    change = Change(sets=(("a", b"1", 60), ("b", b"2", None)), observes=(Timing("t", 7, 0.3),))
     assert backend.commit(change) == Outcome(True, tallies=((1, 7),))
     assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     assert backend.observed("t") == (1, 7, 7.0)
-    backend.commit(Change(sets=(("short", b"x", 0.05),), observes=(("t", 3, 0.5), ("u", 4, 0.5))))
+    backend.commit(Change(sets=(("short", b"x", 0.05),), observes=(Timing("t", 3, 0.5), Timing("u", 4, 0.5))))
     assert backend.observed("t") == (2, 10, 5.0) and backend.observed("u") == (1, 4, 4.0)
     time.sleep(0.1)
     assert backend.get("short") is None
@@ -413,7 +454,7 @@ def test_guarded_commits_happen_only_on_the_head_and_value_seen(backend):
 
     def attempts(record: bytes, head: int, value: bytes) -> list:
         guard = Guard("log", head, "model", value)
-        change = Change(record=record, sets=(("k", record, None),), observes=(("t", 1, 0.5),))
+        change = Change(record=record, sets=(("k", record, None),), observes=(Timing("t", 1, 0.5),))
         before = (backend.get("k"), backend.observed("t"), backend.read("log"))
         outcome = backend.commit(change, guard)
         if not outcome.written:
@@ -454,7 +495,7 @@ def test_an_append_answers_with_the_records_after_those_its_writer_saw(backend):
 
     def appended(record: bytes, after: int | None, value: bytes = b"g") -> list:
         outcome = backend.commit(
-            Change(record=record, observes=(("t", 1, 0.5),)), Guard("log", None, "model", value, after)
+            Change(record=record, observes=(Timing("t", 1, 0.5),)), Guard("log", None, "model", value, after)
         )
         return [outcome.written, outcome.seq, outcome.unseen]
 
@@ -507,10 +548,10 @@ def test_redis_commits_survive_a_server_that_lost_its_scripts(tmp_path):
         backend.set("model", b"g")
         for round_ in range(3):
             client.script_flush()
-            backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(("t", 10, 0.5),)))
+            backend.commit(Change(sets=(("a", str(round_).encode(), 60),), observes=(Timing("t", 10, 0.5),)))
             client.script_flush()
             guard = Guard("log", round_, "model", b"g")
-            written = backend.commit(Change(record=b"r", observes=(("u", 4, 0.5),)), guard)
+            written = backend.commit(Change(record=b"r", observes=(Timing("u", 4, 0.5),)), guard)
             assert written == Outcome(True, round_ + 1, tallies=((round_ + 1, 4 * (round_ + 1)),))
             assert backend.get("a") == str(round_).encode()
         assert backend.observed("t") == (3, 30, 10.0)

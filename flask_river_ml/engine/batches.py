@@ -357,5 +357,6 @@ def _timings(name: str, kind: str, started: int | None, count: int) -> tuple[Tim
         return ()
     share, rest = divmod(time.perf_counter_ns() - started, count)
     key = layout.timings(name, kind)
-    # The first ``rest`` calls take one nanosecond more: one tuple each, repeated.
-    return ((key, share + 1, EWM_ALPHA),) * rest + ((key, share, EWM_ALPHA),) * (count - rest)
+    # The first ``rest`` calls take one nanosecond more.
+    shares = (Timing(key, share + 1, EWM_ALPHA, rest), Timing(key, share, EWM_ALPHA, count - rest))
+    return tuple(timing for timing in shares if timing.calls)

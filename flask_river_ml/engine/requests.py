@@ -338,4 +338,4 @@ def _timing(name: str, kind: str, started: int | None) -> tuple[Timing, ...]:
     duration up to now, as its write is about to be made."""
     if started is None:
         return ()
-    return ((layout.timings(name, kind), time.perf_counter_ns() - started, EWM_ALPHA),)
+    return (Timing(layout.timings(name, kind), time.perf_counter_ns() - started, EWM_ALPHA),)

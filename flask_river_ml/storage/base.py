@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
 from ..errors import StoreUnavailable
 
@@ -50,11 +50,22 @@ _Method = TypeVar("_Method", bound=Callable[..., Any])
 Records = list[tuple[int, bytes]]
 #: A value to set: ``(key, value, ttl)``.
 Put = tuple[str, bytes, float | None]
-#: A call to time: ``(key, duration, alpha)`` (see :meth:`Timings.observe`).
-Timing = tuple[str, int, float]
-#: A timing's ``(count, total)`` as a commit that observed a call in it left it.
+
+
+class Timing(NamedTuple):
+    """Calls to time under ``key``: ``calls`` of them, each lasting ``duration`` (see
+    :meth:`Timings.observe`). A batch times its samples as calls of one share of its
+    duration each, in one or two of these, so a commit of any size moves a timing once."""
+
+    key: str
+    duration: int
+    alpha: float
+    calls: int = 1
+
+
+#: A timing's ``(count, total)`` as a commit that observed calls in it left it.
 Tally = tuple[int, int]
-#: A call an earlier commit timed, taken back: its timing and the tally that commit left.
+#: Calls an earlier commit timed, taken back: their timing and the tally that commit left.
 Retraction = tuple[Timing, Tally]
 
 
@@ -209,7 +220,7 @@ class Timings(abc.ABC):
 
     def observe(self, key: str, value: int, alpha: float) -> None:
         """Add ``value`` to the timing at ``key``."""
-        self.commit(Change(observes=((key, value, alpha),)))  # type: ignore[attr-defined]
+        self.commit(Change(observes=(Timing(key, value, alpha),)))  # type: ignore[attr-defined]
 
     @abc.abstractmethod
     def observed(self, key: str) -> tuple[int, int, float] | None:

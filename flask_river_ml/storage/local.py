@@ -60,7 +60,7 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
     if retracts:
         timed += [timing[0] for timing, _ in retracts]
     if len(timed) > 1:
-        # A batch times each of its samples under one key: each key is read once.
+        # A batch times its samples in two timings of one key: each key is read once.
         timed = list(dict.fromkeys(timed))
     values, head, timings = view.load(keys, None if guard is None else guard.log, timed)
     at = 0
@@ -106,43 +106,61 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         view.remove(key)
     tallies: list[Tally] = []
     if timed:
-        # By key: one change may time, and take back, one key more than once (a batch times
-        # each of its samples); each key is written once.
+        # By key: one change may time, and take back, one key more than once (a batch's two
+        # shares of its duration); each key is written once.
         current = dict(zip(timed, timings, strict=True))
         written: dict[str, Timed] = {}
-        for key, duration, alpha in observes:
-            timing = written[key] = current[key] = moved(current[key], duration, alpha)
+        for key, duration, alpha, calls in observes:
+            timing = written[key] = current[key] = moved(current[key], duration, alpha, calls)
             tallies.append((timing[0], timing[1]))
-        for (key, duration, alpha), tally in retracts:
+        for (key, duration, alpha, calls), tally in retracts:
             kept = current[key]
             if kept is not None:
-                written[key] = current[key] = retracted(kept, duration, alpha, tally)
+                written[key] = current[key] = retracted(kept, duration, alpha, tally, calls)
         for key, timing in written.items():
             view.put_timing(key, timing)
     return Outcome(True, seq, unseen, tallies=tuple(tallies))
 
 
-def moved(timing: Timed | None, duration: int, alpha: float) -> Timed:
-    """``(count, total, weighted mean)`` after one more ``duration``: the mean starts at the
-    first duration (of an empty timing), then moves by ``alpha`` towards each new one."""
+def moved(timing: Timed | None, duration: int, alpha: float, calls: int = 1) -> Timed:
+    """``(count, total, weighted mean)`` after ``calls`` more calls of ``duration`` each: the
+    mean starts at the first duration (of an empty timing), then moves by ``alpha`` towards
+    each new one, which for ``calls`` equal durations is one step by ``1 - (1 - alpha) ** calls``."""
     if timing is None or timing[0] == 0:
-        return 1, duration, float(duration)
+        return calls, duration * calls, float(duration)
     count, total, mean = timing
-    return count + 1, total + duration, alpha * duration + (1 - alpha) * mean
+    if calls == 1:
+        mean = alpha * duration + (1 - alpha) * mean
+    else:
+        kept = (1 - alpha) ** calls
+        mean = kept * mean + (1 - kept) * duration
+    return count + calls, total + duration * calls, mean
 
 
-def retracted(timing: Timed, duration: int, alpha: float, tally: Tally) -> Timed:
-    """``timing`` without a ``duration`` that a commit observed and left at ``tally``.
+#: The least weight (``(1 - alpha) ** calls``) a mean may have kept through a step for the step
+#: to be undone: dividing by less would leave mostly rounding error.
+UNDOABLE = 1e-6
 
-    The count and the total lose it, exactly. The weighted mean goes back to the one before
-    it when the timing is still as that commit left it (its step was the last): otherwise
-    calls timed since moved it, and it keeps the duration, whose weight fades with every
-    later call as any duration's does. With nothing left the timing is empty,
-    ``(0, 0, 0.0)``, which reads as never observed.
+
+def retracted(timing: Timed, duration: int, alpha: float, tally: Tally, calls: int = 1) -> Timed:
+    """``timing`` without ``calls`` calls of ``duration`` that a commit observed and left at
+    ``tally``.
+
+    The count and the total lose them, exactly. The weighted mean goes back to the one before
+    them when the timing is still as that commit left it (its step was the last) and the step
+    left the mean before it enough weight (:data:`UNDOABLE`; a batch of hundreds of calls
+    leaves it next to none): otherwise it keeps their duration, whose weight fades with every
+    later call as any duration's does. With nothing left the timing is empty, ``(0, 0, 0.0)``,
+    which reads as never observed.
     """
     count, total, mean = timing
-    if count <= 1:
+    if count <= calls:
         return 0, 0, 0.0
     if (count, total) == tally:
-        mean = (mean - alpha * duration) / (1 - alpha)
-    return count - 1, total - duration, mean
+        if calls == 1:
+            mean = (mean - alpha * duration) / (1 - alpha)
+        else:
+            kept = (1 - alpha) ** calls
+            if kept >= UNDOABLE:
+                mean = (mean - (1 - kept) * duration) / kept
+    return count - calls, total - duration * calls, mean

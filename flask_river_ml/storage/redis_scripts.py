@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from .base import EXISTS, TAKEN, Change, Guard, Outcome, Records
+from .local import UNDOABLE
 from .redis_client import RedisClient
 
 # The rules of storage.local.commit_in, in Lua. KEYS: with a guard, the log's stream, its
@@ -21,14 +22,18 @@ from .redis_client import RedisClient
 # milliseconds (0: none), [11] the number of sets, [12] and [13] the numbers of the many to
 # take and to create, [14] the number of timings observed, [15] the last record the writer
 # has seen ('' when it does not say); then per take its value, per create its value and time
-# to live, per set its value and time to live, per timing observed its duration and alpha, per
-# timing taken back its duration, alpha, and the count and total its commit left. Replies:
+# to live, per set its value and time to live, per timing observed the duration of each call,
+# alpha, the number of calls and their total, per timing taken back the same four and the count
+# and total its commit left (in the order duration, alpha, count, total, calls, their total),
+# as storage.local's moved and retracted take them. Replies:
 # {1, number or 0, the entries after [15] that came before the record, then the count and
 # total of each timing observed} when written, {0, entries after the head} when the log moved
 # on, {-1} when the guarded key changed, {-2} when the key to take was gone, {-3} when the key
 # to create existed. The record is added before the head moves: a script that fails halfway
 # keeps what it wrote, and a record number must never be given out without its record.
-_COMMIT = """
+_COMMIT = (
+    f"local UNDOABLE = {UNDOABLE!r}\n"
+    + """
 local k = 0
 if ARGV[1] == '1' then
     if redis.call('GET', KEYS[3]) ~= ARGV[3] then
@@ -109,36 +114,51 @@ end
 local reply = {1, seq, unseen}
 k = k + sets
 for i = k + 1, k + observes do
-    local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
-    local total = redis.call('HINCRBY', KEYS[i], 'total', ARGV[a])
+    local calls = tonumber(ARGV[a + 2])
+    local count = redis.call('HINCRBY', KEYS[i], 'count', calls)
+    local total = redis.call('HINCRBY', KEYS[i], 'total', ARGV[a + 3])
     local mean = tonumber(ARGV[a])
-    if count > 1 then
+    if count > calls then
         local alpha = tonumber(ARGV[a + 1])
-        mean = alpha * mean + (1 - alpha) * tonumber(redis.call('HGET', KEYS[i], 'mean'))
+        local before = tonumber(redis.call('HGET', KEYS[i], 'mean'))
+        if calls == 1 then
+            mean = alpha * mean + (1 - alpha) * before
+        else
+            local kept = (1 - alpha) ^ calls
+            mean = kept * before + (1 - kept) * mean
+        end
     end
     redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
     reply[#reply + 1] = count
     reply[#reply + 1] = total
-    a = a + 2
+    a = a + 4
 end
 for i = k + observes + 1, #KEYS do
     local count = tonumber(redis.call('HGET', KEYS[i], 'count'))
-    if count and count <= 1 then
+    local calls = tonumber(ARGV[a + 4])
+    if count and count <= calls then
         redis.call('HSET', KEYS[i], 'count', 0, 'total', 0, 'mean', '0')
     elseif count then
         local total = tonumber(redis.call('HGET', KEYS[i], 'total'))
         if count == tonumber(ARGV[a + 2]) and total == tonumber(ARGV[a + 3]) then
-            local alpha = tonumber(ARGV[a + 1])
-            local mean = (tonumber(redis.call('HGET', KEYS[i], 'mean')) - alpha * tonumber(ARGV[a])) / (1 - alpha)
+            local alpha, duration = tonumber(ARGV[a + 1]), tonumber(ARGV[a])
+            local mean = tonumber(redis.call('HGET', KEYS[i], 'mean'))
+            local kept = (1 - alpha) ^ calls
+            if calls == 1 then
+                mean = (mean - alpha * duration) / (1 - alpha)
+            elseif kept >= UNDOABLE then
+                mean = (mean - (1 - kept) * duration) / kept
+            end
             redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
         end
-        redis.call('HINCRBY', KEYS[i], 'count', -1)
-        redis.call('HINCRBY', KEYS[i], 'total', '-' .. ARGV[a])
+        redis.call('HINCRBY', KEYS[i], 'count', -calls)
+        redis.call('HINCRBY', KEYS[i], 'total', '-' .. ARGV[a + 5])
     end
-    a = a + 4
+    a = a + 6
 end
 return reply
 """
+)
 _CONFLICTS = {-2: TAKEN, -3: EXISTS}
 
 
@@ -178,12 +198,12 @@ class RedisScripts(RedisClient):
         for key, value, ttl in change.sets:
             keys.append(self._k(key))
             args += [value, self._px(ttl)]
-        for key, duration, alpha in change.observes:
+        for key, duration, alpha, calls in change.observes:
             keys.append(self._t(key))
-            args += [duration, repr(alpha)]
-        for (key, duration, alpha), (count, total) in change.retracts:
+            args += [duration, repr(alpha), calls, duration * calls]
+        for (key, duration, alpha, calls), (count, total) in change.retracts:
             keys.append(self._t(key))
-            args += [duration, repr(alpha), count, total]
+            args += [duration, repr(alpha), count, total, calls, duration * calls]
         reply = self._commit(keys=keys, args=args)
         if reply[0] == 1:
             tallies = tuple((int(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2))
