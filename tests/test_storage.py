@@ -291,10 +291,39 @@ def test_a_timing_of_many_calls_is_taken_back_whole(backend):
     backend.commit(Change(retracts=((batch, outcome.tallies[0]),)))
     count, total, mean = backend.observed("t")
     assert (count, total) == (1, 100) and mean == pytest.approx(40.0)
+    # Calls that took no time at all (a batch shorter in nanoseconds than its samples).
+    instant = Timing("t", 0, 0.3, 5)
+    backend.commit(Change(retracts=((instant, backend.commit(Change(observes=(instant,))).tallies[0]),)))
+    assert backend.observed("t")[:2] == (1, 100)
     # All of it taken back: empty, as after the last single call taken back.
     only = Timing("u", 8, 0.3, 3)
     backend.commit(Change(retracts=((only, backend.commit(Change(observes=(only,))).tallies[0]),)))
     assert backend.observed("u") == (0, 0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("shares", "before"),
+    [
+        # A batch's two timings: 38 calls one nanosecond longer, then 962 (as a failed batch
+        # is taken back, last first): the mean kept no weight through the 962.
+        ((Timing("t", 5_001, 0.3, 38), Timing("t", 5_000, 0.3, 962)), 100_000),
+        # Each step alone could be undone (0.7 ** 38 is above a millionth), both together not.
+        ((Timing("t", 10**9, 0.3, 38), Timing("t", 10**9, 0.3, 38)), 1_000),
+    ],
+)
+def test_timings_taken_back_together_undo_the_mean_only_while_it_kept_weight(backend, shares, before):
+    """The weights the mean kept through the steps taken back multiply: once one step is not
+    undone, no step before it is, and the mean stays between the one before and the shares'
+    duration instead of being divided out of rounding noise; count and total come back
+    exactly."""
+    for _ in range(10):
+        backend.observe("t", before, 0.3)
+    outcome = backend.commit(Change(observes=shares))
+    backend.commit(Change(retracts=tuple(zip(reversed(shares), reversed(outcome.tallies), strict=True))))
+    count, total, mean = backend.observed("t")
+    assert (count, total) == (10, 10 * before)
+    low, high = sorted((before, min(timing.duration for timing in shares)))
+    assert low <= mean <= high * (1 + 1e-9)
 
 
 def test_observe_counts_across_threads(backend):

@@ -113,10 +113,16 @@ def commit_in(view: View, change: Change, guard: Guard | None) -> Outcome:
         for key, duration, alpha, calls in observes:
             timing = written[key] = current[key] = moved(current[key], duration, alpha, calls)
             tallies.append((timing[0], timing[1]))
+        # The weight the mean before this change's retracted steps kept through them, by key:
+        # the weights multiply, and once a step is not undone, none before it can be.
+        weights: dict[str, float] = {}
         for (key, duration, alpha, calls), tally in retracts:
             kept = current[key]
             if kept is not None:
-                written[key] = current[key] = retracted(kept, duration, alpha, tally, calls)
+                weight = weights.get(key, 1.0) * (1 - alpha) ** calls
+                undo = weight >= UNDOABLE and (kept[0], kept[1]) == tally
+                weights[key] = weight if undo else 0.0
+                written[key] = current[key] = retracted(kept, duration, alpha, calls, undo)
         for key, timing in written.items():
             view.put_timing(key, timing)
     return Outcome(True, seq, unseen, tallies=tuple(tallies))
@@ -137,30 +143,30 @@ def moved(timing: Timed | None, duration: int, alpha: float, calls: int = 1) -> 
     return count + calls, total + duration * calls, mean
 
 
-#: The least weight (``(1 - alpha) ** calls``) a mean may have kept through a step for the step
-#: to be undone: dividing by less would leave mostly rounding error.
+#: The least weight (``(1 - alpha) ** calls``, multiplied over the steps taken back) the mean
+#: before a commit's calls may have kept through them for those steps to be undone: dividing
+#: by less would leave mostly rounding error.
 UNDOABLE = 1e-6
 
 
-def retracted(timing: Timed, duration: int, alpha: float, tally: Tally, calls: int = 1) -> Timed:
-    """``timing`` without ``calls`` calls of ``duration`` that a commit observed and left at
-    ``tally``.
+def retracted(timing: Timed, duration: int, alpha: float, calls: int = 1, undo: bool = True) -> Timed:
+    """``timing`` without ``calls`` calls of ``duration`` that a commit observed.
 
-    The count and the total lose them, exactly. The weighted mean goes back to the one before
-    them when the timing is still as that commit left it (its step was the last) and the step
-    left the mean before it enough weight (:data:`UNDOABLE`; a batch of hundreds of calls
-    leaves it next to none): otherwise it keeps their duration, whose weight fades with every
-    later call as any duration's does. With nothing left the timing is empty, ``(0, 0, 0.0)``,
-    which reads as never observed.
+    The count and the total lose them, exactly. With ``undo``, the weighted mean goes back to
+    the one before them: :func:`commit_in` asks for it when the timing is still as that commit
+    left it (its step was the last) and the mean before kept enough weight through the steps
+    taken back (:data:`UNDOABLE`; a batch of hundreds of calls leaves it next to none).
+    Otherwise the mean keeps their duration, whose weight fades with every later call as any
+    duration's does. With nothing left the timing is empty, ``(0, 0, 0.0)``, which reads as
+    never observed.
     """
     count, total, mean = timing
     if count <= calls:
         return 0, 0, 0.0
-    if (count, total) == tally:
+    if undo:
         if calls == 1:
             mean = (mean - alpha * duration) / (1 - alpha)
         else:
             kept = (1 - alpha) ** calls
-            if kept >= UNDOABLE:
-                mean = (mean - (1 - kept) * duration) / kept
+            mean = (mean - (1 - kept) * duration) / kept
     return count - calls, total - duration * calls, mean

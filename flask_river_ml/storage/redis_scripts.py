@@ -23,9 +23,9 @@ from .redis_client import RedisClient
 # take and to create, [14] the number of timings observed, [15] the last record the writer
 # has seen ('' when it does not say); then per take its value, per create its value and time
 # to live, per set its value and time to live, per timing observed the duration of each call,
-# alpha, the number of calls and their total, per timing taken back the same four and the count
-# and total its commit left (in the order duration, alpha, count, total, calls, their total),
-# as storage.local's moved and retracted take them. Replies:
+# alpha, the number of calls and their total, per timing taken back its duration, alpha, the
+# count and total its commit left, the number of calls and minus their total (storage.local's
+# moved and retracted, with commit_in's weights of the steps taken back). Replies:
 # {1, number or 0, the entries after [15] that came before the record, then the count and
 # total of each timing observed} when written, {0, entries after the head} when the log moved
 # on, {-1} when the guarded key changed, {-2} when the key to take was gone, {-3} when the key
@@ -133,6 +133,7 @@ for i = k + 1, k + observes do
     reply[#reply + 1] = total
     a = a + 4
 end
+local weights = {}
 for i = k + observes + 1, #KEYS do
     local count = tonumber(redis.call('HGET', KEYS[i], 'count'))
     local calls = tonumber(ARGV[a + 4])
@@ -140,19 +141,23 @@ for i = k + observes + 1, #KEYS do
         redis.call('HSET', KEYS[i], 'count', 0, 'total', 0, 'mean', '0')
     elseif count then
         local total = tonumber(redis.call('HGET', KEYS[i], 'total'))
-        if count == tonumber(ARGV[a + 2]) and total == tonumber(ARGV[a + 3]) then
-            local alpha, duration = tonumber(ARGV[a + 1]), tonumber(ARGV[a])
+        local alpha, duration = tonumber(ARGV[a + 1]), tonumber(ARGV[a])
+        local kept = (1 - alpha) ^ calls
+        local weight = (weights[KEYS[i]] or 1) * kept
+        if weight >= UNDOABLE and count == tonumber(ARGV[a + 2]) and total == tonumber(ARGV[a + 3]) then
             local mean = tonumber(redis.call('HGET', KEYS[i], 'mean'))
-            local kept = (1 - alpha) ^ calls
             if calls == 1 then
                 mean = (mean - alpha * duration) / (1 - alpha)
-            elseif kept >= UNDOABLE then
+            else
                 mean = (mean - (1 - kept) * duration) / kept
             end
             redis.call('HSET', KEYS[i], 'mean', string.format('%.17g', mean))
+        else
+            weight = 0
         end
+        weights[KEYS[i]] = weight
         redis.call('HINCRBY', KEYS[i], 'count', -calls)
-        redis.call('HINCRBY', KEYS[i], 'total', '-' .. ARGV[a + 5])
+        redis.call('HINCRBY', KEYS[i], 'total', ARGV[a + 5])
     end
     a = a + 6
 end
@@ -203,7 +208,7 @@ class RedisScripts(RedisClient):
             args += [duration, repr(alpha), calls, duration * calls]
         for (key, duration, alpha, calls), (count, total) in change.retracts:
             keys.append(self._t(key))
-            args += [duration, repr(alpha), count, total, calls, duration * calls]
+            args += [duration, repr(alpha), count, total, calls, -duration * calls]
         reply = self._commit(keys=keys, args=args)
         if reply[0] == 1:
             tallies = tuple((int(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2))
