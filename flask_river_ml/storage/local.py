@@ -135,6 +135,7 @@ def moved(timing: Timed | None, duration: int, alpha: float, calls: int = 1) -> 
     if timing is None or timing[0] == 0:
         return calls, duration * calls, float(duration)
     count, total, mean = timing
+    # One call is the step as written: the closed form would round it differently.
     if calls == 1:
         mean = alpha * duration + (1 - alpha) * mean
     else:
