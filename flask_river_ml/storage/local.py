@@ -150,7 +150,7 @@ def moved(timing: Timed | None, duration: int, alpha: float, calls: int = 1) -> 
 UNDOABLE = 1e-6
 
 
-def retracted(timing: Timed, duration: int, alpha: float, calls: int = 1, undo: bool = True) -> Timed:
+def retracted(timing: Timed, duration: int, alpha: float, calls: int, undo: bool) -> Timed:
     """``timing`` without ``calls`` calls of ``duration`` that a commit observed.
 
     The count and the total lose them, exactly. With ``undo``, the weighted mean goes back to
